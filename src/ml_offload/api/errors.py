@@ -1,0 +1,59 @@
+"""Errors rendered in the caller's dialect (OpenAI's shape for /v1 and the native API)."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from ml_offload.errors import InvalidRequest, MloError, NotFound
+from ml_offload.wire.openai import error_body
+
+log = logging.getLogger(__name__)
+
+
+def error_response(exc: MloError) -> Response:
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    if exc.upstream:
+        headers["X-Mlo-Error-Source"] = "upstream"
+    return Response(
+        orjson.dumps(error_body(exc)),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(MloError)
+    async def _ours(request: Request, exc: MloError) -> Response:
+        if exc.status >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        msg = f"{param}: {err['msg']}" if param else str(err["msg"])
+        return error_response(InvalidRequest(msg, param=param))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.method} {request.url.path}"))
+        err = InvalidRequest(str(exc.detail))
+        err.status = exc.status_code
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(MloError("internal error; see the gateway log"))

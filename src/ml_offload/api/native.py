@@ -1,0 +1,225 @@
+"""The native API: health, models and their lifecycle, memory status, inference, metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import Response
+
+from ml_offload import __version__
+from ml_offload.api.deps import read_body, services
+from ml_offload.api.streaming import EventStreamResponse, until_disconnect
+from ml_offload.domain import ModelSpec, ModelStatus
+from ml_offload.errors import InvalidRequest, MloError
+from ml_offload.inference import EngineStream
+from ml_offload.services import Services, host_memory_bytes
+from ml_offload.wire.openai import Kind, error_body
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    svc = services(request)
+    loaded = svc.scheduler.loaded()
+    return _json(
+        {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - svc.started_at, 3),
+            "models": {
+                "known": len(svc.registry.all()),
+                "loaded": sum(s.state == "ready" for s in loaded),
+            },
+        }
+    )
+
+
+@router.get("/models")
+async def models(request: Request) -> Response:
+    svc = services(request)
+    specs = svc.registry.all()
+    data = [_model_json(sp, st) for sp, st in zip(specs, svc.scheduler.status(specs), strict=True)]
+    return _json({"object": "list", "data": data})
+
+
+@router.post("/models/unload_all")
+async def unload_all(request: Request) -> Response:
+    return _json({"unloaded": await services(request).scheduler.unload_all()})
+
+
+class LoadBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pin: bool | None = None
+
+
+class PinBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pinned: bool
+
+
+@router.get("/models/{name:path}")
+async def model(request: Request, name: str) -> Response:
+    return _json(_one(services(request), name))
+
+
+@router.post("/models/{name:path}/load")
+async def load(request: Request, name: str, body: LoadBody | None = None) -> Response:
+    svc = services(request)
+    spec = svc.registry.resolve(name)
+    await svc.scheduler.load(spec, pin=body.pin if body else None)
+    return _json(_one(svc, spec.name))
+
+
+@router.post("/models/{name:path}/unload")
+async def unload(request: Request, name: str) -> Response:
+    svc = services(request)
+    spec = svc.registry.resolve(name)
+    await svc.scheduler.unload(spec.name)
+    return _json(_one(svc, spec.name))
+
+
+@router.post("/models/{name:path}/pin")
+async def pin(request: Request, name: str, body: PinBody) -> Response:
+    svc = services(request)
+    spec = svc.registry.resolve(name)
+    svc.scheduler.set_pinned(spec, body.pinned)
+    return _json(_one(svc, spec.name))
+
+
+@router.get("/vram/status")
+async def vram_status(request: Request) -> Response:
+    svc = services(request)
+    loaded = [s for s in svc.scheduler.loaded() if s.estimate_bytes]
+    return _json(
+        {
+            "monitor": "none",
+            "note": "no GPU monitor yet: models run on the CPU within the memory budget",
+            "devices": [],
+            "cpu": {"total_bytes": host_memory_bytes()},
+            "budget_bytes": svc.scheduler.budget_bytes,
+            "used_estimate_bytes": sum(s.estimate_bytes for s in loaded),
+            "models": [
+                {"name": s.name, "state": s.state, "estimate_bytes": s.estimate_bytes}
+                for s in loaded
+            ],
+        }
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    svc = services(request)
+    m = svc.metrics
+    statuses = svc.scheduler.loaded()
+    m.loaded.set(sum(s.state == "ready" and s.estimate_bytes > 0 for s in statuses))
+    for s in statuses:
+        m.queue_depth.labels(s.name).set(s.queued)
+        m.in_flight.labels(s.name).set(s.in_flight)
+    return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class InferenceBody(BaseModel):
+    """Native inference: a `prompt` (text completion) or `messages` (chat), with parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    stream: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> InferenceBody:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if not self.messages and self.prompt is None:
+            raise ValueError("messages must not be empty")
+        return self
+
+
+@router.post("/inference", response_model=None)
+async def inference(request: Request) -> Response:
+    try:
+        body = InferenceBody.model_validate_json(await read_body(request))
+    except ValueError as exc:
+        raise InvalidRequest(_first_error(exc)) from None
+    svc = services(request)
+    kind: Kind = "chat" if body.messages is not None else "completion"
+    data: dict[str, Any] = {**body.parameters, "model": body.model, "stream": body.stream}
+    if body.stream:
+        data["stream_options"] = {"include_usage": True}  # the final event reports usage
+    data["messages" if kind == "chat" else "prompt"] = body.messages or body.prompt
+    if body.stream:
+        stream = await svc.inference.open_stream(kind, data)
+        return EventStreamResponse(_native_sse(stream), stream.aclose)
+    out = await until_disconnect(request, svc.inference.complete(kind, data))
+    choice = out["choices"][0]
+    text = choice["message"].get("content") if kind == "chat" else choice.get("text")
+    return _json(
+        {
+            "model": body.model,
+            "text": text or "",
+            "finish_reason": choice.get("finish_reason"),
+            "usage": out.get("usage"),
+        }
+    )
+
+
+async def _native_sse(stream: EngineStream) -> AsyncIterator[bytes]:
+    """Native events: `{"text": delta}` as tokens come, then `{"done": true, ...}`."""
+    finish, usage = None, None
+    try:
+        async for chunk in stream:
+            usage = chunk.get("usage") or usage
+            for c in chunk.get("choices", []):
+                finish = c.get("finish_reason") or finish
+                text = (c.get("delta") or {}).get("content") if "delta" in c else c.get("text")
+                if text:
+                    yield b"data: " + orjson.dumps({"text": text}) + b"\n\n"
+    except MloError as exc:
+        yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+        return
+    yield (
+        b"data: " + orjson.dumps({"done": True, "finish_reason": finish, "usage": usage}) + b"\n\n"
+    )
+
+
+def _one(svc: Services, name: str) -> dict[str, Any]:
+    spec = svc.registry.resolve(name)
+    return _model_json(spec, svc.scheduler.status([spec])[0])
+
+
+def _model_json(spec: ModelSpec, status: ModelStatus) -> dict[str, Any]:
+    return {
+        "id": spec.name,
+        "aliases": list(spec.aliases),
+        "source": spec.source,
+        "path": str(spec.path) if spec.path else None,
+        "url": spec.url,
+        "ctx_size": spec.ctx_size,
+        "parallel": spec.parallel,
+        "ttl_s": spec.ttl_s,
+        "info": asdict(spec.info) if spec.info else None,
+        **{k: v for k, v in asdict(status).items() if k not in ("name", "base_url", "extra")},
+        "base_url": status.base_url if spec.is_local else None,
+    }
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        return f"{loc}: {err['msg']}" if loc else str(err["msg"])
+    return str(exc)
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")

@@ -1,0 +1,70 @@
+"""OpenAI-compatible routes: /v1/models, chat and text completions, embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ml_offload.api.deps import read_body, services
+from ml_offload.api.streaming import EventStreamResponse, until_disconnect
+from ml_offload.errors import MloError
+from ml_offload.inference import EngineStream
+from ml_offload.wire.openai import Kind, error_body, parse_request
+
+router = APIRouter()
+_DONE = b"data: [DONE]\n\n"
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    svc = services(request)
+    created = int(svc.started_at)
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "ml-offload"}
+        for spec in svc.registry.all()
+        for name in spec.names
+    ]
+    return _json({"object": "list", "data": data})
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> Response:
+    return await _handle(request, "chat")
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(request: Request) -> Response:
+    return await _handle(request, "completion")
+
+
+@router.post("/v1/embeddings", response_model=None)
+async def embeddings(request: Request) -> Response:
+    return await _handle(request, "embedding")
+
+
+async def _handle(request: Request, kind: Kind) -> Response:
+    inference = services(request).inference
+    req, data = parse_request(kind, await read_body(request))
+    if kind != "embedding" and getattr(req, "stream", False):
+        stream = await inference.open_stream(kind, data)
+        return EventStreamResponse(openai_sse(stream), stream.aclose)
+    return _json(await until_disconnect(request, inference.complete(kind, data)))
+
+
+async def openai_sse(stream: EngineStream) -> AsyncIterator[bytes]:
+    """OpenAI's framing: `data: {chunk}` events, then `data: [DONE]`; an error as an event."""
+    try:
+        async for chunk in stream:
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    except MloError as exc:
+        yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+        return
+    yield _DONE
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")

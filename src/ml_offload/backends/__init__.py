@@ -1,0 +1,1 @@
+"""Adapters that run or reach inference engines."""

@@ -1,0 +1,38 @@
+"""The protocol every model process (real, external or fake) follows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ml_offload.domain import ModelSpec, ModelState
+
+
+class EngineProcess(Protocol):
+    """One model's engine. `ensure_ready` is idempotent: concurrent callers share one start."""
+
+    spec: ModelSpec
+
+    @property
+    def state(self) -> ModelState: ...
+
+    @property
+    def base_url(self) -> str | None: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    async def ensure_ready(self, timeout_s: float) -> str:
+        """Start the engine if needed and return its base URL once it answers."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop the engine and give its memory back; a no-op when stopped."""
+        ...
+
+
+ExitCallback = Callable[[ModelSpec, str], None]
+ProcessFactory = Callable[[ModelSpec, ExitCallback], EngineProcess]

@@ -1,0 +1,34 @@
+"""A server that already runs elsewhere (`LLAMACPP_URL`, or a model with `url`): always ready."""
+
+from __future__ import annotations
+
+from ml_offload.domain import ModelSpec, ModelState
+
+
+class ExternalProcess:
+    def __init__(self, spec: ModelSpec) -> None:
+        assert spec.url is not None
+        self.spec = spec
+        self._url = spec.url.rstrip("/")
+
+    @property
+    def state(self) -> ModelState:
+        return ModelState.READY
+
+    @property
+    def base_url(self) -> str | None:
+        return self._url
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def last_error(self) -> str | None:
+        return None
+
+    async def ensure_ready(self, timeout_s: float) -> str:
+        return self._url
+
+    async def stop(self) -> None:
+        return None

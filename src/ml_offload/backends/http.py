@@ -1,0 +1,75 @@
+"""The one pooled upstream HTTP client (aiohttp: measured faster than httpx, see bench/clients.py).
+
+aiohttp's exceptions are translated into our error tree here, where they enter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from ml_offload.errors import EngineError, EngineTimeout
+
+_JSON = {"Content-Type": "application/json"}
+
+
+class Upstream:
+    def __init__(self, *, timeout_s: float) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=False, trust_env=False
+        )
+
+    async def close(self) -> None:
+        if self._session:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Upstream.start() was not called"
+        return self._session
+
+    async def post(self, url: str, body: bytes) -> tuple[int, bytes]:
+        try:
+            async with self.session.post(url, data=body, headers=_JSON) as resp:
+                return resp.status, await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, url) from None
+
+    async def open(self, url: str, body: bytes) -> aiohttp.ClientResponse:
+        """Send a request and return the response with its body unread (for streaming)."""
+        try:
+            return await self.session.post(url, data=body, headers=_JSON)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, url) from None
+
+    async def get_json_bytes(self, url: str) -> tuple[int, bytes]:
+        try:
+            async with self.session.get(url) as resp:
+                return resp.status, await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, url) from None
+
+
+async def sse_data(resp: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
+    """The `data:` payloads of an SSE response, one per event, as they arrive."""
+    try:
+        async for line in resp.content:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise translate(exc, url) from None
+
+
+def translate(exc: BaseException, url: str) -> EngineError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return EngineTimeout(f"the engine at {url} did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        return EngineError(f"cannot reach the engine at {url}: {exc}")
+    return EngineError(f"the engine at {url} closed the connection: {exc or type(exc).__name__}")

@@ -1,0 +1,1 @@
+"""The `mlo` command line."""

@@ -1,0 +1,184 @@
+"""`mlo`: serve the gateway, list models, and load or unload them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ml_offload.cli.client import CliError, GatewayClient, gateway_url
+from ml_offload.config import CONFIG_ENV, load_settings
+from ml_offload.errors import MloError
+
+app = typer.Typer(
+    name="mlo",
+    help="ml-offload: one secure endpoint in front of your local and cloud LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Models the gateway knows.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Gateway address (default $MLO_URL or 127.0.0.1:9000).")
+]
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help=f"TOML config file (or ${CONFIG_ENV}).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (server.port).")] = None,
+) -> None:
+    """Run the gateway in the foreground (default 127.0.0.1:9000)."""
+    import uvicorn
+
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config.resolve())
+    if host is not None:
+        os.environ["MLO_SERVER__HOST"] = host
+    if port is not None:
+        os.environ["MLO_SERVER__PORT"] = str(port)
+    settings = load_settings()  # validate once here so a bad config is one line, not a trace
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        "ml_offload.api.app:create_app",
+        factory=True,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@models_app.command("ls")
+def models_ls(
+    url: UrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every model the gateway can serve."""
+    data = GatewayClient(gateway_url(url)).get("/models")["data"]
+    if as_json:
+        out.print_json(data=data)
+        return
+    table = Table(
+        "NAME", "ALIASES", "SOURCE", "ARCH", "PARAMS", "QUANT", "SIZE", "CTX", "SLOTS", "STATE"
+    )
+    for m in data:
+        info = m.get("info") or {}
+        table.add_row(
+            m["id"],
+            ", ".join(m["aliases"]),
+            m["source"],
+            info.get("architecture") or "-",
+            _count(info.get("parameters")),
+            info.get("quantization") or "-",
+            _bytes(info.get("file_size_bytes")),
+            str(m["ctx_size"]),
+            str(m["parallel"]),
+            m["state"],
+        )
+    out.print(table)
+
+
+@app.command()
+def ps(url: UrlOpt = None) -> None:
+    """Show loaded models: state, requests in flight, idle time, memory estimate."""
+    data = GatewayClient(gateway_url(url)).get("/models")["data"]
+    rows = [m for m in data if m["state"] != "stopped"]
+    if not rows:
+        out.print("no models loaded")
+        return
+    table = Table(
+        "NAME", "STATE", "PID", "IN FLIGHT", "QUEUED", "IDLE", "UP", "MEMORY (EST.)", "PINNED"
+    )
+    for m in rows:
+        table.add_row(
+            m["id"],
+            m["state"],
+            str(m["pid"] or "-"),
+            f"{m['in_flight']}/{m['slots']}",
+            str(m["queued"]),
+            _secs(m["idle_s"]),
+            _secs(m["loaded_for_s"]),
+            _bytes(m["estimate_bytes"]),
+            "yes" if m["pinned"] else "no",
+        )
+    out.print(table)
+
+
+@app.command()
+def load(
+    name: Annotated[str, typer.Argument(help="Model name or alias.")],
+    pin: Annotated[bool, typer.Option("--pin", help="Keep it loaded (never evicted).")] = False,
+    url: UrlOpt = None,
+) -> None:
+    """Load a model now (instead of on its first request)."""
+    body = {"pin": True} if pin else None
+    m = GatewayClient(gateway_url(url)).post(f"/models/{name}/load", body)
+    out.print(f"{m['id']} {m['state']} in {m['load_time_s'] or 0:.2f}s (pid {m['pid'] or '-'})")
+
+
+@app.command()
+def unload(
+    name: Annotated[str | None, typer.Argument(help="Model name or alias.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Unload every loaded model.")] = False,
+    url: UrlOpt = None,
+) -> None:
+    """Unload a model (or --all), giving its memory back."""
+    client = GatewayClient(gateway_url(url))
+    if all_ == (name is not None):
+        raise CliError("give a model name or --all")
+    if all_:
+        names = client.post("/models/unload_all")["unloaded"]
+        out.print(f"unloaded {len(names)} model(s){': ' + ', '.join(names) if names else ''}")
+        return
+    m = client.post(f"/models/{name}/unload")
+    out.print(f"{m['id']} {m['state']}")
+
+
+def _bytes(n: Any) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def _count(n: Any) -> str:
+    if not n:
+        return "-"
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _secs(s: Any) -> str:
+    return "-" if s is None else f"{s:.0f}s"
+
+
+def main() -> None:
+    try:
+        app()
+    except (CliError, MloError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2 if isinstance(exc, MloError) else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)

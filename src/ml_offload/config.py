@@ -1,0 +1,199 @@
+"""Settings: a TOML file plus environment variables, validated once at start.
+
+Precedence (highest first): explicit overrides, `MLO_*` variables (nested with `__`, e.g.
+`MLO_SERVER__PORT`), the variables users of the original scripts know (`LLAMACPP_URL`,
+`LLM_PARALLEL`, `TF_MODELS`, `HF_TOKEN`), the TOML file, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ml_offload.errors import ConfigError
+
+CONFIG_ENV = "MLO_CONFIG"
+
+
+def xdg_dir(kind: Literal["data", "config", "state"]) -> Path:
+    """The XDG base folder for ml-offload (`~/.local/share/ml-offload` and friends)."""
+    var, default = {
+        "data": ("XDG_DATA_HOME", ".local/share"),
+        "config": ("XDG_CONFIG_HOME", ".config"),
+        "state": ("XDG_STATE_HOME", ".local/state"),
+    }[kind]
+    base = os.environ.get(var) or str(Path.home() / default)
+    return Path(base) / "ml-offload"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    upstream_timeout_s: float = Field(600.0, gt=0)
+
+
+class StorageSettings(_Section):
+    data_dir: Path = Field(default_factory=lambda: xdg_dir("data"))
+    models_dir: Path | None = None
+    database_url: str | None = None
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def logs_path(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'registry.db'}"
+
+
+class SchedulerSettings(_Section):
+    max_loaded_models: int = Field(4, ge=1)
+    memory_budget_bytes: int = Field(0, ge=0, description="0: 80% of host memory")
+    default_ttl_s: float = Field(300.0, ge=0, description="0: never unload when idle")
+    queue_size: int = Field(64, ge=0, description="requests waiting per model beyond its slots")
+    queue_timeout_s: float = Field(120.0, gt=0)
+    load_timeout_s: float = Field(120.0, gt=0)
+    reap_interval_s: float = Field(1.0, gt=0)
+
+
+class EngineSettings(_Section):
+    kind: Literal["auto", "xllamacpp", "llama-server"] = "auto"
+    llama_server_bin: str | None = None
+    threads: int = Field(0, ge=0, description="0: the engine's default")
+    default_ctx_size: int = Field(4096, ge=64)
+    default_parallel: int = Field(8, ge=1)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class ModelConfig(_Section):
+    """A model declared in config: a local GGUF `path`, or an external server `url`."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+    path: Path | None = None
+    url: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    ctx_size: int | None = Field(None, ge=64)
+    parallel: int | None = Field(None, ge=1)
+    gpu_layers: int = -1
+    ttl_s: float | None = Field(None, ge=0)
+    extra_args: list[str] = Field(default_factory=list)
+    pinned: bool = False
+    embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("set exactly one of 'path' (a GGUF file) or 'url' (a running server)")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MLO_", env_nested_delimiter="__", extra="forbid", toml_file=None
+    )
+
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings())
+    storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
+    scheduler: SchedulerSettings = Field(default_factory=lambda: SchedulerSettings())
+    engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
+    models: list[ModelConfig] = Field(default_factory=list)
+    demo_model: bool = Field(True, description="register the bundled SmolLM2 when installed")
+    scan_models_dir: bool = True
+    llamacpp_url: str | None = None
+    hf_token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for m in self.models:
+            for n in (m.name, *m.aliases):
+                if n in seen:
+                    raise ValueError(f"model name or alias {n!r} is declared twice")
+                seen.add(n)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls)
+        return (init_settings, env_settings, _LegacyEnvSource(settings_cls), toml)
+
+
+class _LegacyEnvSource(PydanticBaseSettingsSource):
+    """The variables the original shell scripts used, mapped onto settings keys."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env = os.environ
+        out: dict[str, Any] = {}
+        if env.get("LLAMACPP_URL"):
+            out["llamacpp_url"] = env["LLAMACPP_URL"]
+        if env.get("HF_TOKEN"):
+            out["hf_token"] = env["HF_TOKEN"]
+        if env.get("LLM_PARALLEL"):
+            out["engine"] = {"default_parallel": env["LLM_PARALLEL"]}
+        if env.get("TF_MODELS"):
+            out["storage"] = {"models_dir": env["TF_MODELS"]}
+        return out
+
+
+def config_path(explicit: Path | None = None) -> Path | None:
+    """The config file to read: explicit, else `$MLO_CONFIG`, else the XDG one if it exists."""
+    if explicit is not None:
+        return explicit
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    default = xdg_dir("config") / "config.toml"
+    return default if default.is_file() else None
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate settings once; raise ConfigError naming each bad key."""
+    chosen = config_path(path)
+    if chosen is not None and not chosen.is_file():
+        raise ConfigError(f"config file {chosen} does not exist (set {CONFIG_ENV} or --config)")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=chosen)
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, chosen)) from None
+    except (OSError, ValueError) as exc:  # TOML syntax errors surface as ValueError
+        raise ConfigError(f"cannot read config {chosen}: {exc}") from None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+    ]
+    return f"invalid settings{where}: " + "; ".join(lines)

@@ -1,0 +1,107 @@
+"""The one error tree. Each error knows its HTTP status and its OpenAI error type.
+
+Foreign errors (aiohttp, OS, SQLAlchemy) are translated into these where they enter.
+Messages say what went wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class MloError(Exception):
+    """Base of every error ml-offload raises on purpose."""
+
+    status: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+        upstream: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+        self.upstream = upstream
+
+
+class ConfigError(MloError):
+    """Settings are invalid; the message names the key."""
+
+    status = 500
+    code = "config_error"
+
+
+class InvalidRequest(MloError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidModelFile(InvalidRequest):
+    """A model file is not GGUF, is truncated, or misses a shard; the message names the file."""
+
+    status = 422
+    code = "invalid_model_file"
+
+
+class AuthError(MloError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(MloError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFound(MloError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class OverCapacity(MloError):
+    """Too many requests queued for a model: try again after `retry_after_s`."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "over_capacity"
+
+
+class Unavailable(MloError):
+    """No room to load the model now (all loaded models busy or pinned) or load timed out."""
+
+    status = 503
+    error_type = "server_error"
+    code = "unavailable"
+
+
+class EngineError(MloError):
+    """The inference engine failed (crashed, refused, or answered 5xx)."""
+
+    status = 502
+    error_type = "server_error"
+    code = "engine_error"
+
+
+class UpstreamClientError(MloError):
+    """The engine rejected the request as the client's mistake (4xx); status is the engine's."""
+
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, status: int, param: str | None = None) -> None:
+        super().__init__(message, param=param, upstream=True)
+        self.status = status
+
+
+class EngineTimeout(EngineError):
+    status = 504
+    code = "engine_timeout"

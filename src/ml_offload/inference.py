@@ -1,0 +1,169 @@
+"""The inference service: resolve a model, hold a slot, forward to its engine, normalise.
+
+Streams are opened eagerly (slot held, upstream status checked) so that errors before the first
+byte reach the caller as a proper HTTP error; after that, errors arrive as stream events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ml_offload.backends.http import Upstream, sse_data
+from ml_offload.errors import EngineError, MloError, UpstreamClientError
+from ml_offload.metrics import Metrics
+from ml_offload.registry import ModelRegistry
+from ml_offload.scheduler import Scheduler
+from ml_offload.wire.openai import (
+    NORMALIZERS,
+    STREAM_NORMALIZERS,
+    Kind,
+    engine_error_message,
+)
+
+PATHS: dict[Kind, str] = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+}
+
+
+class InferenceService:
+    def __init__(
+        self, registry: ModelRegistry, scheduler: Scheduler, upstream: Upstream, metrics: Metrics
+    ) -> None:
+        self._registry = registry
+        self._scheduler = scheduler
+        self._upstream = upstream
+        self._metrics = metrics
+
+    async def complete(self, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
+        model = data["model"]
+        spec = self._registry.resolve(model)
+        started = time.perf_counter()
+        status = "error"
+        try:
+            async with self._scheduler.lease(spec) as base_url:
+                code, body = await self._upstream.post(base_url + PATHS[kind], orjson.dumps(data))
+            _raise_for_status(code, body)
+            out = NORMALIZERS[kind](orjson.loads(body), model)
+            self._count_tokens(spec.name, out.get("usage"))
+            status = "200"
+            return out
+        except MloError as exc:
+            status = str(exc.status)
+            self._metrics.errors.labels(spec.name, exc.error_type).inc()
+            raise
+        finally:
+            self._metrics.requests.labels(kind, spec.name, status).inc()
+            self._metrics.latency.labels(kind, spec.name).observe(time.perf_counter() - started)
+
+    async def open_stream(self, kind: Kind, data: dict[str, Any]) -> EngineStream:
+        model = data["model"]
+        spec = self._registry.resolve(model)
+        opts = data.get("stream_options") or {}
+        want_usage = bool(opts.get("include_usage"))
+        data["stream_options"] = {**opts, "include_usage": True}  # we count tokens either way
+        stack = contextlib.AsyncExitStack()
+        try:
+            base_url = await stack.enter_async_context(self._scheduler.lease(spec))
+            url = base_url + PATHS[kind]
+            resp = await self._upstream.open(url, orjson.dumps(data))
+            stack.callback(resp.close)
+            if resp.status != 200:
+                _raise_for_status(resp.status, await resp.read())
+        except MloError as exc:
+            await stack.aclose()
+            self._metrics.errors.labels(spec.name, exc.error_type).inc()
+            self._metrics.requests.labels(kind, spec.name, str(exc.status)).inc()
+            raise
+        except BaseException:
+            await stack.aclose()
+            raise
+        return EngineStream(
+            kind, model, spec.name, url, resp, stack, self._metrics, want_usage, self._count_tokens
+        )
+
+    def _count_tokens(self, name: str, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self._metrics.tokens.labels(name, "in").inc(int(usage.get("prompt_tokens") or 0))
+            self._metrics.tokens.labels(name, "out").inc(int(usage.get("completion_tokens") or 0))
+
+
+class EngineStream:
+    """Normalised OpenAI chunks from the engine; `aclose()` frees the slot and the connection."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        model: str,
+        name: str,
+        url: str,
+        resp: aiohttp.ClientResponse,
+        stack: contextlib.AsyncExitStack,
+        metrics: Metrics,
+        want_usage: bool,
+        count_tokens: Callable[[str, Any], None],
+    ) -> None:
+        self._kind, self._model, self._name, self._url = kind, model, name, url
+        self._resp, self._stack, self._metrics = resp, stack, metrics
+        self._want_usage, self._count_tokens = want_usage, count_tokens
+        self._started = time.perf_counter()
+        self._status = "200"
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        normalize = STREAM_NORMALIZERS[self._kind]
+        first = True
+        done = False
+        try:
+            async for payload in sse_data(self._resp, self._url):
+                if payload == b"[DONE]":
+                    done = True
+                    self._resp.release()  # back to the pool for the next request
+                    break
+                obj = orjson.loads(payload)
+                if "error" in obj:
+                    raise EngineError(engine_error_message(payload), upstream=True)
+                if first and obj.get("choices"):
+                    first = False
+                    self._metrics.ttft.labels(self._name).observe(
+                        time.perf_counter() - self._started
+                    )
+                if obj.get("usage"):
+                    self._count_tokens(self._name, obj["usage"])
+                    if not self._want_usage:
+                        if not obj.get("choices"):
+                            continue
+                        obj.pop("usage")
+                yield normalize(obj, self._model)
+            if not done:
+                raise EngineError(f"the engine for {self._model!r} ended the stream early")
+        except MloError as exc:
+            self._status = str(exc.status)
+            self._metrics.errors.labels(self._name, exc.error_type).inc()
+            raise
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._stack.aclose()
+        self._metrics.requests.labels(self._kind, self._name, self._status).inc()
+        self._metrics.latency.labels(self._kind, self._name).observe(
+            time.perf_counter() - self._started
+        )
+
+
+def _raise_for_status(code: int, body: bytes) -> None:
+    if code < 400:
+        return
+    message = engine_error_message(body)
+    if code < 500:
+        raise UpstreamClientError(message, status=code)
+    raise EngineError(f"engine error {code}: {message}", upstream=True)

@@ -1,0 +1,54 @@
+"""Prometheus metrics, one registry per gateway (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "mlo_requests",
+            "Requests by endpoint, model and status",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "mlo_errors", "Errors by model and error type", ["model", "type"], registry=r
+        )
+        self.latency = Histogram(
+            "mlo_request_latency_seconds",
+            "Request latency",
+            ["endpoint", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "mlo_time_to_first_token_seconds",
+            "Time to the first streamed token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("mlo_tokens", "Tokens in and out", ["model", "direction"], registry=r)
+        self.queue_depth = Gauge(
+            "mlo_queue_depth", "Requests waiting for a slot", ["model"], registry=r
+        )
+        self.in_flight = Gauge("mlo_in_flight", "Requests being served", ["model"], registry=r)
+        self.loaded = Gauge("mlo_models_loaded", "Local models loaded (ready)", registry=r)
+        self.load_time = Histogram(
+            "mlo_model_load_seconds",
+            "Time to load a model",
+            ["model"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.evictions = Counter(
+            "mlo_evictions", "Models unloaded", ["model", "reason"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,237 @@
+"""The model registry: every servable model by name and alias.
+
+Sources, first claim on a name wins: config `[[models]]`, `LLAMACPP_URL` (external model
+`llamacpp`), `*.gguf` files in the model folder, the bundled SmolLM2 demo model. `refresh`
+rebuilds the list (reading GGUF headers only for new or changed files) and stores it;
+`resolve` is a dict lookup on the request path and never touches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ml_offload.config import ModelConfig, Settings
+from ml_offload.domain import GgufInfo, ModelSpec
+from ml_offload.errors import InvalidModelFile, ModelNotFound, Unavailable
+from ml_offload.gguf import demo_model_path, read_gguf_info, split_shard
+from ml_offload.storage import FileStamp, ModelRepository
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL_NAME = "smollm2-135m"
+ENV_MODEL_NAME = "llamacpp"
+_LISTED_NAMES = 10
+
+
+@dataclass(slots=True)
+class _Found:
+    """Models collected during one refresh, and the names and files they claim."""
+
+    specs: list[ModelSpec] = field(default_factory=list)
+    stamps: dict[str, FileStamp] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+    files: set[Path] = field(default_factory=set)
+
+    def add(self, spec: ModelSpec, stamp: FileStamp | None = None) -> None:
+        clash = [n for n in spec.names if n in self.names]
+        if clash:
+            log.warning("%s model %r skipped: name %r is taken", spec.source, spec.name, clash[0])
+            return
+        self.specs.append(spec)
+        self.names.update(spec.names)
+        if spec.path is not None:
+            self.files.add(_identity(spec.path))
+        if stamp is not None:
+            self.stamps[spec.name] = stamp
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, repo: ModelRepository) -> None:
+        self._settings = settings
+        self._repo = repo
+        self._lock = asyncio.Lock()
+        self._models: list[ModelSpec] = []
+        self._index: dict[str, ModelSpec] = {}
+        self._folded: dict[str, ModelSpec] = {}
+
+    async def refresh(self) -> None:
+        """Rebuild the model list from its sources, store it, then swap the index in."""
+        async with self._lock:
+            found = await self._collect()
+            await self._persist(found)
+            self._swap(found.specs)
+        log.info("registry: %d models", len(self._models))
+        log.debug("registry: %s", ", ".join(self._index_names()))
+
+    def resolve(self, name: str) -> ModelSpec:
+        """The model called `name` (or with that alias; exact, else case-insensitive)."""
+        spec = self._index.get(name) or self._folded.get(name.casefold())
+        if spec is None:
+            raise ModelNotFound(self._not_found(name), param="model")
+        return spec
+
+    def all(self) -> list[ModelSpec]:
+        return list(self._models)
+
+    async def _collect(self) -> _Found:
+        settings, found = self._settings, _Found()
+        for config in settings.models:
+            await self._add_config(found, config)
+        if settings.llamacpp_url:
+            found.add(self._external(ENV_MODEL_NAME, settings.llamacpp_url, "env"))
+        if settings.scan_models_dir:
+            for name, path in _scan(settings.storage.models_path):
+                if _identity(path) in found.files:
+                    log.debug("%s is already registered from config", path)
+                elif name not in found.names:
+                    await self._add_local(found, name, path, "scan")
+                else:
+                    log.info("%s not registered: the name %r is already taken", path, name)
+        demo = demo_model_path() if settings.demo_model else None
+        if demo and DEMO_MODEL_NAME not in found.names and _identity(demo) not in found.files:
+            await self._add_local(found, DEMO_MODEL_NAME, demo, "demo")
+        return found
+
+    async def _add_config(self, found: _Found, config: ModelConfig) -> None:
+        if config.url is not None:
+            spec = self._external(config.name, config.url, "config")
+            found.add(_apply(spec, config))
+        elif config.path is not None:
+            path = self._settings.storage.models_path / config.path.expanduser()
+            await self._add_local(found, config.name, path.absolute(), "config", config)
+
+    async def _add_local(
+        self, found: _Found, name: str, path: Path, source: str, config: ModelConfig | None = None
+    ) -> None:
+        """A broken or missing file is skipped when scanned, kept without metadata if named."""
+        read = await self._read(path)
+        if read is None and source == "scan":
+            return
+        info, stamp = read or (None, None)
+        spec = ModelSpec(
+            name=name,
+            path=path,
+            ctx_size=self._default_ctx_size(info),
+            parallel=self._settings.engine.default_parallel,
+            ttl_s=self._settings.scheduler.default_ttl_s,
+            info=info,
+            source=source,
+        )
+        found.add(_apply(spec, config) if config else spec, stamp)
+
+    def _external(self, name: str, url: str, source: str) -> ModelSpec:
+        return ModelSpec(
+            name=name,
+            url=url,
+            ctx_size=self._settings.engine.default_ctx_size,
+            parallel=self._settings.engine.default_parallel,
+            ttl_s=self._settings.scheduler.default_ttl_s,
+            source=source,
+        )
+
+    def _default_ctx_size(self, info: GgufInfo | None) -> int:
+        """The configured default, capped at what the model was trained for."""
+        default = self._settings.engine.default_ctx_size
+        trained = info.context_length if info else None
+        return min(default, trained) if trained else default
+
+    async def _read(self, path: Path) -> tuple[GgufInfo, FileStamp] | None:
+        """GGUF metadata, from the database when the file is unchanged; None if unreadable."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            log.warning("model file %s: %s", path, exc.strerror or exc)
+            return None
+        stamp = FileStamp(stat.st_size, stat.st_mtime_ns)
+        try:
+            cached = await self._repo.cached_info(path, *stamp)
+        except Unavailable as exc:
+            log.warning("metadata cache unavailable, reading %s: %s", path, exc.message)
+            cached = None
+        if cached is not None:
+            return cached, stamp
+        try:
+            return await asyncio.to_thread(read_gguf_info, path), stamp
+        except InvalidModelFile as exc:
+            log.warning("%s", exc.message)
+            return None
+
+    async def _persist(self, found: _Found) -> None:
+        """Store the list; a database outage must not stop serving, so it is only logged."""
+        try:
+            await self._repo.upsert_many(found.specs, found.stamps)
+            gone = await self._repo.remove_missing({spec.name for spec in found.specs})
+        except Unavailable as exc:
+            log.warning("registry not saved: %s", exc.message)
+            return
+        if gone:
+            log.info("registry: removed %s", ", ".join(gone))
+
+    def _swap(self, specs: list[ModelSpec]) -> None:
+        index = {name: spec for spec in specs for name in spec.names}
+        folded: dict[str, ModelSpec] = {}
+        for name, spec in index.items():
+            folded.setdefault(name.casefold(), spec)
+        self._models = sorted(specs, key=lambda spec: spec.name)
+        self._index, self._folded = index, folded
+
+    def _index_names(self) -> list[str]:
+        return [spec.name for spec in self._models]
+
+    def _not_found(self, name: str) -> str:
+        names = self._index_names()
+        if not names:
+            return (
+                f"model {name!r} not found; no models are registered: put .gguf files in "
+                f"{self._settings.storage.models_path} or declare [[models]] in the config"
+            )
+        listed = ", ".join(names[:_LISTED_NAMES])
+        more = f" and {len(names) - _LISTED_NAMES} more" if len(names) > _LISTED_NAMES else ""
+        return f"model {name!r} not found; available: {listed}{more} (see GET /v1/models)"
+
+
+def _apply(spec: ModelSpec, config: ModelConfig) -> ModelSpec:
+    """Config values over the defaults in `spec`."""
+    return ModelSpec(
+        name=spec.name,
+        path=spec.path,
+        url=spec.url,
+        aliases=tuple(config.aliases),
+        ctx_size=config.ctx_size or spec.ctx_size,
+        parallel=config.parallel or spec.parallel,
+        gpu_layers=config.gpu_layers,
+        ttl_s=spec.ttl_s if config.ttl_s is None else config.ttl_s,
+        extra_args=tuple(config.extra_args),
+        pinned=config.pinned,
+        embeddings=config.embeddings,
+        info=spec.info,
+        source=spec.source,
+    )
+
+
+def _scan(folder: Path) -> list[tuple[str, Path]]:
+    """(name, path) of the GGUF models under `folder`: first shards only, no projectors."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.absolute().rglob("*.gguf")):
+        relative = path.relative_to(folder.absolute())
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # .cache/ of downloads, hidden folders
+        shard = split_shard(path)
+        if shard is not None and shard[0] != 1:
+            continue
+        stem = path.stem[: -len("-00001-of-00001")] if shard else path.stem
+        if stem.lower().startswith("mmproj"):
+            continue  # a vision projector, loaded alongside a model, not a model
+        found.append((stem.lower(), path))
+    return found
+
+
+def _identity(path: Path) -> Path:
+    """A file's identity for "already registered": symlinks and `..` resolved."""
+    return Path(os.path.realpath(path))

@@ -1,0 +1,262 @@
+"""Owns the runtime state of every model: loads on demand, queues, evicts, unloads idle ones.
+
+Decisions are pure functions in `placement.py`; this module carries them out. Loads are
+serialised by one lock (one placement decision at a time), while requests for ready models
+take only their model's slot gate: no lock and no I/O on that path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from ml_offload.backends.base import EngineProcess, ProcessFactory
+from ml_offload.config import SchedulerSettings
+from ml_offload.domain import ModelSpec, ModelState, ModelStatus
+from ml_offload.errors import MloError, NotFound, Unavailable
+from ml_offload.metrics import Metrics
+from ml_offload.placement import LoadedView, idle_expired, plan_room
+from ml_offload.slots import SlotGate
+
+log = logging.getLogger(__name__)
+
+LOADED_STATES = (ModelState.STARTING, ModelState.READY)
+
+
+@dataclass(slots=True)
+class _Entry:
+    spec: ModelSpec
+    process: EngineProcess
+    gate: SlotGate
+    estimate_bytes: int
+    pinned: bool
+    last_used: float
+    loading: asyncio.Task[str] | None = None
+    ready_at: float | None = None
+    load_time_s: float | None = None
+
+    def view(self) -> LoadedView:
+        return LoadedView(
+            self.spec.name,
+            self.estimate_bytes,
+            self.gate.busy,
+            self.pinned,
+            self.last_used,
+            self.spec.ttl_s,
+        )
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        factory: ProcessFactory,
+        metrics: Metrics,
+        *,
+        budget_bytes: int,
+        estimate: Callable[[ModelSpec], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._s = settings
+        self._factory = factory
+        self._metrics = metrics
+        self.budget_bytes = budget_bytes
+        self._estimate = estimate
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._load_lock = asyncio.Lock()
+        self._idle = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(e.process.stop() for e in self._entries.values()))
+
+    @contextlib.asynccontextmanager
+    async def lease(self, spec: ModelSpec) -> AsyncIterator[str]:
+        """Hold one of the model's slots, loading it if needed; yields the engine's base URL."""
+        entry = self._entry(spec)
+        await entry.gate.acquire(self._s.queue_timeout_s)
+        try:
+            yield await self._ensure_loaded(entry)
+        finally:
+            entry.gate.release()
+            entry.last_used = self._clock()
+            if not entry.gate.busy:
+                self._idle.set()
+
+    async def load(self, spec: ModelSpec, *, pin: bool | None = None) -> ModelStatus:
+        entry = self._entry(spec)
+        if pin is not None:
+            entry.pinned = pin
+        await self._ensure_loaded(entry)
+        entry.last_used = self._clock()
+        return self._status(entry)
+
+    async def unload(self, name: str) -> ModelStatus:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise NotFound(f"model {name!r} is not loaded")
+        await self._unload(entry, "explicit")
+        return self._status(entry)
+
+    async def unload_all(self) -> list[str]:
+        names = [e.spec.name for e in self._local() if e.process.state in LOADED_STATES]
+        await asyncio.gather(*(self._unload(self._entries[n], "explicit") for n in names))
+        return names
+
+    def set_pinned(self, spec: ModelSpec, pinned: bool) -> ModelStatus:
+        entry = self._entry(spec)
+        entry.pinned = pinned
+        return self._status(entry)
+
+    def status(self, specs: list[ModelSpec]) -> list[ModelStatus]:
+        return [self._status(self._entry(s)) for s in specs]
+
+    def loaded(self) -> list[ModelStatus]:
+        return [
+            self._status(e)
+            for e in self._entries.values()
+            if e.process.state is not ModelState.STOPPED
+        ]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _entry(self, spec: ModelSpec) -> _Entry:
+        entry = self._entries.get(spec.name)
+        if entry is None:
+            entry = _Entry(
+                spec=spec,
+                process=self._factory(spec, self._on_exit),
+                gate=SlotGate(spec.name, spec.parallel, self._s.queue_size),
+                estimate_bytes=self._estimate(spec) if spec.is_local else 0,
+                pinned=spec.pinned,
+                last_used=self._clock(),
+            )
+            self._entries[spec.name] = entry
+        return entry
+
+    def _local(self) -> list[_Entry]:
+        return [e for e in self._entries.values() if e.spec.is_local]
+
+    async def _ensure_loaded(self, entry: _Entry) -> str:
+        url = entry.process.base_url
+        if url is not None and entry.process.state is ModelState.READY:
+            return url
+        if entry.loading is None or entry.loading.done():
+            entry.loading = asyncio.create_task(self._load(entry))
+        try:
+            return await asyncio.shield(entry.loading)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller went away
+            raise Unavailable(
+                f"model {entry.spec.name!r} was unloaded while loading; retry", retry_after_s=1
+            ) from None
+
+    async def _load(self, entry: _Entry) -> str:
+        async with self._load_lock:
+            if entry.process.state is ModelState.READY and entry.process.base_url:
+                return entry.process.base_url
+            if entry.spec.is_local:
+                await self._make_room(entry)
+            started = self._clock()
+            url = await entry.process.ensure_ready(self._s.load_timeout_s)
+            entry.ready_at = self._clock()
+            entry.load_time_s = entry.ready_at - started
+            entry.last_used = entry.ready_at
+            if entry.spec.is_local:
+                self._metrics.load_time.labels(entry.spec.name).observe(entry.load_time_s)
+                log.info("model %s ready in %.2fs at %s", entry.spec.name, entry.load_time_s, url)
+            return url
+
+    async def _make_room(self, entry: _Entry) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._s.queue_timeout_s  # real time, not the idle clock
+        while True:
+            others = [
+                e.view()
+                for e in self._local()
+                if e is not entry and e.process.state in LOADED_STATES
+            ]
+            plan = plan_room(
+                others,
+                need_bytes=entry.estimate_bytes,
+                budget_bytes=self.budget_bytes,
+                max_loaded=self._s.max_loaded_models,
+            )
+            if plan.evict:
+                await self._unload(self._entries[plan.evict[0]], "evicted")
+                continue  # re-plan: states may have changed while stopping
+            if plan.refused is None:
+                return
+            remaining = deadline - loop.time()
+            if not plan.wait or remaining <= 0:
+                raise Unavailable(
+                    f"cannot load model {entry.spec.name!r}: {plan.refused}",
+                    retry_after_s=1 if plan.wait else None,
+                )
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), remaining)
+
+    async def _unload(self, entry: _Entry, reason: str) -> None:
+        if entry.process.state is ModelState.STOPPED:
+            return
+        log.info("unloading model %s (%s)", entry.spec.name, reason)
+        await entry.process.stop()
+        entry.ready_at = None
+        self._metrics.evictions.labels(entry.spec.name, reason).inc()
+
+    def _on_exit(self, spec: ModelSpec, message: str) -> None:
+        """The engine died on its own: requests in flight fail, the next one restarts it."""
+        entry = self._entries.get(spec.name)
+        if entry is not None:
+            entry.ready_at = None
+        self._metrics.errors.labels(spec.name, "engine_exit").inc()
+        self._idle.set()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._s.reap_interval_s)
+            try:
+                await self._reap_once()
+            except MloError as exc:  # keep reaping; a failed stop is logged, not fatal
+                log.warning("idle unload failed: %s", exc.message)
+
+    async def _reap_once(self) -> None:
+        ready = [e.view() for e in self._local() if e.process.state is ModelState.READY]
+        for name in idle_expired(ready, self._clock()):
+            entry = self._entries[name]
+            if not entry.gate.busy and (entry.loading is None or entry.loading.done()):
+                await self._unload(entry, "idle")
+
+    def _status(self, e: _Entry) -> ModelStatus:
+        now = self._clock()
+        state = e.process.state
+        return ModelStatus(
+            name=e.spec.name,
+            state=state,
+            in_flight=e.gate.in_flight,
+            queued=e.gate.queued,
+            slots=e.gate.slots,
+            pid=e.process.pid,
+            base_url=e.process.base_url,
+            idle_s=None if e.gate.in_flight or state is not ModelState.READY else now - e.last_used,
+            loaded_for_s=None if e.ready_at is None else now - e.ready_at,
+            estimate_bytes=e.estimate_bytes,
+            pinned=e.pinned,
+            last_error=e.process.last_error,
+            load_time_s=e.load_time_s,
+        )

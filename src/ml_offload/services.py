@@ -1,0 +1,95 @@
+"""The composition root: picks concrete implementations from settings and wires them.
+
+Nothing does work at import time; `Services.start()` opens the database, scans models and starts
+the scheduler; `close()` stops every engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from ml_offload.backends.base import EngineProcess, ExitCallback, ProcessFactory
+from ml_offload.backends.external import ExternalProcess
+from ml_offload.backends.http import Upstream
+from ml_offload.backends.llamacpp import ModelProcess, resolve_engine_kind
+from ml_offload.config import Settings
+from ml_offload.domain import ModelSpec
+from ml_offload.inference import InferenceService
+from ml_offload.metrics import Metrics
+from ml_offload.registry import ModelRegistry
+from ml_offload.scheduler import Scheduler
+from ml_offload.storage.db import Database
+from ml_offload.storage.models_repo import ModelRepository
+from ml_offload.vram import estimate_bytes
+
+log = logging.getLogger(__name__)
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_budget(settings: Settings) -> int:
+    """The configured budget, or 80% of host memory (the GPU-aware budget comes with NVML)."""
+    return settings.scheduler.memory_budget_bytes or int(host_memory_bytes() * 0.8)
+
+
+def spec_estimate(spec: ModelSpec) -> int:
+    size = (
+        spec.info.file_size_bytes if spec.info else (spec.path.stat().st_size if spec.path else 0)
+    )
+    return estimate_bytes(spec.info, file_size_bytes=size, ctx_tokens=spec.ctx_size * spec.parallel)
+
+
+def process_factory(settings: Settings) -> ProcessFactory:
+    kind = resolve_engine_kind(settings.engine)
+
+    def make(spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
+        if not spec.is_local:
+            return ExternalProcess(spec)
+        return ModelProcess(
+            spec, on_exit, engine=settings.engine, kind=kind, log_dir=settings.storage.logs_path
+        )
+
+    return make
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    db: Database
+    registry: ModelRegistry
+    scheduler: Scheduler
+    upstream: Upstream
+    inference: InferenceService
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    async def start(cls, settings: Settings, factory: ProcessFactory | None = None) -> Services:
+        settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        metrics = Metrics()
+        db = await Database.open(settings.storage.db_url)
+        registry = ModelRegistry(settings, ModelRepository(db))
+        await registry.refresh()
+        scheduler = Scheduler(
+            settings.scheduler,
+            factory or process_factory(settings),
+            metrics,
+            budget_bytes=memory_budget(settings),
+            estimate=spec_estimate,
+        )
+        upstream = Upstream(timeout_s=settings.server.upstream_timeout_s)
+        await upstream.start()
+        await scheduler.start()
+        inference = InferenceService(registry, scheduler, upstream, metrics)
+        log.info("ml-offload ready with %d models", len(registry.all()))
+        return cls(settings, metrics, db, registry, scheduler, upstream, inference)
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        await self.upstream.close()
+        await self.db.close()

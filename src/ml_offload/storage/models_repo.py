@@ -1,0 +1,145 @@
+"""The `models` table: the registry's last known models and their GGUF metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ml_offload.domain import GgufInfo, ModelSpec
+from ml_offload.storage.db import Database
+from ml_offload.storage.tables import models
+
+_INFO_COLUMNS = (
+    "architecture",
+    "gguf_name",
+    "parameters",
+    "quantization",
+    "context_length",
+    "block_count",
+    "head_count",
+    "head_count_kv",
+    "embedding_length",
+    "file_size_bytes",
+)
+
+
+class FileStamp(NamedTuple):
+    """`os.stat` of a model file when its metadata was read: unchanged stamp, unchanged file."""
+
+    size_bytes: int
+    mtime_ns: int
+
+
+class ModelRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def upsert_many(
+        self, specs: Sequence[ModelSpec], stamps: Mapping[str, FileStamp] | None = None
+    ) -> None:
+        """Insert or update by name; a stamp (by name) lets a rescan reuse the metadata."""
+        if not specs:
+            return
+        now = datetime.now(UTC)
+        rows = [_row(spec, (stamps or {}).get(spec.name), now) for spec in specs]
+        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+        stmt = insert(models)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[models.c.name],
+            set_={c.name: stmt.excluded[c.name] for c in models.columns if c.name != "name"},
+        )
+        async with self._db.begin() as conn:
+            await conn.execute(stmt, rows)
+
+    async def list_all(self) -> list[ModelSpec]:
+        async with self._db.begin() as conn:
+            result = await conn.execute(sa.select(models).order_by(models.c.name))
+            return [_spec(row._mapping) for row in result]
+
+    async def remove_missing(self, keep_names: set[str]) -> list[str]:
+        """Delete the rows not in `keep_names` (files gone, models dropped from config)."""
+        async with self._db.begin() as conn:
+            names = set((await conn.execute(sa.select(models.c.name))).scalars())
+            gone = sorted(names - keep_names)
+            if gone:
+                await conn.execute(sa.delete(models).where(models.c.name.in_(gone)))
+        return gone
+
+    async def cached_info(self, path: Path, size_bytes: int, mtime_ns: int) -> GgufInfo | None:
+        """The metadata stored for this file if it has not changed since it was read."""
+        query = (
+            sa.select(models)
+            .where(
+                models.c.path == str(path),
+                models.c.stat_size_bytes == size_bytes,
+                models.c.stat_mtime_ns == mtime_ns,
+                models.c.architecture.is_not(None),
+            )
+            .limit(1)
+        )
+        async with self._db.begin() as conn:
+            row = (await conn.execute(query)).first()
+        return _info(row._mapping) if row is not None else None
+
+
+def _row(spec: ModelSpec, stamp: FileStamp | None, now: datetime) -> dict[str, Any]:
+    info = spec.info
+    stamp = stamp if info is not None else None
+    return {
+        "name": spec.name,
+        "path": str(spec.path) if spec.path is not None else None,
+        "url": spec.url,
+        "aliases": list(spec.aliases),
+        "source": spec.source,
+        "ctx_size": spec.ctx_size,
+        "parallel": spec.parallel,
+        "gpu_layers": spec.gpu_layers,
+        "ttl_s": spec.ttl_s,
+        "pinned": spec.pinned,
+        "embeddings": spec.embeddings,
+        "extra_args": list(spec.extra_args),
+        "architecture": info.architecture if info else None,
+        "gguf_name": info.name if info else None,
+        "parameters": info.parameters if info else None,
+        "quantization": info.quantization if info else None,
+        "context_length": info.context_length if info else None,
+        "block_count": info.block_count if info else None,
+        "head_count": info.head_count if info else None,
+        "head_count_kv": info.head_count_kv if info else None,
+        "embedding_length": info.embedding_length if info else None,
+        "file_size_bytes": info.file_size_bytes if info else None,
+        "stat_size_bytes": stamp.size_bytes if stamp else None,
+        "stat_mtime_ns": stamp.mtime_ns if stamp else None,
+        "updated_at": now,
+    }
+
+
+def _info(row: sa.RowMapping) -> GgufInfo | None:
+    if row["architecture"] is None or row["file_size_bytes"] is None:
+        return None
+    values = {c: row[c] for c in _INFO_COLUMNS}
+    values["name"] = values.pop("gguf_name")
+    return GgufInfo(**values)
+
+
+def _spec(row: sa.RowMapping) -> ModelSpec:
+    return ModelSpec(
+        name=row["name"],
+        path=Path(row["path"]) if row["path"] is not None else None,
+        url=row["url"],
+        aliases=tuple(row["aliases"]),
+        ctx_size=row["ctx_size"],
+        parallel=row["parallel"],
+        gpu_layers=row["gpu_layers"],
+        ttl_s=row["ttl_s"],
+        extra_args=tuple(row["extra_args"]),
+        pinned=row["pinned"],
+        embeddings=row["embeddings"],
+        info=_info(row),
+        source=row["source"],
+    )

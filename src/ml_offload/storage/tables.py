@@ -1,0 +1,49 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations in `migrations/` create it."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("path", sa.Text, nullable=True),
+    sa.Column("url", sa.Text, nullable=True),
+    sa.Column("aliases", sa.JSON, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("ctx_size", sa.Integer, nullable=False),
+    sa.Column("parallel", sa.Integer, nullable=False),
+    sa.Column("gpu_layers", sa.Integer, nullable=False),
+    sa.Column("ttl_s", sa.Float, nullable=False),
+    sa.Column("pinned", sa.Boolean, nullable=False),
+    sa.Column("embeddings", sa.Boolean, nullable=False),
+    sa.Column("extra_args", sa.JSON, nullable=False),
+    # What the GGUF header says (NULL for external models and unreadable files).
+    sa.Column("architecture", sa.String(64), nullable=True),
+    sa.Column("gguf_name", sa.Text, nullable=True),
+    sa.Column("parameters", sa.BigInteger, nullable=True),
+    sa.Column("quantization", sa.String(32), nullable=True),
+    sa.Column("context_length", sa.Integer, nullable=True),
+    sa.Column("block_count", sa.Integer, nullable=True),
+    sa.Column("head_count", sa.Integer, nullable=True),
+    sa.Column("head_count_kv", sa.Integer, nullable=True),
+    sa.Column("embedding_length", sa.Integer, nullable=True),
+    # os.stat() of `path` when the metadata was read, so a rescan skips unchanged files
+    # (file_size_bytes above counts every shard of a split model; stat_size_bytes the first).
+    sa.Column("file_size_bytes", sa.BigInteger, nullable=True),
+    sa.Column("stat_size_bytes", sa.BigInteger, nullable=True),
+    sa.Column("stat_mtime_ns", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_models_path", "path"),
+)

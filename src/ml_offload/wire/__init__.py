@@ -1,0 +1,1 @@
+"""Wire schemas and converters, pure."""

@@ -1,0 +1,199 @@
+"""OpenAI wire format: request validation, response normalisation, error bodies.
+
+The engine's answers are rewritten to OpenAI's published shapes: the requested model name,
+no engine-only fields (llama.cpp adds `timings`), required fields present.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ml_offload.errors import InvalidRequest, MloError
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=1)
+    stream_options: dict[str, Any] | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Body):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Body):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, v: object) -> object:
+        if v == [] or v == "":
+            raise ValueError("input must not be empty")
+        return v
+
+
+Kind = Literal["chat", "completion", "embedding"]
+_SCHEMAS: dict[Kind, type[BaseModel]] = {
+    "chat": ChatRequest,
+    "completion": CompletionRequest,
+    "embedding": EmbeddingRequest,
+}
+
+
+def parse_request(kind: Kind, raw: bytes) -> tuple[BaseModel, dict[str, Any]]:
+    """Validate a request body; return the typed view and the plain dict to forward."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return _SCHEMAS[kind].model_validate(data), data
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidRequest(
+            f"{param}: {err['msg']}" if param else err["msg"], param=param
+        ) from None
+
+
+# -- responses ---------------------------------------------------------------------------
+
+_CHAT_KEYS = ("id", "object", "created", "model", "choices", "usage", "system_fingerprint")
+_CHOICE_KEYS = ("index", "message", "finish_reason", "logprobs")
+_DELTA_CHOICE_KEYS = ("index", "delta", "finish_reason", "logprobs")
+_COMPLETION_CHOICE_KEYS = ("index", "text", "finish_reason", "logprobs")
+_USAGE_KEYS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+)
+
+
+def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: d[k] for k in keys if k in d}
+
+
+def _usage(u: Any) -> dict[str, Any] | None:
+    return _pick(u, _USAGE_KEYS) if isinstance(u, dict) else None
+
+
+def _envelope(d: dict[str, Any], obj: str, model: str) -> dict[str, Any]:
+    out = _pick(d, _CHAT_KEYS)
+    out["object"] = obj
+    out["model"] = model
+    out.setdefault("id", f"chatcmpl-{time.time_ns():x}")
+    out.setdefault("created", int(time.time()))
+    if "usage" in out:
+        out["usage"] = _usage(out["usage"])
+    return out
+
+
+def normalize_chat(d: dict[str, Any], model: str) -> dict[str, Any]:
+    out = _envelope(d, "chat.completion", model)
+    choices = []
+    for c in d.get("choices") or []:
+        choice = _pick(c, _CHOICE_KEYS)
+        choice.setdefault("logprobs", None)
+        choice["finish_reason"] = choice.get("finish_reason") or "stop"
+        choices.append(choice)
+    out["choices"] = choices
+    return out
+
+
+def normalize_chunk(d: dict[str, Any], model: str) -> dict[str, Any]:
+    out = _envelope(d, "chat.completion.chunk", model)
+    out["choices"] = [_pick(c, _DELTA_CHOICE_KEYS) for c in d.get("choices") or []]
+    return out
+
+
+def normalize_completion(d: dict[str, Any], model: str) -> dict[str, Any]:
+    out = _envelope(d, "text_completion", model)
+    out["id"] = out["id"].replace("chatcmpl-", "cmpl-", 1)
+    choices = []
+    for c in d.get("choices") or []:
+        choice = _pick(c, _COMPLETION_CHOICE_KEYS)
+        choice.setdefault("logprobs", None)
+        choice.setdefault("finish_reason", None)
+        choices.append(choice)
+    out["choices"] = choices
+    return out
+
+
+def normalize_embedding(d: dict[str, Any], model: str) -> dict[str, Any]:
+    data = [
+        {"object": "embedding", "index": e.get("index", i), "embedding": e.get("embedding", [])}
+        for i, e in enumerate(d.get("data") or [])
+    ]
+    usage = d.get("usage") or {}
+    prompt = int(usage.get("prompt_tokens", 0))
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": int(usage.get("total_tokens", prompt))},
+    }
+
+
+NORMALIZERS = {
+    "chat": normalize_chat,
+    "completion": normalize_completion,
+    "embedding": normalize_embedding,
+}
+STREAM_NORMALIZERS = {"chat": normalize_chunk, "completion": normalize_completion}
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def error_body(exc: MloError) -> dict[str, Any]:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    return {
+        "error": {
+            "message": exc.message,
+            "type": exc.error_type,
+            "param": exc.param,
+            "code": exc.code,
+        }
+    }
+
+
+def engine_error_message(raw: bytes) -> str:
+    """The engine's own message from its error body, or the raw text."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")[:500] or "no details"
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err or data)[:500]

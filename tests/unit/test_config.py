@@ -1,0 +1,70 @@
+"""Settings: the example config loads, env overrides, legacy variables, errors name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from ml_offload.config import load_settings
+from ml_offload.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MLO_CONFIG", "LLAMACPP_URL", "LLM_PARALLEL", "TF_MODELS", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_example_config_loads() -> None:
+    s = load_settings(ROOT / "config.example.toml")
+    assert s.server.port == 9000
+    names = [m.name for m in s.models]
+    assert names == ["smollm2-chat", "remote-llama"]
+    assert s.models[0].aliases == ["smol", "gpt-4o-mini"] and s.models[1].url
+
+
+def test_env_overrides_file_and_legacy_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nport = 9100\n[engine]\ndefault_parallel = 2\n")
+    monkeypatch.setenv("MLO_SERVER__PORT", "9200")
+    monkeypatch.setenv("LLM_PARALLEL", "3")
+    monkeypatch.setenv("TF_MODELS", str(tmp_path))
+    monkeypatch.setenv("LLAMACPP_URL", "http://127.0.0.1:8080")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    s = load_settings(cfg)
+    assert s.server.port == 9200
+    assert s.engine.default_parallel == 3
+    assert s.storage.models_path == tmp_path
+    assert s.llamacpp_url == "http://127.0.0.1:8080"
+    assert s.hf_token is not None and "hf_secret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[scheduler]\nmax_loaded_models = 0\n", "scheduler.max_loaded_models"),
+        ("[server]\nprot = 1\n", "server.prot"),
+        ('[[models]]\nname = "x"\n', "models.0"),
+        (
+            '[[models]]\nname = "x"\npath = "a.gguf"\n[[models]]\nname = "x"\nurl = "http://h"\n',
+            "declared twice",
+        ),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(cfg)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_settings(bad)

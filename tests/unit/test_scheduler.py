@@ -1,0 +1,162 @@
+"""The scheduler with fake engine processes: on-demand load, sharing one start, LRU eviction
+at the cap, idle TTL unload, pins, crash and restart."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ml_offload.backends.base import ExitCallback
+from ml_offload.backends.fake import FakeProcess
+from ml_offload.config import SchedulerSettings
+from ml_offload.domain import ModelSpec, ModelState
+from ml_offload.errors import EngineError, Unavailable
+from ml_offload.metrics import Metrics
+from ml_offload.scheduler import Scheduler
+
+GIB = 2**30
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(
+    max_loaded: int = 2, budget: int = 100 * GIB, **kw: float
+) -> tuple[Scheduler, dict[str, FakeProcess], Clock]:
+    procs: dict[str, FakeProcess] = {}
+    clock = Clock()
+
+    def factory(spec: ModelSpec, on_exit: ExitCallback) -> FakeProcess:
+        procs[spec.name] = FakeProcess(spec, on_exit, start_delay_s=0.01)
+        return procs[spec.name]
+
+    settings = SchedulerSettings(max_loaded_models=max_loaded, queue_timeout_s=0.5, **kw)
+    sched = Scheduler(
+        settings, factory, Metrics(), budget_bytes=budget, estimate=lambda s: GIB, clock=clock
+    )
+    return sched, procs, clock
+
+
+def spec(name: str, **kw: object) -> ModelSpec:
+    return ModelSpec(name=name, path=Path(f"/m/{name}.gguf"), parallel=2, **kw)  # type: ignore[arg-type]
+
+
+async def test_concurrent_requests_share_one_start() -> None:
+    sched, procs, _ = make()
+    a = spec("a")
+
+    async def use() -> str:
+        async with sched.lease(a) as url:
+            return url
+
+    urls = await asyncio.gather(use(), use(), use())
+    assert set(urls) == {"http://fake/a"} and procs["a"].starts == 1
+
+
+async def test_lru_idle_model_is_evicted_at_the_cap() -> None:
+    sched, procs, clock = make(max_loaded=2)
+    for name in ("a", "b"):
+        await sched.load(spec(name))
+        clock.now += 10
+    await sched.load(spec("c"))
+    assert procs["a"].state is ModelState.STOPPED
+    assert procs["b"].state is ModelState.READY and procs["c"].state is ModelState.READY
+
+
+async def test_pinned_model_is_not_evicted() -> None:
+    sched, procs, clock = make(max_loaded=2)
+    await sched.load(spec("a"), pin=True)
+    clock.now += 10
+    await sched.load(spec("b"))
+    clock.now += 10
+    await sched.load(spec("c"))
+    assert procs["a"].state is ModelState.READY and procs["b"].state is ModelState.STOPPED
+
+
+async def test_busy_models_make_the_load_wait_then_503() -> None:
+    sched, _, _ = make(max_loaded=1)
+    async with sched.lease(spec("a")):
+        with pytest.raises(Unavailable) as exc:
+            await sched.load(spec("b"))
+    assert exc.value.retry_after_s == 1
+
+
+async def test_load_waits_for_a_busy_model_to_finish() -> None:
+    sched, procs, _ = make(max_loaded=1)
+    a = spec("a")
+
+    async def hold() -> None:
+        async with sched.lease(a):
+            await asyncio.sleep(0.1)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.05)
+    await sched.load(spec("b"))
+    await holder
+    assert procs["a"].state is ModelState.STOPPED and procs["b"].state is ModelState.READY
+
+
+async def test_idle_ttl_unloads() -> None:
+    sched, procs, clock = make(reap_interval_s=0.01)
+    await sched.start()
+    try:
+        await sched.load(spec("a", ttl_s=30))
+        await sched.load(spec("b", ttl_s=0))
+        clock.now += 31
+        await asyncio.sleep(0.05)
+        assert procs["a"].state is ModelState.STOPPED
+        assert procs["b"].state is ModelState.READY  # ttl 0 never unloads
+    finally:
+        await sched.close()
+
+
+async def test_crash_is_reported_and_next_request_restarts() -> None:
+    sched, procs, _ = make()
+    a = spec("a")
+    await sched.load(a)
+    procs["a"].crash()
+    assert sched.status([a])[0].state is ModelState.FAILED
+    async with sched.lease(a) as url:
+        assert url == "http://fake/a"
+    assert procs["a"].starts == 2
+
+
+async def test_failed_start_reaches_every_waiter() -> None:
+    procs: dict[str, FakeProcess] = {}
+
+    def factory(s: ModelSpec, on_exit: ExitCallback) -> FakeProcess:
+        procs[s.name] = FakeProcess(s, on_exit, start_delay_s=0.01, fail_start=True)
+        return procs[s.name]
+
+    sched = Scheduler(
+        SchedulerSettings(), factory, Metrics(), budget_bytes=GIB * 100, estimate=lambda s: GIB
+    )
+    a = spec("a")
+
+    async def use() -> None:
+        async with sched.lease(a):
+            pass
+
+    results = await asyncio.gather(use(), use(), return_exceptions=True)
+    assert all(isinstance(r, EngineError) for r in results)
+    assert procs["a"].starts == 1
+
+
+async def test_model_bigger_than_budget_is_refused_with_reason() -> None:
+    sched, procs, _ = make(budget=GIB // 2)
+    with pytest.raises(Unavailable, match="budget"):
+        await sched.load(spec("a"))
+    assert procs["a"].starts == 0
+
+
+async def test_unload_all_and_status() -> None:
+    sched, _, _ = make(max_loaded=3)
+    await sched.load(spec("a"))
+    await sched.load(spec("b"))
+    assert sorted(await sched.unload_all()) == ["a", "b"]
+    assert all(s.state is ModelState.STOPPED for s in sched.status([spec("a"), spec("b")]))

@@ -1,0 +1,203 @@
+"""The database and the models table, on SQLite and (when available) PostgreSQL.
+
+PostgreSQL runs when `MLO_TEST_POSTGRES_URL` is set, e.g.
+`postgresql+asyncpg://postgres:postgres@127.0.0.1:5432/mlo_test`; its tables are dropped first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from ml_offload.domain import GgufInfo, ModelSpec
+from ml_offload.errors import ConfigError, Unavailable
+from ml_offload.storage import Database, FileStamp, ModelRepository, async_url
+from ml_offload.storage.tables import metadata
+
+POSTGRES_ENV = "MLO_TEST_POSTGRES_URL"
+BACKENDS = ["sqlite", "postgresql"]
+
+INFO = GgufInfo(
+    architecture="llama",
+    name="Tiny",
+    parameters=134_515_008,
+    quantization="Q4_K_M",
+    context_length=8192,
+    block_count=30,
+    head_count=9,
+    head_count_kv=3,
+    embedding_length=576,
+    file_size_bytes=98_362_432,
+)
+LOCAL = ModelSpec(
+    name="tiny",
+    path=Path("/models/tiny.gguf"),
+    aliases=("t", "tiny:latest"),
+    ctx_size=2048,
+    parallel=2,
+    gpu_layers=10,
+    ttl_s=0.0,
+    extra_args=("--flash-attn", "on"),
+    pinned=True,
+    embeddings=False,
+    info=INFO,
+    source="scan",
+)
+EXTERNAL = ModelSpec(name="llamacpp", url="http://127.0.0.1:8080", source="env")
+STAMP = FileStamp(size_bytes=98_362_432, mtime_ns=1_700_000_000_123_456_789)
+
+
+def database_url(backend: str, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'db' / 'registry.db'}"
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"PostgreSQL not available: set {POSTGRES_ENV}")
+    return url
+
+
+async def reset(url: str) -> None:
+    """Drop every table of ours, so each test starts from an empty database."""
+    engine = create_async_engine(async_url(url))
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    chosen = database_url(request.param, tmp_path)
+    if request.param == "postgresql":
+        await reset(chosen)
+    return chosen
+
+
+@pytest.fixture
+async def db(url: str) -> AsyncIterator[Database]:
+    database = await Database.open(url)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def repo(db: Database) -> ModelRepository:
+    return ModelRepository(db)
+
+
+async def test_migrations_create_the_schema(db: Database) -> None:
+    async with db.begin() as conn:
+        version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+        tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+    assert version == "0001"
+    assert {"models", "alembic_version"} <= tables
+
+
+async def test_migrations_match_the_tables_module(db: Database) -> None:
+    async with db.begin() as conn:
+        diff = await conn.run_sync(
+            lambda c: compare_metadata(MigrationContext.configure(c), metadata)
+        )
+    assert diff == []
+
+
+async def test_open_is_idempotent(url: str) -> None:
+    for _ in range(2):
+        db = await Database.open(url)
+        await db.close()
+
+
+async def test_concurrent_opens_migrate_once(url: str) -> None:
+    if url.startswith("sqlite"):
+        pytest.skip("SQLite is one host's file; concurrent first opens are a PostgreSQL concern")
+    dbs = await asyncio.gather(*(Database.open(url) for _ in range(4)))
+    for db in dbs:
+        await db.close()
+
+
+async def test_sqlite_folder_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "registry.db"
+    db = await Database.open(f"sqlite:///{path}")  # a plain sqlite URL gets aiosqlite
+    assert db.dialect == "sqlite"
+    await db.close()
+    assert path.is_file()
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("sqlite:///x.db", "sqlite+aiosqlite"),
+        ("postgresql://u:p@h/db", "postgresql+asyncpg"),
+        ("postgres://u:p@h/db", "postgresql+asyncpg"),
+        ("postgresql+asyncpg://u:p@h/db", "postgresql+asyncpg"),
+    ],
+)
+def test_async_url_picks_an_async_driver(url: str, driver: str) -> None:
+    assert async_url(url).drivername == driver
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "not a url"])
+def test_unsupported_url(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"storage\.database_url"):
+        async_url(url)
+
+
+async def test_unreachable_postgres_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot open the database") as caught:
+        await Database.open("postgresql://mlo:secret@127.0.0.1:1/nothing")
+    assert "secret" not in caught.value.message
+    assert "storage.database_url" in caught.value.message
+
+
+async def test_database_errors_become_unavailable(db: Database) -> None:
+    with pytest.raises(Unavailable, match="failed"):
+        async with db.begin() as conn:
+            await conn.execute(sa.text("SELECT * FROM no_such_table"))
+
+
+async def test_upsert_and_list_round_trip(repo: ModelRepository) -> None:
+    await repo.upsert_many([LOCAL, EXTERNAL], {"tiny": STAMP})
+    assert await repo.list_all() == [EXTERNAL, LOCAL]  # sorted by name
+
+
+async def test_upsert_updates_by_name(repo: ModelRepository) -> None:
+    await repo.upsert_many([LOCAL, EXTERNAL])
+    changed = ModelSpec(name="tiny", path=Path("/elsewhere/tiny.gguf"), aliases=("x",))
+    await repo.upsert_many([changed])
+    assert await repo.list_all() == [EXTERNAL, changed]
+
+
+async def test_upsert_nothing(repo: ModelRepository) -> None:
+    await repo.upsert_many([])
+    assert await repo.list_all() == []
+
+
+async def test_cached_info_needs_the_same_path_size_and_mtime(repo: ModelRepository) -> None:
+    await repo.upsert_many([LOCAL], {"tiny": STAMP})
+    assert LOCAL.path is not None
+    assert await repo.cached_info(LOCAL.path, *STAMP) == INFO
+    assert await repo.cached_info(LOCAL.path, STAMP.size_bytes + 1, STAMP.mtime_ns) is None
+    assert await repo.cached_info(LOCAL.path, STAMP.size_bytes, STAMP.mtime_ns + 1) is None
+    assert await repo.cached_info(Path("/models/other.gguf"), *STAMP) is None
+
+
+async def test_no_stamp_no_cache(repo: ModelRepository) -> None:
+    await repo.upsert_many([LOCAL])
+    assert LOCAL.path is not None
+    assert await repo.cached_info(LOCAL.path, *STAMP) is None
+
+
+async def test_remove_missing(repo: ModelRepository) -> None:
+    other = ModelSpec(name="other", path=Path("/models/other.gguf"))
+    await repo.upsert_many([LOCAL, EXTERNAL, other])
+    assert await repo.remove_missing({"tiny"}) == ["llamacpp", "other"]
+    assert [spec.name for spec in await repo.list_all()] == ["tiny"]
+    assert await repo.remove_missing({"tiny"}) == []
