@@ -182,3 +182,7 @@ def main() -> None:
         sys.exit(2 if isinstance(exc, MloError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

