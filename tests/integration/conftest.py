@@ -103,7 +103,16 @@ def _start(tmp: Path, **extra: Any) -> Gateway:
     log = tmp / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLO_", "LLAMACPP_URL"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ml_offload.cli.main", "serve", "--config", str(cfg), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "ml_offload.cli.main",
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+        ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,

@@ -76,7 +76,10 @@ def test_chat_conforms(gateway: Gateway, prompt: str) -> None:
 def test_chat_stream_conforms_with_usage(gateway: Gateway, prompt: str) -> None:
     body = {
         "model": MODEL,
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}],
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": prompt},
+        ],
         "max_tokens": 8,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -102,15 +105,22 @@ def test_chat_stream_without_usage_through_the_client(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize("prompt", PROMPTS[:4])
 def test_completions_conform(gateway: Gateway, prompt: str) -> None:
-    raw = gateway.client.completions.with_raw_response.create(model=MODEL, prompt=prompt, max_tokens=6)
+    raw = gateway.client.completions.with_raw_response.create(
+        model=MODEL, prompt=prompt, max_tokens=6
+    )
     comp = assert_conforms(Completion, json.loads(raw.text))
     assert isinstance(comp, Completion) and comp.model == MODEL and comp.object == "text_completion"
-    assert isinstance(comp.choices[0].text, str) and comp.choices[0].finish_reason in ("stop", "length")
+    assert isinstance(comp.choices[0].text, str) and comp.choices[0].finish_reason in (
+        "stop",
+        "length",
+    )
     assert comp.usage is not None and comp.usage.prompt_tokens > 0
 
 
 def test_completion_stream(gateway: Gateway) -> None:
-    events = _sse(gateway, {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 6, "stream": True})
+    events = _sse(
+        gateway, {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 6, "stream": True}
+    )
     assert events[-1] == "[DONE]"
     chunks = []
     for e in events[:-1]:
@@ -147,7 +157,9 @@ def _error(exc: openai.APIStatusError) -> dict[str, Any]:
 
 def test_unknown_model_is_404(gateway: Gateway) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
-        gateway.client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        gateway.client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
     err = _error(exc.value)
     assert err["code"] == "model_not_found" and MODEL in err["message"]
 
@@ -165,7 +177,9 @@ def test_unknown_model_is_404(gateway: Gateway) -> None:
     ],
 )
 def test_malformed_body_is_400(gateway: Gateway, body: bytes) -> None:
-    resp = gateway.http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    resp = gateway.http.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 400
     err = resp.json()["error"]
     assert err["type"] == "invalid_request_error" and err["message"]
@@ -187,7 +201,7 @@ def test_engine_rejection_passes_through_as_client_error(gateway: Gateway) -> No
 
 def test_disconnect_mid_stream_frees_the_slot(gateway: Gateway) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
-            "max_tokens": 400, "stream": True}  # fmt: skip
+            "max_tokens": 400, "stream": True, "ignore_eos": True}  # fmt: skip
     with gateway.http.stream("POST", "/v1/chat/completions", json=body) as resp:
         lines = resp.iter_lines()
         got = [line for line in (next(lines) for _ in range(6)) if line.startswith("data:")]
@@ -205,10 +219,16 @@ def test_disconnect_mid_stream_frees_the_slot(gateway: Gateway) -> None:
 
 
 def test_engine_killed_mid_stream_gives_a_clean_error_then_recovers(gateway: Gateway) -> None:
-    gateway.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    gateway.client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
     pid = gateway.model()["pid"]
     stream = gateway.client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Tell a long story."}], max_tokens=400, stream=True
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell a long story."}],
+        max_tokens=400,
+        stream=True,
+        extra_body={"ignore_eos": True},
     )
     with pytest.raises(openai.APIError) as exc:
         for i, _chunk in enumerate(stream):
@@ -223,12 +243,18 @@ def test_engine_killed_mid_stream_gives_a_clean_error_then_recovers(gateway: Gat
         time.sleep(0.05)
     state = gateway.model()
     assert state["state"] == "failed" and "exited" in state["last_error"]
-    again = gateway.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    again = gateway.client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert again.choices[0].message.content
     assert gateway.model()["pid"] not in (None, pid)
 
 
 def _sse(gateway: Gateway, body: dict[str, Any]) -> list[str]:
-    with gateway.http.stream("POST", body.get("messages") and "/v1/chat/completions" or "/v1/completions", json=body) as resp:
-        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    with gateway.http.stream(
+        "POST", (body.get("messages") and "/v1/chat/completions") or "/v1/completions", json=body
+    ) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith(
+            "text/event-stream"
+        )
         return [line[len("data: ") :] for line in resp.iter_lines() if line.startswith("data: ")]
