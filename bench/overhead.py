@@ -93,8 +93,9 @@ def check(url: str, mode: str) -> str | None:
     """One request of ``mode`` ("json" or "stream"); a problem described, or None."""
     import urllib.request
 
-    req = urllib.request.Request(url + "/v1/chat/completions", data=MODES[mode],
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/v1/chat/completions", data=MODES[mode], headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             data = resp.read()
@@ -122,10 +123,10 @@ def load(url: str, conns: int, args: argparse.Namespace, stream: bool) -> Result
         loop.close()
 
 
-def measure(url: str, args: argparse.Namespace,
-            modes: tuple[str, ...] = ("json", "stream")) -> dict[str, dict[int, Result]]:
-    return {mode: {c: load(url, c, args, mode == "stream") for c in args.conns}
-            for mode in modes}
+def measure(
+    url: str, args: argparse.Namespace, modes: tuple[str, ...] = ("json", "stream")
+) -> dict[str, dict[int, Result]]:
+    return {mode: {c: load(url, c, args, mode == "stream") for c in args.conns} for mode in modes}
 
 
 def rows(
@@ -163,10 +164,18 @@ def targets(table: list[dict[str, object]], gw: Gateway | None) -> list[tuple[st
     get = {(r["mode"], r["connections"]): r for r in table}
     checks = [
         ("added p50 < 1 ms at 1 conn", _num(get.get(("json", 1)), "added_p50_ms"), "ms", 1.0),
-        ("added TTFB p50 < 1 ms at 1 conn", _num(get.get(("stream", 1)), "added_ttfb_p50_ms"),
-         "ms", 1.0),
-        ("> 1500 req/s at 16 conns", _num(get.get(("json", 16)), "gateway", "rps"), "req/s",
-         -1500.0),
+        (
+            "added TTFB p50 < 1 ms at 1 conn",
+            _num(get.get(("stream", 1)), "added_ttfb_p50_ms"),
+            "ms",
+            1.0,
+        ),
+        (
+            "> 1500 req/s at 16 conns",
+            _num(get.get(("json", 16)), "gateway", "rps"),
+            "req/s",
+            -1500.0,
+        ),
         ("idle RSS < 80 MB", gw.rss_idle_mb, "MB", 80.0),
     ]
     out = []
@@ -312,8 +321,10 @@ def settle_and_check(gw: Gateway) -> None:
             gw.modes_ok.append(mode)
         else:
             last = procs.tail(gw.log, 1)
-            gw.notes.append(f"{mode} not measured through the gateway, sanity check failed: "
-                            f"{problem}; gateway log ends: {last[:300]}")
+            gw.notes.append(
+                f"{mode} not measured through the gateway, sanity check failed: "
+                f"{problem}; gateway log ends: {last[:300]}"
+            )
 
 
 def measure_gateway(gw: Gateway, args: argparse.Namespace) -> dict[str, dict[int, Result]]:

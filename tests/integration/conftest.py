@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -135,10 +136,8 @@ def _start(tmp: Path, **extra: Any) -> Gateway:
 def stop(gw: Gateway) -> None:
     pids = []
     if gw.proc.poll() is None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             pids = gw.engine_pids()
-        except httpx.HTTPError:
-            pass
         gw.proc.send_signal(signal.SIGTERM)
         try:
             gw.proc.wait(20)

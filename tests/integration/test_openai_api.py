@@ -172,7 +172,8 @@ def test_unknown_model_is_404(gateway: Gateway) -> None:
         b'{"model": "smollm2-135m"}',
         b'{"model": "smollm2-135m", "messages": []}',
         b'{"model": "smollm2-135m", "messages": [{"role": "wizard", "content": "x"}]}',
-        b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+        b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], '
+        b'"max_tokens": -1}',
         b'{"model": "smollm2-135m", "messages": "hello"}',
     ],
 )
@@ -200,8 +201,13 @@ def test_engine_rejection_passes_through_as_client_error(gateway: Gateway) -> No
 
 
 def test_disconnect_mid_stream_frees_the_slot(gateway: Gateway) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
-            "max_tokens": 400, "stream": True, "ignore_eos": True}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 400,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with gateway.http.stream("POST", "/v1/chat/completions", json=body) as resp:
         lines = resp.iter_lines()
         got = [line for line in (next(lines) for _ in range(6)) if line.startswith("data:")]

@@ -109,8 +109,13 @@ def test_over_capacity_is_429_with_retry_after(
         models=[{"name": "one", "path": smollm_path, "parallel": 1, "ctx_size": 512}],
     )
     ask(gw.client, "one")
-    body = {"model": "one", "messages": [{"role": "user", "content": "Tell a long story."}],
-            "max_tokens": 300, "stream": True, "ignore_eos": True}  # fmt: skip
+    body = {
+        "model": "one",
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 300,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with gw.http.stream("POST", "/v1/chat/completions", json=body) as held:
         lines = held.iter_lines()  # keep the iterator: dropping it closes the stream
         next(lines)
@@ -148,8 +153,14 @@ def test_metrics_and_health(gateway_factory: GatewayFactory, smollm_path: Path) 
     gw = gateway_factory()
     ask(gw.client, "smollm2-135m")
     text = gw.http.get("/metrics").text
-    for family in ("mlo_requests_total", "mlo_request_latency_seconds_bucket", "mlo_tokens_total",
-                   "mlo_queue_depth", "mlo_models_loaded", "mlo_model_load_seconds_count"):  # fmt: skip
+    for family in (
+        "mlo_requests_total",
+        "mlo_request_latency_seconds_bucket",
+        "mlo_tokens_total",
+        "mlo_queue_depth",
+        "mlo_models_loaded",
+        "mlo_model_load_seconds_count",
+    ):
         assert family in text, family
     health = gw.http.get("/health").json()
     assert health["status"] == "ok" and health["models"]["loaded"] == 1
@@ -160,8 +171,11 @@ def test_metrics_and_health(gateway_factory: GatewayFactory, smollm_path: Path) 
 def mlo(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ml_offload.cli.main", *args, "--url", url],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def test_cli_against_the_gateway(gateway_factory: GatewayFactory) -> None:
@@ -191,8 +205,10 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text("[scheduler]\nmax_loaded_models = 0\n")
     serve = subprocess.run(
         [sys.executable, "-m", "ml_offload.cli.main", "serve", "--config", str(bad)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert serve.returncode == 2 and "scheduler.max_loaded_models" in serve.stderr
     assert "Traceback" not in serve.stderr
 
