@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -77,4 +77,3 @@ class ModelStatus:
     pinned: bool = False
     last_error: str | None = None
     load_time_s: float | None = None
-    extra: dict[str, object] = field(default_factory=dict)

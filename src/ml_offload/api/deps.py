@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 
 from ml_offload.errors import InvalidRequest
 from ml_offload.services import Services
@@ -29,3 +33,8 @@ def _too_large(limit: int) -> InvalidRequest:
     err = InvalidRequest(f"request body is larger than {limit} bytes (server.max_body_bytes)")
     err.status = 413
     return err
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """JSON through orjson (several times faster than the stdlib encoder on the hot path)."""
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")

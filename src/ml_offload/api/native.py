@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from ml_offload import __version__
+from ml_offload.api.deps import json_response as _json
 from ml_offload.api.deps import read_body, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.domain import ModelSpec, ModelStatus
@@ -207,7 +208,7 @@ def _model_json(spec: ModelSpec, status: ModelStatus) -> dict[str, Any]:
         "parallel": spec.parallel,
         "ttl_s": spec.ttl_s,
         "info": asdict(spec.info) if spec.info else None,
-        **{k: v for k, v in asdict(status).items() if k not in ("name", "base_url", "extra")},
+        **{k: v for k, v in asdict(status).items() if k not in ("name", "base_url")},
         "base_url": status.base_url if spec.is_local else None,
     }
 
@@ -219,7 +220,3 @@ def _first_error(exc: ValueError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         return f"{loc}: {err['msg']}" if loc else str(err["msg"])
     return str(exc)
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ml_offload.api.deps import json_response as _json
 from ml_offload.api.deps import read_body, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.errors import MloError
@@ -64,7 +64,3 @@ async def openai_sse(stream: EngineStream) -> AsyncIterator[bytes]:
         yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
         return
     yield _DONE
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
