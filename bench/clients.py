@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import procs
 from fake_upstream import spawn
 from loadgen import Result, new_loop, percentile
 
@@ -133,6 +134,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
+    machine, watch = procs.machine_note(), procs.CpuWatch()
     base, proc = spawn()
     try:
         loop = new_loop()
@@ -146,10 +148,13 @@ def main() -> None:
         "httpx": httpx.__version__,
         "aiohttp": aiohttp.__version__,
         "event_loop": type(loop).__module__,
+        "machine": machine,
+        "noise": procs.noise_note(watch.foreign_cores()),
     }
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=2))
     else:
+        print(f"machine: {meta.pop('machine')}\nnoise: {meta.pop('noise')}")
         print(f"upstream: fake_upstream (subprocess); {meta}")
         print_table(rows)
 

@@ -194,7 +194,7 @@ def fmt(x: object, spec: str = ".3f") -> str:
 
 
 def print_report(report: dict[str, object]) -> None:
-    print(f"machine: {report['machine']}")
+    print(f"machine: {report['machine']}\nnoise: {report['noise']}")
     print(
         f"load generator: {report['generator_json']} (non-streaming), "
         f"{report['generator_stream']} (streaming TTFB); "
@@ -265,6 +265,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Gateway first (start-up, idle RSS on a quiet machine, fail fast), then direct, then via."""
+    machine = procs.machine_note()  # before we load the machine ourselves
+    watch = procs.CpuWatch()
     upstream, up_proc = spawn()
     gw: Gateway | None = None
     gw_results = None
@@ -286,7 +288,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         up_proc.wait(5)
     table = rows(direct, gw_results)
     return {
-        "machine": procs.machine_note(),
+        "machine": machine,
+        "noise": procs.noise_note(watch.foreign_cores()),
         "generator_json": "wrk -t1" if args.generator == "wrk" else "python-raw",
         "generator_stream": "python-raw (uvloop)",
         "duration_s": args.duration,

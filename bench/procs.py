@@ -136,4 +136,40 @@ def machine_note() -> str:
         pass
     mem_gib = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**30
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB; load average {load}"
+    note = f"{os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB; load average {load}"
+    if os.getloadavg()[0] > 0.8:
+        note += " (the machine was busy before the run: figures are likely disturbed)"
+    return note
+
+
+def _busy_s() -> float:
+    """CPU-seconds all processes have spent busy since boot (/proc/stat, every core)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class CpuWatch:
+    """How much CPU processes outside this benchmark used while it ran (noise indicator).
+
+    Read it after every child has been waited for: only then do their CPU times count as ours.
+    """
+
+    def __init__(self) -> None:
+        self._t0, self._busy0, self._own0 = time.perf_counter(), _busy_s(), _own_s()
+
+    def foreign_cores(self) -> float:
+        """Average number of cores busy with other work during the run."""
+        wall = time.perf_counter() - self._t0
+        foreign = (_busy_s() - self._busy0) - (_own_s() - self._own0)
+        return max(0.0, foreign / wall) if wall > 0 else 0.0
+
+
+def noise_note(cores: float) -> str:
+    note = f"other processes used {cores:.2f} cores on average during the run"
+    return note + (" (figures likely disturbed)" if cores > 0.1 else "")

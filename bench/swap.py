@@ -5,9 +5,11 @@
     token. Repeated ``--engine-runs`` times.
 (b) Through the gateway: two models declared on the same file (a: ctx 2048, b: ctx 1024) with
     ``max_loaded_models = 1``; streaming requests alternate a, b, a, ... so each one forces a swap.
-    Time from sending the request to the first content token.
+    Time from sending the request to the first content token. ``--parallel 1`` (the default)
+    gives each model one slot, so the engine loads exactly what (a) loads; ``--parallel 0`` keeps
+    the gateway's default slots (its n_ctx is ctx_size x parallel, a larger KV cache).
 
-    python bench/swap.py [--n 5] [--engine-runs 3] [--json]
+    python bench/swap.py [--n 5] [--engine-runs 3] [--parallel 1] [--json]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,7 +49,7 @@ scan_models_dir = false
 [storage]
 data_dir = "{data_dir}"
 [server]
-log_level = "warning"
+log_level = "{log_level}"
 [scheduler]
 max_loaded_models = 1
 [[models]]
@@ -96,10 +99,12 @@ def first_token_s(base: str, model: str | None, timeout_s: float = 120.0) -> flo
     return first - t0
 
 
-def engine_runs(path: str, runs: int) -> list[dict[str, float]]:
-    out = []
+def engine_runs(path: str, runs: int, deadline: float) -> list[dict[str, float]]:
+    out: list[dict[str, float]] = []
     for _ in range(runs):
         t0 = time.perf_counter()
+        if out and t0 > deadline:
+            break
         cmd = [sys.executable, "-c", ENGINE_SNIPPET, path, str(Path(__file__).parent)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -109,10 +114,18 @@ def engine_runs(path: str, runs: int) -> list[dict[str, float]]:
     return out
 
 
-def gateway_swaps(path: str, n: int) -> dict[str, object]:
+def gateway_config(path: str, data_dir: Path, args: argparse.Namespace) -> str:
+    text = CONFIG.format(data_dir=data_dir, path=path, log_level=args.log_level)
+    if args.parallel:
+        text = text.replace("ctx_size = 2048\n", f"ctx_size = 2048\nparallel = {args.parallel}\n")
+        text = text.replace("ctx_size = 1024\n", f"ctx_size = 1024\nparallel = {args.parallel}\n")
+    return text
+
+
+def gateway_swaps(path: str, args: argparse.Namespace, deadline: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="mlo-swap-") as tmp:
         cfg = Path(tmp) / "gateway.toml"
-        cfg.write_text(CONFIG.format(data_dir=Path(tmp) / "data", path=path))
+        cfg.write_text(gateway_config(path, Path(tmp) / "data", args))
         port = procs.free_port()
         log = Path(tmp) / "gateway.log"
         cmd = [*procs.mlo_command(), "serve", "--config", str(cfg), "--port", str(port)]
@@ -124,12 +137,23 @@ def gateway_swaps(path: str, n: int) -> dict[str, object]:
         try:
             if procs.wait_health(base + "/health", proc, 90) is None:
                 raise RuntimeError("gateway did not answer /health 200:\n" + procs.tail(log))
-            samples = [(m, first_token_s(base, m)) for _ in range(n) for m in ("a", "b")]
-            warm = first_token_s(base, "b")  # same model again: no swap
+            samples: list[tuple[str, float]] = []
+            for model in ["a", "b"] * args.n:
+                if samples and time.perf_counter() > deadline:
+                    break  # time budget spent; report what we have
+                samples.append((model, first_token_s(base, model)))
+            warm = first_token_s(base, samples[-1][0])  # same model again: no swap
             tree = procs.descendants(proc.pid)
         finally:
             procs.stop_group(proc)
-    return {"samples": samples, "warm_first_token_s": warm, "processes_at_end": len(tree)}
+            if args.keep_log is not None:
+                shutil.copyfile(log, args.keep_log)
+    return {
+        "parallel": args.parallel or "gateway default",
+        "samples": samples,
+        "warm_first_token_s": warm,
+        "processes_at_end": len(tree),
+    }
 
 
 def summarize(engine: list[dict[str, float]], gw: dict[str, object] | None) -> dict[str, object]:
@@ -154,7 +178,7 @@ def summarize(engine: list[dict[str, float]], gw: dict[str, object] | None) -> d
 
 
 def print_report(r: dict[str, object]) -> None:
-    print(f"machine: {procs.machine_note()}")
+    print(f"machine: {r['machine']}\nnoise: {r['noise']}")
     runs: list[dict[str, float]] = r["engine_runs"]  # type: ignore[assignment]
     for i, e in enumerate(runs, 1):
         print(
@@ -169,7 +193,10 @@ def print_report(r: dict[str, object]) -> None:
     gw = r.get("gateway")
     if not isinstance(gw, dict):
         return
-    print("gateway swaps (model, request -> first content token):")
+    print(
+        f"gateway (parallel = {gw['parallel']}), request for the unloaded model -> first content "
+        "token (the first is a cold load, the rest are swaps):"
+    )
     print("  " + ", ".join(f"{m} {t:.3f}s" for m, t in gw["samples"]))
     print(f"  warm request (no swap): {gw['warm_first_token_s']:.3f} s")
     print(
@@ -184,12 +211,26 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5, help="swaps per model (a and b alternate)")
     ap.add_argument("--engine-runs", type=int, default=3)
     ap.add_argument("--engine-only", action="store_true", help="skip the gateway half")
+    ap.add_argument("--budget-s", type=float, default=150, help="stop starting new runs after")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="slots per model in the gateway config (1 matches the engine-alone run; "
+        "0 leaves the gateway's default, whose n_ctx is ctx_size x parallel)",
+    )
+    ap.add_argument("--log-level", default="warning", help="the gateway's server.log_level")
+    ap.add_argument("--keep-log", type=Path, help="copy the gateway's log here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     path = model_path()
-    engine = engine_runs(path, args.engine_runs)
-    gw = None if args.engine_only else gateway_swaps(path, args.n)
-    report = summarize(engine, gw)
+    machine = procs.machine_note()  # before we load the machine ourselves
+    watch = procs.CpuWatch()
+    deadline = time.perf_counter() + args.budget_s
+    engine = engine_runs(path, args.engine_runs, deadline - 0.5 * args.budget_s)
+    gw = None if args.engine_only else gateway_swaps(path, args, deadline)
+    noise = procs.noise_note(watch.foreign_cores())
+    report = {"machine": machine, "noise": noise, **summarize(engine, gw)}
     print(json.dumps(report, indent=2) if args.json else "", end="")
     if not args.json:
         print_report(report)
