@@ -160,11 +160,13 @@ class _Tally:
 
 
 async def _worker(
-    url: str, payload: bytes, until: float, record_from: float, tally: _Tally
+    url: str, payload: bytes, until: float, record_from: float, tally: _Tally, gap_s: float
 ) -> None:
     parts = urlsplit(url)
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     while (now := time.perf_counter()) < until:
+        if gap_s:
+            await asyncio.sleep(gap_s)  # think time: every request meets an idle server
         try:
             if conn is None:
                 conn = await asyncio.open_connection(parts.hostname, parts.port)
@@ -198,16 +200,22 @@ def _close(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> No
 
 
 async def run_py(
-    url: str, body: bytes, connections: int, duration_s: float, warmup_s: float = 0.0
+    url: str,
+    body: bytes,
+    connections: int,
+    duration_s: float,
+    warmup_s: float = 0.0,
+    gap_s: float = 0.0,
 ) -> Result:
-    """Closed-loop load from ``connections`` keep-alive sockets; warm-up requests not counted."""
+    """Closed-loop load from ``connections`` keep-alive sockets, each pausing ``gap_s`` between
+    requests; warm-up requests are not counted."""
     tally = _Tally()
     start = time.perf_counter()
     record_from = start + warmup_s
     until = record_from + duration_s
     payload = request_bytes(url, body)
     await asyncio.gather(
-        *(_worker(url, payload, until, record_from, tally) for _ in range(connections))
+        *(_worker(url, payload, until, record_from, tally, gap_s) for _ in range(connections))
     )
     lat = sorted(x * 1000 for x in tally.latencies)
     ttfb = sorted(x * 1000 for x in tally.ttfbs)

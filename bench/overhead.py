@@ -109,24 +109,31 @@ def check(url: str, mode: str) -> str | None:
     return None
 
 
-def load(url: str, conns: int, args: argparse.Namespace, stream: bool) -> Result:
+def load(url: str, mode: str, conns: int, args: argparse.Namespace) -> Result:
+    """One cell. ``mode`` is json or stream, with ``_sparse`` for one request per gap."""
     target = url + "/v1/chat/completions"
-    if not stream and args.generator == "wrk":
+    body = MODES[mode.removesuffix("_sparse")]
+    gap_s = args.gap_ms / 1000 if mode.endswith("_sparse") else 0.0
+    if body is BODY and not gap_s and args.generator == "wrk":
         run_wrk(target, BODY, conns, args.warmup)  # warm-up, discarded
         return run_wrk(target, BODY, conns, args.duration)
     loop = new_loop()
     try:
         return loop.run_until_complete(
-            run_py(target, STREAM_BODY if stream else BODY, conns, args.duration, args.warmup)
+            run_py(target, body, conns, args.duration, args.warmup, gap_s)
         )
     finally:
         loop.close()
 
 
 def measure(
-    url: str, args: argparse.Namespace, modes: tuple[str, ...] = ("json", "stream")
+    url: str, args: argparse.Namespace, modes: tuple[str, ...] = tuple(MODES)
 ) -> dict[str, dict[int, Result]]:
-    return {mode: {c: load(url, c, args, mode == "stream") for c in args.conns} for mode in modes}
+    """Closed-loop cells at each connection count, then sparse cells (1 connection, idle gaps)."""
+    out = {mode: {c: load(url, mode, c, args) for c in args.conns} for mode in modes}
+    if args.gap_ms > 0:
+        out |= {f"{mode}_sparse": {1: load(url, f"{mode}_sparse", 1, args)} for mode in modes}
+    return out
 
 
 def rows(
@@ -201,7 +208,7 @@ def print_report(report: dict[str, object]) -> None:
         f"{report['duration_s']} s measured after {report['warmup_s']} s warm-up per cell"
     )
     head = (
-        f"{'mode':6} {'conn':>4} | {'direct r/s':>10} {'gw r/s':>8} {'ratio':>6} | "
+        f"{'mode':9} {'conn':>4} | {'direct r/s':>10} {'gw r/s':>8} {'ratio':>6} | "
         f"{'d p50':>7} {'gw p50':>7} {'+p50':>7} | {'d p99':>7} {'gw p99':>7} {'+p99':>7} "
         "| err"
     )
@@ -209,18 +216,19 @@ def print_report(report: dict[str, object]) -> None:
     print("-" * len(head))
     for r in report["rows"]:  # type: ignore[attr-defined]
         d, g = r["direct"], r.get("gateway") or {}
-        key = "ttfb_" if r["mode"] == "stream" else ""
-        mode = "ttfb" if r["mode"] == "stream" else "json"
+        key = "ttfb_" if r["mode"].startswith("stream") else ""
+        mode = ("ttfb" if key else "json") + ("~gap" if r["mode"].endswith("_sparse") else "")
         print(
-            f"{mode:6} {r['connections']:>4} | {d['rps']:>10.0f} {fmt(g.get('rps'), '.0f'):>8} "
+            f"{mode:9} {r['connections']:>4} | {d['rps']:>10.0f} {fmt(g.get('rps'), '.0f'):>8} "
             f"{fmt(r.get('ratio'), '.2f'):>6} | {fmt(d[key + 'p50_ms']):>7} "
             f"{fmt(g.get(key + 'p50_ms')):>7} {fmt(r.get('added_' + key + 'p50_ms')):>7} | "
             f"{fmt(d[key + 'p99_ms']):>7} {fmt(g.get(key + 'p99_ms')):>7} "
             f"{fmt(r.get('added_' + key + 'p99_ms')):>7} | {d['errors']}/{g.get('errors', '-')}"
         )
     print(
-        "(json rows: full-response latency in ms; ttfb rows: time to first SSE data event in ms,"
-        " req/s = streams/s)"
+        "(json: full-response latency in ms; ttfb: time to the first SSE data event in ms, r/s ="
+        f" streams/s; ~gap: one connection pausing {report['gap_ms']:.0f} ms between requests,"
+        " so each meets an idle server)"
     )
     gw = report.get("gateway")
     if isinstance(gw, dict):
@@ -242,6 +250,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell")
     ap.add_argument("--conns", default="1,16,64", help="comma-separated connection counts")
     ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument(
+        "--gap-ms",
+        type=float,
+        default=50.0,
+        help="also measure 1 connection with this pause between requests (0: skip)",
+    )
     ap.add_argument("--direct-only", action="store_true", help="skip the gateway")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
@@ -293,6 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "generator_json": "wrk -t1" if args.generator == "wrk" else "python-raw",
         "generator_stream": "python-raw (uvloop)",
         "duration_s": args.duration,
+        "gap_ms": args.gap_ms,
         "warmup_s": args.warmup,
         "rows": table,
         "gateway": None
