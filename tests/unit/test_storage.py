@@ -201,3 +201,11 @@ async def test_remove_missing(repo: ModelRepository) -> None:
     assert await repo.remove_missing({"tiny"}) == ["llamacpp", "other"]
     assert [spec.name for spec in await repo.list_all()] == ["tiny"]
     assert await repo.remove_missing({"tiny"}) == []
+
+
+def test_head_revision_constant_matches_the_migrations() -> None:
+    from alembic.script import ScriptDirectory
+
+    from ml_offload.storage.db import HEAD_REVISION, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = await Services.start(settings, factory)
+        tune_gc()
         try:
             yield
         finally:
@@ -42,6 +44,14 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
     app.include_router(native.router)
     app.include_router(openai_routes.router)
     return app
+
+
+def tune_gc() -> None:
+    """Move start-up objects out of the collector's sight and collect the young generation
+    less often: full collections over ~150k start-up objects made the p99 tail (bench/README)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def create_app() -> FastAPI:

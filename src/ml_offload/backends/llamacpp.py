@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -39,13 +40,10 @@ def resolve_engine_kind(engine: EngineSettings) -> str:
     """`auto` picks xllamacpp when importable, else a `llama-server` binary on PATH."""
     if engine.kind != "auto":
         return engine.kind
-    try:
-        import xllamacpp  # noqa: F401
-
+    if importlib.util.find_spec("xllamacpp") is not None:  # not imported: the child does
         return "xllamacpp"
-    except ImportError:
-        if engine.llama_server_bin or shutil.which("llama-server"):
-            return "llama-server"
+    if engine.llama_server_bin or shutil.which("llama-server"):
+        return "llama-server"
     raise ConfigError(
         "engine.kind: no llama.cpp engine found; install the `xllamacpp` package "
         "(pip install xllamacpp) or set engine.llama_server_bin to a llama-server binary"

@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ml_offload.errors import ConfigError, Unavailable
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest migration. Alembic (and its ~11 MB of imports) is loaded only when the database is
+# not at this revision; tests/unit/test_storage.py checks it matches the migrations folder.
+HEAD_REVISION = "0001"
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_KEY = 0x6D6C6F_0001  # PostgreSQL advisory lock: one gateway migrates at a time
@@ -43,6 +48,8 @@ def async_url(url: str) -> sa.URL:
 
 def alembic_config(url: str | None = None) -> Config:
     """An Alembic config for the packaged migrations; no alembic.ini needed."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
     if url:
@@ -84,7 +91,8 @@ class Database:
 
     async def migrate(self) -> None:
         async with self.begin() as conn:
-            await conn.run_sync(_upgrade)
+            if await conn.run_sync(_current_revision) != HEAD_REVISION:
+                await conn.run_sync(_upgrade)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -145,7 +153,15 @@ def _make_parent(url: sa.URL) -> None:
         ) from None
 
 
+def _current_revision(connection: sa.Connection) -> str | None:
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def _upgrade(connection: sa.Connection) -> None:
+    from alembic import command
+
     if connection.dialect.name == "postgresql":
         connection.execute(
             sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
