@@ -84,6 +84,19 @@ class EngineSettings(_Section):
     extra_args: list[str] = Field(default_factory=list)
 
 
+class SimulatedDevice(_Section):
+    name: str = "Simulated GPU"
+    total_bytes: int = Field(gt=0)
+
+
+class GpuSettings(_Section):
+    """`auto`: NVML when it works, else the simulated devices if any are set, else CPU only."""
+
+    monitor: Literal["auto", "nvml", "simulated", "none"] = "auto"
+    simulated_devices: list[SimulatedDevice] = Field(default_factory=list)
+    reserve_bytes: int = Field(512 * 2**20, ge=0, description="kept free on every device")
+
+
 class ModelConfig(_Section):
     """A model declared in config: a local GGUF `path`, or an external server `url`."""
 
@@ -115,6 +128,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
     scheduler: SchedulerSettings = Field(default_factory=lambda: SchedulerSettings())
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
+    gpu: GpuSettings = Field(default_factory=lambda: GpuSettings())
     models: list[ModelConfig] = Field(default_factory=list)
     demo_model: bool = Field(True, description="register the bundled SmolLM2 when installed")
     scan_models_dir: bool = True

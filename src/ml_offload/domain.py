@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -74,6 +74,11 @@ class ModelStatus:
     idle_s: float | None = None
     loaded_for_s: float | None = None
     estimate_bytes: int = 0
+    measured_bytes: int | None = None
+    gpu_layers: int | None = None
+    layers: int | None = None
+    device_bytes: dict[int, int] = field(default_factory=dict)
+    host_bytes: int | None = None
     pinned: bool = False
     last_error: str | None = None
     load_time_s: float | None = None

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class DeviceLike(Protocol):
+    """A GPU device as `gpu.base.GpuDevice` describes it (read-only)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def total_bytes(self) -> int: ...
+    @property
+    def used_bytes(self) -> int: ...
+    @property
+    def free_bytes(self) -> int: ...
+    @property
+    def utilization_pct(self) -> float | None: ...
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -49,6 +70,20 @@ class Metrics:
         self.evictions = Counter(
             "mlo_evictions", "Models unloaded", ["model", "reason"], registry=r
         )
+        dev = ["device", "name"]
+        self.gpu_total = Gauge("mlo_gpu_memory_total_bytes", "GPU memory", dev, registry=r)
+        self.gpu_used = Gauge("mlo_gpu_memory_used_bytes", "GPU memory in use", dev, registry=r)
+        self.gpu_free = Gauge("mlo_gpu_memory_free_bytes", "GPU memory free", dev, registry=r)
+        self.gpu_util = Gauge("mlo_gpu_utilization_ratio", "GPU utilization (0-1)", dev, registry=r)
+
+    def observe_devices(self, devices: Sequence[DeviceLike]) -> None:
+        for d in devices:
+            labels = (str(d.index), d.name)
+            self.gpu_total.labels(*labels).set(d.total_bytes)
+            self.gpu_used.labels(*labels).set(d.used_bytes)
+            self.gpu_free.labels(*labels).set(d.free_bytes)
+            if d.utilization_pct is not None:
+                self.gpu_util.labels(*labels).set(d.utilization_pct / 100)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,57 +1,184 @@
-"""Pure scheduling decisions: what to evict to make room, and what is idle.
+"""Pure scheduling decisions: where a model goes, what to evict for it, what is idle.
 
-No I/O and no clocks: the scheduler passes in views of loaded models and the time.
+No I/O and no clocks: the scheduler passes in views of devices, loaded models and the time.
+
+Order of preference for a model that needs memory:
+1. every layer on one GPU (the one with most room), or split across GPUs, without evicting;
+2. the same after evicting idle, unpinned models, least recently used first (an idle model
+   costs only a reload, while running a model mostly on the CPU makes every request slow);
+3. the largest number of layers that fit (partial offload), the rest in host memory;
+4. everything in host memory (machines without a GPU);
+5. refuse, with the reason (and `wait` when busy models could free room by finishing).
+Nothing is ever placed past a device's free memory minus the reserve.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Estimate(Protocol):
+    """A model's memory needs per layer (see vram.MemoryEstimate)."""
+
+    @property
+    def layers(self) -> int: ...
+
+    @property
+    def layer_bytes(self) -> tuple[int, ...]: ...
+
+    @property
+    def output_bytes(self) -> int: ...
+
+    @property
+    def gpu_compute_bytes(self) -> int: ...
+
+    @property
+    def cpu_bytes(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedView:
     name: str
-    estimate_bytes: int
+    host_bytes: int
     busy: bool  # requests in flight or queued
     pinned: bool
     last_used: float  # monotonic seconds
     ttl_s: float
+    device_bytes: tuple[tuple[int, int], ...] = ()  # (device index, bytes)
 
 
 @dataclass(frozen=True, slots=True)
-class Eviction:
-    """The outcome of `plan_room`: evict these (possibly none), or `refused` with a reason."""
+class DeviceRoom:
+    index: int
+    free_bytes: int  # free for planning: live free memory less what loading models will take
 
+
+@dataclass(frozen=True, slots=True)
+class Placement:
     evict: tuple[str, ...] = ()
+    gpu_layers: int = 0
+    layers_per_device: tuple[tuple[int, int], ...] = ()  # (device index, layers)
+    device_bytes: tuple[tuple[int, int], ...] = ()  # (device index, bytes)
+    host_bytes: int = 0
     refused: str | None = None
-    wait: bool = False  # room could appear when busy models go idle
+    wait: bool = False
+
+    @property
+    def kind(self) -> str:
+        if self.refused:
+            return "refused"
+        if not self.gpu_layers:
+            return "cpu"
+        return "split" if len(self.device_bytes) > 1 else "gpu"
 
 
-def plan_room(
-    loaded: list[LoadedView], *, need_bytes: int, budget_bytes: int, max_loaded: int
-) -> Eviction:
-    """Choose the least recently used idle, unpinned models to evict so one more model fits.
+@dataclass(slots=True)
+class _Fit:
+    layers: dict[int, int] = field(default_factory=dict)
+    used: dict[int, int] = field(default_factory=dict)
 
-    Fits means: at most `max_loaded` models loaded and the sum of estimates within the budget.
-    """
-    if need_bytes > budget_bytes:
-        return Eviction(
-            refused=f"needs {_gib(need_bytes)} but the memory budget is {_gib(budget_bytes)}"
-        )
-    used = sum(m.estimate_bytes for m in loaded)
-    count = len(loaded)
-    evict: list[str] = []
-    for m in sorted((m for m in loaded if not m.busy and not m.pinned), key=lambda m: m.last_used):
-        if count < max_loaded and used + need_bytes <= budget_bytes:
+
+def fit_layers(
+    est: Estimate,
+    rooms: list[DeviceRoom],
+    n_layers: int,
+    reserve_bytes: int,
+    gpu_factor: float = 1.0,
+) -> _Fit | None:
+    """Spread the last `n_layers` layers (llama.cpp offloads from the end) over the devices,
+    most room first; each device used pays a compute buffer; the output head goes with the
+    final layer when every layer is offloaded. None when they do not fit."""
+    todo = [int(b * gpu_factor) for b in est.layer_bytes[est.layers - n_layers :]]
+    output = int(est.output_bytes * gpu_factor) if n_layers == est.layers else 0
+    compute = int(est.gpu_compute_bytes * gpu_factor)
+    fit = _Fit()
+    for room in sorted(rooms, key=lambda r: -r.free_bytes):
+        if not todo:
             break
-        evict.append(m.name)
-        count -= 1
-        used -= m.estimate_bytes
-    if count < max_loaded and used + need_bytes <= budget_bytes:
-        return Eviction(evict=tuple(evict))
+        left = room.free_bytes - reserve_bytes - compute
+        taken = 0
+        while todo and todo[0] <= left:
+            left -= todo.pop(0)
+            taken += 1
+        if taken:
+            fit.layers[room.index] = taken
+            fit.used[room.index] = room.free_bytes - reserve_bytes - left
+    if todo:
+        return None
+    if output:
+        last = list(fit.layers)[-1] if fit.layers else None
+        room_by_index = {r.index: r for r in rooms}
+        if last is None or fit.used[last] + output > room_by_index[last].free_bytes - reserve_bytes:
+            return None
+        fit.used[last] += output
+    return fit
+
+
+def host_bytes(est: Estimate, n_layers: int) -> int:
+    """Host memory with the last `n_layers` offloaded: the rest of the layers stay on the CPU."""
+    kept = sum(est.layer_bytes[: est.layers - n_layers])
+    return est.cpu_bytes + kept + (est.output_bytes if n_layers < est.layers else 0)
+
+
+def place(
+    est: Estimate,
+    rooms: list[DeviceRoom],
+    loaded: list[LoadedView],
+    *,
+    reserve_bytes: int,
+    host_free_bytes: int,
+    max_loaded: int,
+    max_gpu_layers: int | None = None,
+    gpu_factor: float = 1.0,
+) -> Placement:
+    """Decide where a model goes (see the module docstring for the order)."""
+    limit = est.layers if max_gpu_layers is None else min(est.layers, max(0, max_gpu_layers))
+    victims = sorted((m for m in loaded if not m.busy and not m.pinned), key=lambda m: m.last_used)
+    must = max(0, len(loaded) - max_loaded + 1)  # evictions the cap alone requires
+    options = range(must, len(victims) + 1)
+
+    def attempt(k: int, layers: range) -> Placement | None:
+        out = victims[:k]
+        free_rooms = _rooms_after(rooms, out)
+        host_free = host_free_bytes + sum(m.host_bytes for m in out)
+        for n in layers:
+            fit = fit_layers(est, free_rooms, n, reserve_bytes, gpu_factor) if n else _Fit()
+            if fit is not None and host_bytes(est, n) <= host_free:
+                return Placement(
+                    evict=tuple(m.name for m in out),
+                    gpu_layers=n,
+                    layers_per_device=tuple(sorted(fit.layers.items())),
+                    device_bytes=tuple(sorted(fit.used.items())),
+                    host_bytes=host_bytes(est, n),
+                )
+        return None
+
+    if rooms and limit:
+        for k in options:  # everything allowed on the GPUs, fewest evictions first
+            if (plan := attempt(k, range(limit, limit + 1))) is not None:
+                return plan
+    start = max(limit - 1, 0) if rooms else 0
+    for k in options:  # partial offload, then host memory only
+        if (plan := attempt(k, range(start, -1, -1))) is not None:
+            return plan
     if any(m.busy and not m.pinned for m in loaded):
-        return Eviction(wait=True, refused="all loaded models are busy")
-    return Eviction(refused="the loaded models are pinned and leave no room")
+        return Placement(refused="the loaded models that could make room are busy", wait=True)
+    if must > len(victims):
+        return Placement(refused="the loaded models are pinned and leave no room")
+    need = host_bytes(est, 0)
+    return Placement(
+        refused=f"needs {_gib(need)} in host memory (or GPU room for its layers) but only "
+        f"{_gib(host_free_bytes + sum(m.host_bytes for m in victims))} can be made free"
+    )
+
+
+def _rooms_after(rooms: list[DeviceRoom], evicted: list[LoadedView]) -> list[DeviceRoom]:
+    freed: dict[int, int] = {}
+    for m in evicted:
+        for index, n in m.device_bytes:
+            freed[index] = freed.get(index, 0) + n
+    return [DeviceRoom(r.index, r.free_bytes + freed.get(r.index, 0)) for r in rooms]
 
 
 def idle_expired(loaded: list[LoadedView], now: float) -> list[str]:
@@ -62,6 +189,13 @@ def idle_expired(loaded: list[LoadedView], now: float) -> list[str]:
         if m.ttl_s > 0 and not m.busy and not m.pinned and now - m.last_used >= m.ttl_s
     ]
     return [m.name for m in sorted(expired, key=lambda m: m.last_used)]
+
+
+def tensor_split(layers_per_device: tuple[tuple[int, int], ...], n_devices: int) -> list[float]:
+    """llama.cpp's `tensor_split`: the share of offloaded layers for each device index."""
+    total = sum(n for _, n in layers_per_device) or 1
+    shares = dict(layers_per_device)
+    return [shares.get(i, 0) / total for i in range(n_devices)]
 
 
 def _gib(n: int) -> str:

@@ -14,12 +14,21 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ml_offload.backends.base import EngineProcess, ProcessFactory
+from ml_offload.backends.base import EngineProcess, Launch, ProcessFactory
 from ml_offload.config import SchedulerSettings
 from ml_offload.domain import ModelSpec, ModelState, ModelStatus
 from ml_offload.errors import MloError, NotFound, Unavailable
+from ml_offload.gpu.base import GpuMonitor
 from ml_offload.metrics import Metrics
-from ml_offload.placement import LoadedView, idle_expired, plan_room
+from ml_offload.placement import (
+    DeviceRoom,
+    Estimate,
+    LoadedView,
+    Placement,
+    idle_expired,
+    place,
+    tensor_split,
+)
 from ml_offload.slots import SlotGate
 
 log = logging.getLogger(__name__)
@@ -32,22 +41,35 @@ class _Entry:
     spec: ModelSpec
     process: EngineProcess
     gate: SlotGate
-    estimate_bytes: int
+    estimate: Estimate | None
     pinned: bool
     last_used: float
     loading: asyncio.Task[str] | None = None
     ready_at: float | None = None
     load_time_s: float | None = None
+    placement: Placement | None = None
+    measured_bytes: int | None = None
 
     def view(self) -> LoadedView:
+        p = self.placement or Placement()
         return LoadedView(
             self.spec.name,
-            self.estimate_bytes,
+            p.host_bytes,
             self.gate.busy,
             self.pinned,
             self.last_used,
             self.spec.ttl_s,
+            p.device_bytes,
         )
+
+    @property
+    def estimate_bytes(self) -> int:
+        p = self.placement
+        if p is not None:
+            return p.host_bytes + sum(b for _, b in p.device_bytes)
+        if self.estimate is None:
+            return 0
+        return self.estimate.cpu_bytes + sum(self.estimate.layer_bytes) + self.estimate.output_bytes
 
 
 class Scheduler:
@@ -58,7 +80,9 @@ class Scheduler:
         metrics: Metrics,
         *,
         budget_bytes: int,
-        estimate: Callable[[ModelSpec], int],
+        estimate: Callable[[ModelSpec], Estimate],
+        monitor: GpuMonitor,
+        reserve_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._s = settings
@@ -66,6 +90,9 @@ class Scheduler:
         self._metrics = metrics
         self.budget_bytes = budget_bytes
         self._estimate = estimate
+        self.monitor = monitor
+        self.reserve_bytes = reserve_bytes
+        self._gpu_factor: dict[str, float] = {}  # measured / estimated, learned per model
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._load_lock = asyncio.Lock()
@@ -123,6 +150,9 @@ class Scheduler:
     def status(self, specs: list[ModelSpec]) -> list[ModelStatus]:
         return [self._status(self._entry(s)) for s in specs]
 
+    def estimate(self, spec: ModelSpec) -> Estimate | None:
+        return self._entry(spec).estimate
+
     def loaded(self) -> list[ModelStatus]:
         return [
             self._status(e)
@@ -139,7 +169,7 @@ class Scheduler:
                 spec=spec,
                 process=self._factory(spec, self._on_exit),
                 gate=SlotGate(spec.name, spec.parallel, self._s.queue_size),
-                estimate_bytes=self._estimate(spec) if spec.is_local else 0,
+                estimate=self._estimate(spec) if spec.is_local else None,
                 pinned=spec.pinned,
                 last_used=self._clock(),
             )
@@ -172,7 +202,8 @@ class Scheduler:
             if entry.spec.is_local:
                 await self._make_room(entry)
             started = self._clock()
-            url = await entry.process.ensure_ready(self._s.load_timeout_s)
+            url = await entry.process.ensure_ready(self._s.load_timeout_s, self._launch(entry))
+            self._measure(entry)
             entry.ready_at = self._clock()
             entry.load_time_s = entry.ready_at - started
             entry.last_used = entry.ready_at
@@ -182,24 +213,19 @@ class Scheduler:
             return url
 
     async def _make_room(self, entry: _Entry) -> None:
+        """Place the model (see placement.py), evicting as told; wait while busy models hold
+        the room it needs, up to the queue deadline."""
+        assert entry.estimate is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._s.queue_timeout_s  # real time, not the idle clock
         while True:
-            others = [
-                e.view()
-                for e in self._local()
-                if e is not entry and e.process.state in LOADED_STATES
-            ]
-            plan = plan_room(
-                others,
-                need_bytes=entry.estimate_bytes,
-                budget_bytes=self.budget_bytes,
-                max_loaded=self._s.max_loaded_models,
-            )
+            plan = self._plan(entry, entry.estimate)
             if plan.evict:
                 await self._unload(self._entries[plan.evict[0]], "evicted")
                 continue  # re-plan: states may have changed while stopping
             if plan.refused is None:
+                entry.placement = plan
+                self.monitor.track(entry.spec.name, dict(plan.device_bytes))
                 return
             remaining = deadline - loop.time()
             if not plan.wait or remaining <= 0:
@@ -211,19 +237,64 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), remaining)
 
+    def _plan(self, entry: _Entry, estimate: Estimate) -> Placement:
+        others = [e for e in self._local() if e is not entry and e.process.state in LOADED_STATES]
+        planned: dict[int, int] = {}
+        for e in others:
+            for index, n in (e.placement or Placement()).device_bytes:
+                planned[index] = planned.get(index, 0) + n
+        rooms = [  # live free memory, less what models still loading will take
+            DeviceRoom(d.index, min(d.free_bytes, d.total_bytes - planned.get(d.index, 0)))
+            for d in self.monitor.devices()
+        ]
+        host_used = sum((e.placement or Placement()).host_bytes for e in others)
+        return place(
+            estimate,
+            rooms,
+            [e.view() for e in others],
+            reserve_bytes=self.reserve_bytes,
+            host_free_bytes=max(0, self.budget_bytes - host_used),
+            max_loaded=self._s.max_loaded_models,
+            max_gpu_layers=None if entry.spec.gpu_layers < 0 else entry.spec.gpu_layers,
+            gpu_factor=self._gpu_factor.get(entry.spec.name, 1.0),
+        )
+
+    def _launch(self, entry: _Entry) -> Launch | None:
+        p = entry.placement
+        if p is None:
+            return None
+        split = tensor_split(p.layers_per_device, len(self.monitor.devices()))
+        return Launch(
+            gpu_layers=p.gpu_layers, tensor_split=tuple(split) if len(p.device_bytes) > 1 else ()
+        )
+
+    def _measure(self, entry: _Entry) -> None:
+        """Compare the GPU estimate with what the engine really holds (NVML per process) and
+        keep the ratio, so the next placement of this model is better."""
+        pid, p = entry.process.pid, entry.placement
+        if pid is None or p is None or not p.device_bytes:
+            return
+        held = self.monitor.process_bytes().get(pid)
+        planned = sum(b for _, b in p.device_bytes)
+        if held:
+            entry.measured_bytes = held
+            self._gpu_factor[entry.spec.name] = max(1.0, held / planned)
+
     async def _unload(self, entry: _Entry, reason: str) -> None:
         if entry.process.state is ModelState.STOPPED:
             return
         log.info("unloading model %s (%s)", entry.spec.name, reason)
         await entry.process.stop()
-        entry.ready_at = None
+        self.monitor.untrack(entry.spec.name)
+        entry.ready_at, entry.placement, entry.measured_bytes = None, None, None
         self._metrics.evictions.labels(entry.spec.name, reason).inc()
 
     def _on_exit(self, spec: ModelSpec, message: str) -> None:
         """The engine died on its own: requests in flight fail, the next one restarts it."""
         entry = self._entries.get(spec.name)
         if entry is not None:
-            entry.ready_at = None
+            entry.ready_at, entry.placement = None, None
+            self.monitor.untrack(spec.name)
         self._metrics.errors.labels(spec.name, "engine_exit").inc()
         self._idle.set()
 
@@ -256,6 +327,11 @@ class Scheduler:
             idle_s=None if e.gate.in_flight or state is not ModelState.READY else now - e.last_used,
             loaded_for_s=None if e.ready_at is None else now - e.ready_at,
             estimate_bytes=e.estimate_bytes,
+            measured_bytes=e.measured_bytes,
+            gpu_layers=(e.placement.gpu_layers if e.placement else None),
+            layers=(e.estimate.layers if e.estimate else None),
+            device_bytes=dict(e.placement.device_bytes) if e.placement else {},
+            host_bytes=e.placement.host_bytes if e.placement else None,
             pinned=e.pinned,
             last_error=e.process.last_error,
             load_time_s=e.load_time_s,

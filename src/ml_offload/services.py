@@ -18,7 +18,10 @@ from ml_offload.backends.llamacpp import ModelProcess, resolve_engine_kind
 from ml_offload.config import Settings
 from ml_offload.domain import ModelSpec
 from ml_offload.inference import InferenceService
+from ml_offload.gpu.base import GpuMonitor
+from ml_offload.gpu.select import open_monitor
 from ml_offload.metrics import Metrics
+from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry
 from ml_offload.scheduler import Scheduler
 from ml_offload.storage.db import Database
@@ -37,11 +40,29 @@ def memory_budget(settings: Settings) -> int:
     return settings.scheduler.memory_budget_bytes or int(host_memory_bytes() * 0.8)
 
 
-def spec_estimate(spec: ModelSpec) -> int:
+@dataclass(frozen=True)
+class _EvenEstimate:
+    """Interim: the whole-model estimate spread evenly over the layers."""
+
+    layer_bytes: tuple[int, ...]
+    output_bytes: int
+    gpu_compute_bytes: int
+    cpu_bytes: int
+
+    @property
+    def layers(self) -> int:
+        return len(self.layer_bytes)
+
+
+def spec_estimate(spec: ModelSpec) -> Estimate:
     size = (
         spec.info.file_size_bytes if spec.info else (spec.path.stat().st_size if spec.path else 0)
     )
-    return estimate_bytes(spec.info, file_size_bytes=size, ctx_tokens=spec.ctx_size * spec.parallel)
+    total = estimate_bytes(
+        spec.info, file_size_bytes=size, ctx_tokens=spec.ctx_size * spec.parallel
+    )
+    layers = (spec.info.block_count if spec.info else None) or 1
+    return _EvenEstimate((total // layers,) * layers, 0, 0, 0)
 
 
 def process_factory(settings: Settings) -> ProcessFactory:
@@ -66,6 +87,7 @@ class Services:
     scheduler: Scheduler
     upstream: Upstream
     inference: InferenceService
+    monitor: GpuMonitor
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -75,21 +97,25 @@ class Services:
         db = await Database.open(settings.storage.db_url)
         registry = ModelRegistry(settings, ModelRepository(db))
         await registry.refresh()
+        monitor = open_monitor(settings.gpu)
         scheduler = Scheduler(
             settings.scheduler,
             factory or process_factory(settings),
             metrics,
             budget_bytes=memory_budget(settings),
             estimate=spec_estimate,
+            monitor=monitor,
+            reserve_bytes=settings.gpu.reserve_bytes,
         )
         upstream = Upstream(timeout_s=settings.server.upstream_timeout_s)
         await upstream.start()
         await scheduler.start()
         inference = InferenceService(registry, scheduler, upstream, metrics)
         log.info("ml-offload ready with %d models", len(registry.all()))
-        return cls(settings, metrics, db, registry, scheduler, upstream, inference)
+        return cls(settings, metrics, db, registry, scheduler, upstream, inference, monitor)
 
     async def close(self) -> None:
         await self.scheduler.close()
+        self.monitor.close()
         await self.upstream.close()
         await self.db.close()

@@ -1,60 +1,141 @@
-"""Pure eviction and idle decisions, including hypothesis properties."""
+"""Pure placement and idle decisions, including hypothesis properties over random devices,
+models and request traces."""
 
-from hypothesis import given
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ml_offload.placement import LoadedView, idle_expired, plan_room
+from ml_offload.placement import (
+    DeviceRoom,
+    LoadedView,
+    Placement,
+    fit_layers,
+    host_bytes,
+    idle_expired,
+    place,
+    tensor_split,
+)
 
+MIB = 2**20
 GIB = 2**30
 
 
-def view(
-    name: str,
-    gib: float = 1,
-    busy: bool = False,
-    pinned: bool = False,
-    used: float = 0,
-    ttl: float = 300,
-) -> LoadedView:
-    return LoadedView(name, int(gib * GIB), busy, pinned, used, ttl)
+@dataclass(frozen=True)
+class Est:
+    layer_bytes: tuple[int, ...]
+    output_bytes: int = 50 * MIB
+    gpu_compute_bytes: int = 100 * MIB
+    cpu_bytes: int = 80 * MIB
+
+    @property
+    def layers(self) -> int:
+        return len(self.layer_bytes)
 
 
-def test_fits_without_eviction() -> None:
-    plan = plan_room([view("a")], need_bytes=GIB, budget_bytes=4 * GIB, max_loaded=2)
-    assert plan.evict == () and plan.refused is None
+def est(layers: int = 10, layer_mib: int = 100) -> Est:
+    return Est((layer_mib * MIB,) * layers)
 
 
-def test_evicts_least_recently_used_idle_model_at_the_cap() -> None:
+def view(name: str, host: int = 0, *, busy: bool = False, pinned: bool = False, used: float = 0,
+         ttl: float = 300, dev: tuple[tuple[int, int], ...] = ()) -> LoadedView:  # fmt: skip
+    return LoadedView(name, host, busy, pinned, used, ttl, dev)
+
+
+def go(
+    e: Est, rooms: list[DeviceRoom], loaded: list[LoadedView] | None = None, **kw: int
+) -> Placement:
+    args = {"reserve_bytes": 0, "host_free_bytes": 64 * GIB, "max_loaded": 8, **kw}
+    return place(e, rooms, loaded or [], **args)  # type: ignore[arg-type]
+
+
+def test_one_device_with_most_room() -> None:
+    plan = go(est(), [DeviceRoom(0, 2 * GIB), DeviceRoom(1, 4 * GIB)])
+    assert plan.kind == "gpu" and plan.gpu_layers == 10 and plan.layers_per_device == ((1, 10),)
+    assert dict(plan.device_bytes)[1] == 10 * 100 * MIB + 100 * MIB + 50 * MIB
+    assert plan.host_bytes == 80 * MIB and not plan.evict
+
+
+def test_split_across_devices_when_no_single_one_fits() -> None:
+    plan = go(est(), [DeviceRoom(0, 700 * MIB), DeviceRoom(1, 700 * MIB)])
+    assert plan.kind == "split" and plan.gpu_layers == 10
+    assert sum(n for _, n in plan.layers_per_device) == 10
+    assert plan.layers_per_device == ((0, 6), (1, 4))  # the output head rides with the last layers
+    assert tensor_split(plan.layers_per_device, 2) == [0.6, 0.4]
+
+
+def test_reserve_is_respected() -> None:
+    need = 10 * 100 * MIB + 150 * MIB
+    assert go(est(), [DeviceRoom(0, need)]).kind == "gpu"
+    plan = go(est(), [DeviceRoom(0, need)], reserve_bytes=1)
+    assert plan.kind == "gpu" and plan.gpu_layers < 10 or plan.kind == "cpu"
+
+
+def test_evicts_lru_idle_model_for_full_offload_before_partial() -> None:
+    rooms = [DeviceRoom(0, 600 * MIB)]
+    loaded = [
+        view("old", used=1, dev=((0, 800 * MIB),)),
+        view("new", used=5, dev=((0, 200 * MIB),)),
+    ]
+    plan = go(est(), rooms, loaded)
+    assert plan.evict == ("old",) and plan.gpu_layers == 10
+
+
+def test_partial_offload_when_nothing_can_be_evicted() -> None:
+    plan = go(est(), [DeviceRoom(0, 600 * MIB)], [view("busy", busy=True, dev=((0, 1 * GIB),))])
+    assert plan.kind == "gpu" and 0 < plan.gpu_layers < 10 and not plan.evict
+    assert plan.host_bytes == host_bytes(est(), plan.gpu_layers)
+    assert dict(plan.device_bytes)[0] <= 600 * MIB
+
+
+def test_cpu_only_machine_uses_host_memory_budget() -> None:
+    e = est()
+    assert go(e, []).kind == "cpu" and go(e, []).host_bytes == 80 * MIB + 1000 * MIB + 50 * MIB
+    loaded = [view("a", host=GIB, used=1), view("b", host=GIB, used=2)]
+    plan = go(e, [], loaded, host_free_bytes=GIB)
+    assert plan.evict == ("a",) and plan.kind == "cpu"
+
+
+def test_cap_on_loaded_models_forces_lru_eviction() -> None:
     loaded = [view("old", used=1), view("new", used=5), view("mid", used=3)]
-    plan = plan_room(loaded, need_bytes=GIB, budget_bytes=100 * GIB, max_loaded=3)
-    assert plan.evict == ("old",)
+    assert go(est(), [], loaded, max_loaded=3).evict == ("old",)
 
 
-def test_evicts_enough_for_memory() -> None:
-    loaded = [view("a", 2, used=1), view("b", 2, used=2), view("c", 2, used=3)]
-    plan = plan_room(loaded, need_bytes=3 * GIB, budget_bytes=6 * GIB, max_loaded=10)
-    assert plan.evict == ("a", "b")
-
-
-def test_never_evicts_pinned_or_busy() -> None:
+def test_pinned_and_busy_are_never_evicted() -> None:
     loaded = [view("p", pinned=True, used=0), view("b", busy=True, used=1), view("i", used=2)]
-    plan = plan_room(loaded, need_bytes=GIB, budget_bytes=100 * GIB, max_loaded=3)
-    assert plan.evict == ("i",)
+    assert go(est(), [], loaded, max_loaded=3).evict == ("i",)
 
 
 def test_waits_when_only_busy_models_could_make_room() -> None:
-    plan = plan_room([view("b", busy=True)], need_bytes=GIB, budget_bytes=100, max_loaded=1)
-    assert plan.refused and not plan.evict
+    plan = go(est(), [], [view("b", busy=True)], max_loaded=1)
+    assert plan.refused and plan.wait
 
 
-def test_refuses_a_model_larger_than_the_budget() -> None:
-    plan = plan_room([], need_bytes=10 * GIB, budget_bytes=4 * GIB, max_loaded=4)
-    assert plan.refused is not None and "budget" in plan.refused and not plan.wait
+def test_refuses_when_pinned_models_fill_the_cap() -> None:
+    plan = go(est(), [], [view("p", pinned=True)], max_loaded=1)
+    assert plan.refused and "pinned" in plan.refused and not plan.wait
 
 
-def test_refuses_when_everything_is_pinned() -> None:
-    plan = plan_room([view("p", pinned=True)], need_bytes=GIB, budget_bytes=100 * GIB, max_loaded=1)
-    assert plan.refused and not plan.wait
+def test_refuses_a_model_too_big_for_gpu_and_host() -> None:
+    plan = go(est(), [DeviceRoom(0, 100 * MIB)], host_free_bytes=500 * MIB)
+    assert (
+        plan.kind == "refused" and plan.refused and "host memory" in plan.refused and not plan.wait
+    )
+
+
+def test_max_gpu_layers_caps_offload() -> None:
+    assert go(est(), [DeviceRoom(0, 8 * GIB)], max_gpu_layers=4).gpu_layers == 4
+    assert go(est(), [DeviceRoom(0, 8 * GIB)], max_gpu_layers=0).kind == "cpu"
+
+
+def test_output_head_only_with_full_offload() -> None:
+    e = est()
+    full = fit_layers(e, [DeviceRoom(0, 8 * GIB)], 10, 0)
+    part = fit_layers(e, [DeviceRoom(0, 8 * GIB)], 9, 0)
+    assert full is not None and part is not None
+    assert full.used[0] - part.used[0] == 100 * MIB + 50 * MIB
 
 
 def test_idle_expired_respects_ttl_busy_pins_and_zero_ttl() -> None:
@@ -68,30 +149,96 @@ def test_idle_expired_respects_ttl_busy_pins_and_zero_ttl() -> None:
     assert idle_expired(loaded, now=100) == ["old"]
 
 
-views = st.builds(
-    LoadedView,
-    name=st.uuids().map(str),
-    estimate_bytes=st.integers(0, 64 * GIB),
-    busy=st.booleans(),
-    pinned=st.booleans(),
-    last_used=st.floats(0, 1e6),
-    ttl_s=st.floats(0, 1e4),
+# -- properties ---------------------------------------------------------------------------
+
+estimates = st.builds(
+    Est,
+    layer_bytes=st.lists(st.integers(1 * MIB, 800 * MIB), min_size=1, max_size=40).map(tuple),
+    output_bytes=st.integers(0, 500 * MIB),
+    gpu_compute_bytes=st.integers(0, 500 * MIB),
+    cpu_bytes=st.integers(0, 500 * MIB),
+)
+rooms_st = st.lists(st.integers(0, 24 * GIB), max_size=4).map(
+    lambda frees: [DeviceRoom(i, f) for i, f in enumerate(frees)]
+)
+loaded_st = st.lists(
+    st.builds(
+        LoadedView,
+        name=st.uuids().map(str),
+        host_bytes=st.integers(0, 8 * GIB),
+        busy=st.booleans(),
+        pinned=st.booleans(),
+        last_used=st.floats(0, 1e6),
+        ttl_s=st.floats(0, 1e4),
+        device_bytes=st.lists(
+            st.tuples(st.integers(0, 3), st.integers(0, 8 * GIB)), max_size=3
+        ).map(tuple),
+    ),
+    max_size=6,
 )
 
 
+@settings(max_examples=300, deadline=None)
 @given(
-    st.lists(views, max_size=8),
-    st.integers(0, 64 * GIB),
-    st.integers(1, 128 * GIB),
-    st.integers(1, 8),
+    estimates, rooms_st, loaded_st, st.integers(0, GIB), st.integers(0, 64 * GIB), st.integers(1, 6)
 )
-def test_a_plan_that_admits_always_fits_and_spares_pinned_and_busy(
-    loaded: list[LoadedView], need: int, budget: int, max_loaded: int
+def test_placement_never_exceeds_free_minus_reserve(
+    e: Est,
+    rooms: list[DeviceRoom],
+    loaded: list[LoadedView],
+    reserve: int,
+    host_free: int,
+    cap: int,
 ) -> None:
-    plan = plan_room(loaded, need_bytes=need, budget_bytes=budget, max_loaded=max_loaded)
+    plan = place(e, rooms, loaded, reserve_bytes=reserve, host_free_bytes=host_free, max_loaded=cap)
     by_name = {m.name: m for m in loaded}
     assert all(not by_name[n].pinned and not by_name[n].busy for n in plan.evict)
-    if plan.refused is None:
-        kept = [m for m in loaded if m.name not in plan.evict]
-        assert len(kept) < max_loaded
-        assert sum(m.estimate_bytes for m in kept) + need <= budget
+    if plan.refused is not None:
+        assert plan.gpu_layers == 0 and not plan.device_bytes
+        return
+    evicted = [by_name[n] for n in plan.evict]
+    freed: dict[int, int] = {}
+    for m in evicted:
+        for i, b in m.device_bytes:
+            freed[i] = freed.get(i, 0) + b
+    for index, used in plan.device_bytes:
+        room = next(r for r in rooms if r.index == index)
+        assert used <= room.free_bytes + freed.get(index, 0) - reserve
+    assert plan.host_bytes <= host_free + sum(m.host_bytes for m in evicted)
+    assert len(loaded) - len(plan.evict) < cap
+    assert sum(n for _, n in plan.layers_per_device) == plan.gpu_layers
+
+
+@settings(max_examples=100, deadline=None)
+@given(estimates, st.lists(st.integers(0, 24 * GIB), min_size=1, max_size=3), st.data())
+def test_request_traces_keep_devices_within_capacity(
+    e: Est, sizes: list[int], data: st.DataObject
+) -> None:
+    """Replay a random trace of loads and unloads, tracking what each placement takes."""
+    free = dict(enumerate(sizes))
+    loaded: dict[str, tuple[LoadedView, Placement]] = {}
+    for step in range(12):
+        if loaded and data.draw(st.booleans()):
+            name = data.draw(st.sampled_from(sorted(loaded)))
+            _, gone = loaded.pop(name)
+            for i, b in gone.device_bytes:
+                free[i] += b
+            continue
+        rooms = [DeviceRoom(i, f) for i, f in free.items()]
+        views = [v for v, _ in loaded.values()]
+        plan = place(e, rooms, views, reserve_bytes=MIB, host_free_bytes=8 * GIB, max_loaded=3)
+        if plan.refused:
+            continue
+        for n in plan.evict:
+            _, gone = loaded.pop(n)
+            for i, b in gone.device_bytes:
+                free[i] += b
+        for i, b in plan.device_bytes:
+            free[i] -= b
+            assert free[i] >= MIB, "placed past free memory minus the reserve"
+        pinned = data.draw(st.booleans())
+        loaded[f"m{step}"] = (
+            LoadedView(f"m{step}", plan.host_bytes, False, pinned, step, 0, plan.device_bytes),
+            plan,
+        )
+    assert all(f >= 0 for f in free.values())

@@ -2,6 +2,7 @@
 at the cap, idle TTL unload, pins, crash and restart."""
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,28 @@ from ml_offload.backends.fake import FakeProcess
 from ml_offload.config import SchedulerSettings
 from ml_offload.domain import ModelSpec, ModelState
 from ml_offload.errors import EngineError, Unavailable
+from ml_offload.gpu.simulated import SimulatedMonitor, no_gpu
 from ml_offload.metrics import Metrics
 from ml_offload.scheduler import Scheduler
 
 GIB = 2**30
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Est:
+    layer_bytes: tuple[int, ...]
+    output_bytes: int = 0
+    gpu_compute_bytes: int = 0
+    cpu_bytes: int = 0
+
+    @property
+    def layers(self) -> int:
+        return len(self.layer_bytes)
+
+
+def one_gib(spec: ModelSpec) -> Est:
+    return Est((GIB // 4,) * 4)
 
 
 class Clock:
@@ -37,7 +56,13 @@ def make(
 
     settings = SchedulerSettings(max_loaded_models=max_loaded, queue_timeout_s=0.5, **kw)
     sched = Scheduler(
-        settings, factory, Metrics(), budget_bytes=budget, estimate=lambda s: GIB, clock=clock
+        settings,
+        factory,
+        Metrics(),
+        budget_bytes=budget,
+        estimate=one_gib,
+        monitor=no_gpu(),
+        clock=clock,
     )
     return sched, procs, clock
 
@@ -134,7 +159,12 @@ async def test_failed_start_reaches_every_waiter() -> None:
         return procs[s.name]
 
     sched = Scheduler(
-        SchedulerSettings(), factory, Metrics(), budget_bytes=GIB * 100, estimate=lambda s: GIB
+        SchedulerSettings(),
+        factory,
+        Metrics(),
+        budget_bytes=GIB * 100,
+        estimate=one_gib,
+        monitor=no_gpu(),
     )
     a = spec("a")
 
@@ -149,7 +179,7 @@ async def test_failed_start_reaches_every_waiter() -> None:
 
 async def test_model_bigger_than_budget_is_refused_with_reason() -> None:
     sched, procs, _ = make(budget=GIB // 2)
-    with pytest.raises(Unavailable, match="budget"):
+    with pytest.raises(Unavailable, match="host memory"):
         await sched.load(spec("a"))
     assert procs["a"].starts == 0
 
@@ -160,3 +190,57 @@ async def test_unload_all_and_status() -> None:
     await sched.load(spec("b"))
     assert sorted(await sched.unload_all()) == ["a", "b"]
     assert all(s.state is ModelState.STOPPED for s in sched.status([spec("a"), spec("b")]))
+
+
+async def test_two_simulated_gpus_evict_the_right_one_and_split_the_right_one() -> None:
+    """Two 1 GiB devices; three models that do not all fit: `big` must be split over both
+    devices, and loading it evicts the least recently used idle model, not the pinned one."""
+    sizes = {
+        "small-a": Est((100 * MIB,) * 4),
+        "small-b": Est((100 * MIB,) * 4),
+        "big": Est((240 * MIB,) * 6),
+    }
+    monitor = SimulatedMonitor([("sim0", GIB), ("sim1", GIB)])
+    procs: dict[str, FakeProcess] = {}
+
+    def factory(s: ModelSpec, on_exit: ExitCallback) -> FakeProcess:
+        procs[s.name] = FakeProcess(s, on_exit)
+        return procs[s.name]
+
+    clock = Clock()
+    sched = Scheduler(
+        SchedulerSettings(max_loaded_models=4), factory, Metrics(), budget_bytes=64 * GIB,
+        estimate=lambda s: sizes[s.name], monitor=monitor, reserve_bytes=64 * MIB, clock=clock,
+    )  # fmt: skip
+    await sched.load(spec("small-a"), pin=True)
+    clock.now += 1
+    await sched.load(spec("small-b"))
+    placed = {s.name: s.device_bytes for s in sched.loaded()}
+    assert set(placed["small-a"]) != set(placed["small-b"])  # each on the emptier device
+    clock.now += 1
+    await sched.load(spec("big"))
+    status = {s.name: s for s in sched.loaded()}
+    assert procs["small-b"].state is ModelState.STOPPED, "the idle, unpinned model is evicted"
+    assert status["small-a"].state is ModelState.READY, "the pinned model stays"
+    big = status["big"]
+    assert big.gpu_layers == 6 and len(big.device_bytes) == 2, "big is split over both devices"
+    assert procs["big"].launch is not None and len(procs["big"].launch.tensor_split) == 2
+    for d in monitor.devices():
+        assert d.used_bytes <= d.total_bytes - 64 * MIB
+
+
+async def test_partial_offload_when_a_model_is_too_big_for_the_gpus() -> None:
+    monitor = SimulatedMonitor([("sim0", GIB)])
+    procs: dict[str, FakeProcess] = {}
+
+    def factory(s: ModelSpec, on_exit: ExitCallback) -> FakeProcess:
+        procs[s.name] = FakeProcess(s, on_exit)
+        return procs[s.name]
+
+    sched = Scheduler(
+        SchedulerSettings(), factory, Metrics(), budget_bytes=64 * GIB,
+        estimate=lambda s: Est((300 * MIB,) * 8), monitor=monitor,
+    )  # fmt: skip
+    status = await sched.load(spec("huge"))
+    assert status.gpu_layers == 3 and status.host_bytes == 5 * 300 * MIB
+    assert procs["huge"].launch is not None and procs["huge"].launch.gpu_layers == 3

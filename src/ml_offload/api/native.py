@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -13,12 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from ml_offload import __version__
-from ml_offload.api.deps import json_response as _json
+from ml_offload.api.deps import native_json as _json
 from ml_offload.api.deps import read_body, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.domain import ModelSpec, ModelStatus
 from ml_offload.errors import InvalidRequest, MloError
 from ml_offload.inference import EngineStream
+from ml_offload.placement import Estimate
 from ml_offload.services import Services, host_memory_bytes
 from ml_offload.wire.openai import Kind, error_body
 
@@ -46,7 +48,9 @@ async def health(request: Request) -> Response:
 async def models(request: Request) -> Response:
     svc = services(request)
     specs = svc.registry.all()
-    data = [_model_json(sp, st) for sp, st in zip(specs, svc.scheduler.status(specs), strict=True)]
+    data = [
+        _model_json(svc, sp, st) for sp, st in zip(specs, svc.scheduler.status(specs), strict=True)
+    ]
     return _json({"object": "list", "data": data})
 
 
@@ -97,18 +101,35 @@ async def pin(request: Request, name: str, body: PinBody) -> Response:
 @router.get("/vram/status")
 async def vram_status(request: Request) -> Response:
     svc = services(request)
-    loaded = [s for s in svc.scheduler.loaded() if s.estimate_bytes]
+    sched = svc.scheduler
+    loaded = [st for st in sched.loaded() if st.layers is not None]
+    devices = []
+    for d in sched.monitor.devices():
+        on_it = {st.name: st.device_bytes[d.index] for st in loaded if d.index in st.device_bytes}
+        devices.append({**asdict(d), "models": on_it})
     return _json(
         {
-            "monitor": "none",
-            "note": "no GPU monitor yet: models run on the CPU within the memory budget",
-            "devices": [],
-            "cpu": {"total_bytes": host_memory_bytes()},
-            "budget_bytes": svc.scheduler.budget_bytes,
-            "used_estimate_bytes": sum(s.estimate_bytes for s in loaded),
+            "monitor": sched.monitor.name,
+            "reserve_bytes": sched.reserve_bytes,
+            "devices": devices,
+            "cpu": {
+                "total_bytes": host_memory_bytes(),
+                "cores": os.cpu_count(),
+                "budget_bytes": sched.budget_bytes,
+                "used_estimate_bytes": sum(st.host_bytes or 0 for st in loaded),
+            },
             "models": [
-                {"name": s.name, "state": s.state, "estimate_bytes": s.estimate_bytes}
-                for s in loaded
+                {
+                    "name": st.name,
+                    "state": st.state,
+                    "estimate_bytes": st.estimate_bytes,
+                    "measured_bytes": st.measured_bytes,
+                    "gpu_layers": st.gpu_layers,
+                    "layers": st.layers,
+                    "device_bytes": st.device_bytes,
+                    "host_bytes": st.host_bytes,
+                }
+                for st in loaded
             ],
         }
     )
@@ -119,7 +140,8 @@ async def metrics(request: Request) -> Response:
     svc = services(request)
     m = svc.metrics
     statuses = svc.scheduler.loaded()
-    m.loaded.set(sum(s.state == "ready" and s.estimate_bytes > 0 for s in statuses))
+    m.loaded.set(sum(s.state == "ready" and s.layers is not None for s in statuses))
+    m.observe_devices(svc.scheduler.monitor.devices())
     for s in statuses:
         m.queue_depth.labels(s.name).set(s.queued)
         m.in_flight.labels(s.name).set(s.in_flight)
@@ -194,10 +216,21 @@ async def _native_sse(stream: EngineStream) -> AsyncIterator[bytes]:
 
 def _one(svc: Services, name: str) -> dict[str, Any]:
     spec = svc.registry.resolve(name)
-    return _model_json(spec, svc.scheduler.status([spec])[0])
+    return _model_json(svc, spec, svc.scheduler.status([spec])[0])
 
 
-def _model_json(spec: ModelSpec, status: ModelStatus) -> dict[str, Any]:
+def _estimate_json(est: Estimate | None) -> dict[str, int] | None:
+    if est is None:
+        return None
+    return {
+        "layers": est.layers,
+        "gpu_full_bytes": sum(est.layer_bytes) + est.output_bytes + est.gpu_compute_bytes,
+        "gpu_compute_bytes": est.gpu_compute_bytes,
+        "cpu_only_bytes": est.cpu_bytes + sum(est.layer_bytes) + est.output_bytes,
+    }
+
+
+def _model_json(svc: Services, spec: ModelSpec, status: ModelStatus) -> dict[str, Any]:
     return {
         "id": spec.name,
         "aliases": list(spec.aliases),
@@ -208,6 +241,7 @@ def _model_json(spec: ModelSpec, status: ModelStatus) -> dict[str, Any]:
         "parallel": spec.parallel,
         "ttl_s": spec.ttl_s,
         "info": asdict(spec.info) if spec.info else None,
+        "estimate": _estimate_json(svc.scheduler.estimate(spec)),
         **{k: v for k, v in asdict(status).items() if k not in ("name", "base_url")},
         "base_url": status.base_url if spec.is_local else None,
     }

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from ml_offload.domain import ModelSpec, ModelState
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Where the scheduler placed a model: layers to offload and their split across GPUs."""
+
+    gpu_layers: int = -1
+    tensor_split: tuple[float, ...] = ()
 
 
 class EngineProcess(Protocol):
@@ -25,7 +34,7 @@ class EngineProcess(Protocol):
     @property
     def last_error(self) -> str | None: ...
 
-    async def ensure_ready(self, timeout_s: float) -> str:
+    async def ensure_ready(self, timeout_s: float, launch: Launch | None = None) -> str:
         """Start the engine if needed and return its base URL once it answers."""
         ...
 

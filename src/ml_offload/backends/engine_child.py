@@ -30,6 +30,9 @@ def build_params(cfg: dict[str, Any]) -> Any:
     p.port = int(cfg.get("port", 0))
     p.model_alias = {cfg["name"]}
     p.endpoint_metrics = True
+    if cfg.get("tensor_split"):
+        split = [float(x) for x in cfg["tensor_split"]]
+        p.tensor_split = split + [0.0] * (len(p.tensor_split) - len(split))  # fixed-size array
     if cfg.get("threads"):
         p.cpuparams.n_threads = int(cfg["threads"])
         p.cpuparams_batch.n_threads = int(cfg["threads"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ml_offload.backends.base import Launch
 from ml_offload.domain import ModelSpec, ModelState
 
 
@@ -27,7 +28,7 @@ class ExternalProcess:
     def last_error(self) -> str | None:
         return None
 
-    async def ensure_ready(self, timeout_s: float) -> str:
+    async def ensure_ready(self, timeout_s: float, launch: Launch | None = None) -> str:
         return self._url
 
     async def stop(self) -> None:

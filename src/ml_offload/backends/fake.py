@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ml_offload.backends.base import ExitCallback
+from ml_offload.backends.base import ExitCallback, Launch
 from ml_offload.domain import ModelSpec, ModelState
 from ml_offload.errors import EngineError
 
@@ -26,6 +26,7 @@ class FakeProcess:
         self.starts = 0
         self.stops = 0
         self._starting: asyncio.Future[str] | None = None
+        self.launch: Launch | None = None
 
     @property
     def state(self) -> ModelState:
@@ -43,9 +44,10 @@ class FakeProcess:
     def last_error(self) -> str | None:
         return "fake start failure" if self._state is ModelState.FAILED else None
 
-    async def ensure_ready(self, timeout_s: float) -> str:
+    async def ensure_ready(self, timeout_s: float, launch: Launch | None = None) -> str:
         if self._state is ModelState.READY:
             return f"http://fake/{self.spec.name}"
+        self.launch = launch
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._start())
         try:

@@ -25,7 +25,7 @@ from typing import IO
 
 import aiohttp
 
-from ml_offload.backends.base import ExitCallback
+from ml_offload.backends.base import ExitCallback, Launch
 from ml_offload.backends.pdeathsig import die_with_parent
 from ml_offload.config import EngineSettings
 from ml_offload.domain import ModelSpec, ModelState
@@ -75,6 +75,7 @@ class ModelProcess:
         self._starting: asyncio.Task[str] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.started_at: float | None = None
+        self._launch = Launch(gpu_layers=spec.gpu_layers)
 
     @property
     def state(self) -> ModelState:
@@ -92,9 +93,10 @@ class ModelProcess:
     def last_error(self) -> str | None:
         return self._error
 
-    async def ensure_ready(self, timeout_s: float) -> str:
+    async def ensure_ready(self, timeout_s: float, launch: Launch | None = None) -> str:
         if self._state is ModelState.READY and self._url:
             return self._url
+        self._launch = launch or Launch(gpu_layers=self.spec.gpu_layers)
         if self._state is ModelState.STOPPING:
             await self.stop()
         if self._starting is None or self._starting.done():
@@ -139,7 +141,8 @@ class ModelProcess:
             "path": str(self.spec.path),
             "ctx_size": self.spec.ctx_size,
             "parallel": self.spec.parallel,
-            "gpu_layers": self.spec.gpu_layers,
+            "gpu_layers": self._launch.gpu_layers,
+            "tensor_split": list(self._launch.tensor_split),
             "threads": self._engine.threads,
             "embeddings": self.spec.embeddings,
             "engine_params": _engine_params(self.spec.extra_args),
@@ -177,6 +180,8 @@ class ModelProcess:
         ]
         if self._engine.threads:
             argv += ["--threads", str(self._engine.threads)]
+        if self._launch.tensor_split:
+            argv += ["--tensor-split", ",".join(f"{x:g}" for x in self._launch.tensor_split)]
         if self.spec.embeddings:
             argv += ["--embeddings", "--pooling", "mean"]
         argv += [*self._engine.extra_args, *self.spec.extra_args]

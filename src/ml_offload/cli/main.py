@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ml_offload.cli.client import CliError, GatewayClient, gateway_url
+from ml_offload.cli.vram import vram
 from ml_offload.config import CONFIG_ENV, load_settings
 from ml_offload.errors import MloError
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Models the gateway knows.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.command()(vram)
 out = Console()
 err = Console(stderr=True)
 
