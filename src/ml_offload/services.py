@@ -17,9 +17,9 @@ from ml_offload.backends.http import Upstream
 from ml_offload.backends.llamacpp import ModelProcess, resolve_engine_kind
 from ml_offload.config import Settings
 from ml_offload.domain import ModelSpec
-from ml_offload.inference import InferenceService
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
+from ml_offload.inference import InferenceService
 from ml_offload.metrics import Metrics
 from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry

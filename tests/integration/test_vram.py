@@ -72,8 +72,11 @@ def test_simulated_two_devices_evict_split_and_report(
 
     table = subprocess.run(
         [sys.executable, "-m", "ml_offload.cli.main", "vram", "--url", gw.url],
-        capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
     assert table.returncode == 0, table.stderr
     assert "monitor: simulated" in table.stdout and "sim1" in table.stdout and "big" in table.stdout
 
@@ -88,10 +91,13 @@ def test_model_too_big_for_the_gpu_is_partially_offloaded(
     usable = big["gpu_full_bytes"] // 2
     gw = gateway_factory(
         demo_model=False,
-        gpu={"monitor": "simulated", "reserve_bytes": RESERVE,
-             "simulated_devices": [{"name": "sim0", "total_bytes": usable + RESERVE}]},
+        gpu={
+            "monitor": "simulated",
+            "reserve_bytes": RESERVE,
+            "simulated_devices": [{"name": "sim0", "total_bytes": usable + RESERVE}],
+        },
         models=models(smollm_path)[2:],
-    )  # fmt: skip
+    )
     gw.client.chat.completions.create(
         model="big", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
     )

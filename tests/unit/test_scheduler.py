@@ -209,9 +209,15 @@ async def test_two_simulated_gpus_evict_the_right_one_and_split_the_right_one() 
 
     clock = Clock()
     sched = Scheduler(
-        SchedulerSettings(max_loaded_models=4), factory, Metrics(), budget_bytes=64 * GIB,
-        estimate=lambda s: sizes[s.name], monitor=monitor, reserve_bytes=64 * MIB, clock=clock,
-    )  # fmt: skip
+        SchedulerSettings(max_loaded_models=4),
+        factory,
+        Metrics(),
+        budget_bytes=64 * GIB,
+        estimate=lambda s: sizes[s.name],
+        monitor=monitor,
+        reserve_bytes=64 * MIB,
+        clock=clock,
+    )
     await sched.load(spec("small-a"), pin=True)
     clock.now += 1
     await sched.load(spec("small-b"))
@@ -238,9 +244,13 @@ async def test_partial_offload_when_a_model_is_too_big_for_the_gpus() -> None:
         return procs[s.name]
 
     sched = Scheduler(
-        SchedulerSettings(), factory, Metrics(), budget_bytes=64 * GIB,
-        estimate=lambda s: Est((300 * MIB,) * 8), monitor=monitor,
-    )  # fmt: skip
+        SchedulerSettings(),
+        factory,
+        Metrics(),
+        budget_bytes=64 * GIB,
+        estimate=lambda s: Est((300 * MIB,) * 8),
+        monitor=monitor,
+    )
     status = await sched.load(spec("huge"))
     assert status.gpu_layers == 3 and status.host_bytes == 5 * 300 * MIB
     assert procs["huge"].launch is not None and procs["huge"].launch.gpu_layers == 3

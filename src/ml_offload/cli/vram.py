@@ -31,21 +31,35 @@ def vram(
     for d in data["devices"]:
         util = "-" if d["utilization_pct"] is None else f"{d['utilization_pct']:.0f}%"
         devices.add_row(
-            str(d["index"]), d["name"], _gib(d["total_bytes"]), _gib(d["used_bytes"]),
-            _gib(d["free_bytes"]), util, ", ".join(d["models"]) or "-",
-        )  # fmt: skip
+            str(d["index"]),
+            d["name"],
+            _gib(d["total_bytes"]),
+            _gib(d["used_bytes"]),
+            _gib(d["free_bytes"]),
+            util,
+            ", ".join(d["models"]) or "-",
+        )
     cpu = data["cpu"]
     devices.add_row(
-        "cpu", f"{cpu['cores']} cores", _gib(cpu["total_bytes"]), _gib(cpu["used_estimate_bytes"]),
-        _gib(cpu["budget_bytes"] - cpu["used_estimate_bytes"]), "-", "(budget)",
-    )  # fmt: skip
+        "cpu",
+        f"{cpu['cores']} cores",
+        _gib(cpu["total_bytes"]),
+        _gib(cpu["used_estimate_bytes"]),
+        _gib(cpu["budget_bytes"] - cpu["used_estimate_bytes"]),
+        "-",
+        "(budget)",
+    )
     out.print(devices)
     models = Table("MODEL", "STATE", "LAYERS ON GPU", "GPU (EST.)", "HOST (EST.)", "MEASURED")
     for m in data["models"]:
         gpu = sum(m["device_bytes"].values())
         where = ", ".join(f"gpu{i}: {_gib(b)}" for i, b in m["device_bytes"].items()) or "-"
         models.add_row(
-            m["name"], m["state"], f"{m['gpu_layers'] or 0}/{m['layers']}",
-            f"{_gib(gpu)} ({where})" if gpu else "-", _gib(m["host_bytes"]), _gib(m["measured_bytes"]),
-        )  # fmt: skip
+            m["name"],
+            m["state"],
+            f"{m['gpu_layers'] or 0}/{m['layers']}",
+            f"{_gib(gpu)} ({where})" if gpu else "-",
+            _gib(m["host_bytes"]),
+            _gib(m["measured_bytes"]),
+        )
     out.print(models)
