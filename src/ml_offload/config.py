@@ -51,6 +51,9 @@ class StorageSettings(_Section):
     data_dir: Path = Field(default_factory=lambda: xdg_dir("data"))
     models_dir: Path | None = None
     database_url: str | None = None
+    low_disk_bytes: int = Field(
+        5 * 1024**3, ge=0, description="warn in /health and the log below this free space (0: off)"
+    )
 
     @property
     def models_path(self) -> Path:
@@ -103,6 +106,10 @@ class ModelConfig(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
     path: Path | None = None
     url: str | None = None
+    backend: Literal["openai", "ollama"] = Field(
+        "openai", description="what serves `url`: an OpenAI-compatible server, or Ollama"
+    )
+    remote_model: str | None = Field(None, description="the model's name at `url`")
     aliases: list[str] = Field(default_factory=list)
     ctx_size: int | None = Field(None, ge=64)
     parallel: int | None = Field(None, ge=1)

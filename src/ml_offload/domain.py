@@ -31,6 +31,21 @@ class GgufInfo:
     head_count_kv: int | None
     embedding_length: int | None
     file_size_bytes: int
+    # What the memory estimate (vram.py) needs; defaults keep older callers and rows working.
+    layer_weight_bytes: tuple[int, ...] = ()  # tensors `blk.N.*`, by N (experts included)
+    input_weight_bytes: int = 0  # `token_embd*`: kept in host memory by llama.cpp
+    output_weight_bytes: int = 0  # `output*` and any tensor outside the layers
+    output_tied: bool = False  # no `output.weight`: the head is a copy of `token_embd`
+    vocab_size: int | None = None
+    feed_forward_length: int | None = None  # the largest, when it varies by layer
+    key_length: int | None = None  # per head; None: embedding_length / head_count
+    value_length: int | None = None
+    head_count_kv_per_layer: tuple[int, ...] = ()  # when the metadata gives an array
+    sliding_window: int | None = None
+    swa_layers: tuple[bool, ...] = ()  # True for layers that attend within the window
+    expert_count: int | None = None
+    expert_used_count: int | None = None
+    expert_feed_forward_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +65,17 @@ class ModelSpec:
     embeddings: bool = True
     info: GgufInfo | None = None
     source: str = "config"  # "config", "scan", "demo", "env"
+    backend: str = "openai"  # for `url` models: "openai" (OpenAI-compatible) or "ollama"
+    remote_model: str | None = None  # the model's name on that server, when it differs
 
     @property
     def is_local(self) -> bool:
         return self.url is None
+
+    @property
+    def holds_memory(self) -> bool:
+        """Loaded and unloaded by us: a local engine, or a model in an external Ollama."""
+        return self.url is None or self.backend == "ollama"
 
     @property
     def names(self) -> tuple[str, ...]:

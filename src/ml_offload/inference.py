@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from ml_offload.backends.http import Upstream, sse_data
+from ml_offload.domain import ModelSpec
 from ml_offload.errors import EngineError, MloError, UpstreamClientError
 from ml_offload.metrics import Metrics
 from ml_offload.registry import ModelRegistry
@@ -49,7 +50,7 @@ class InferenceService:
         status = "error"
         try:
             async with self._scheduler.lease(spec) as base_url:
-                code, body = await self._upstream.post(base_url + PATHS[kind], orjson.dumps(data))
+                code, body = await self._upstream.post(base_url + PATHS[kind], _body(spec, data))
             _raise_for_status(code, body)
             out = NORMALIZERS[kind](orjson.loads(body), model)
             self._count_tokens(spec.name, out.get("usage"))
@@ -73,7 +74,7 @@ class InferenceService:
         try:
             base_url = await stack.enter_async_context(self._scheduler.lease(spec))
             url = base_url + PATHS[kind]
-            resp = await self._upstream.open(url, orjson.dumps(data))
+            resp = await self._upstream.open(url, _body(spec, data))
             stack.callback(resp.close)
             if resp.status != 200:
                 _raise_for_status(resp.status, await resp.read())
@@ -158,6 +159,13 @@ class EngineStream:
         self._metrics.latency.labels(self._kind, self._name).observe(
             time.perf_counter() - self._started
         )
+
+
+def _body(spec: ModelSpec, data: dict[str, Any]) -> bytes:
+    """The upstream request: the model under its name on that server, when it has another."""
+    if spec.remote_model is None:
+        return orjson.dumps(data)
+    return orjson.dumps({**data, "model": spec.remote_model})
 
 
 def _raise_for_status(code: int, body: bytes) -> None:

@@ -210,6 +210,8 @@ def _apply(spec: ModelSpec, config: ModelConfig) -> ModelSpec:
         embeddings=config.embeddings,
         info=spec.info,
         source=spec.source,
+        backend=config.backend,
+        remote_model=config.remote_model,
     )
 
 

@@ -138,7 +138,7 @@ class Scheduler:
         return self._status(entry)
 
     async def unload_all(self) -> list[str]:
-        names = [e.spec.name for e in self._local() if e.process.state in LOADED_STATES]
+        names = [e.spec.name for e in self._held() if e.process.state in LOADED_STATES]
         await asyncio.gather(*(self._unload(self._entries[n], "explicit") for n in names))
         return names
 
@@ -177,7 +177,12 @@ class Scheduler:
         return entry
 
     def _local(self) -> list[_Entry]:
+        """Models whose memory we place (engines we run)."""
         return [e for e in self._entries.values() if e.spec.is_local]
+
+    def _held(self) -> list[_Entry]:
+        """Models we load and unload: our engines and models in an external Ollama."""
+        return [e for e in self._entries.values() if e.spec.holds_memory]
 
     async def _ensure_loaded(self, entry: _Entry) -> str:
         url = entry.process.base_url
@@ -307,7 +312,7 @@ class Scheduler:
                 log.warning("idle unload failed: %s", exc.message)
 
     async def _reap_once(self) -> None:
-        ready = [e.view() for e in self._local() if e.process.state is ModelState.READY]
+        ready = [e.view() for e in self._held() if e.process.state is ModelState.READY]
         for name in idle_expired(ready, self._clock()):
             entry = self._entries[name]
             if not entry.gate.busy and (entry.loading is None or entry.loading.done()):

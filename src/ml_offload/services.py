@@ -15,6 +15,7 @@ from ml_offload.backends.base import EngineProcess, ExitCallback, ProcessFactory
 from ml_offload.backends.external import ExternalProcess
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.llamacpp import ModelProcess, resolve_engine_kind
+from ml_offload.backends.ollama import OllamaModel
 from ml_offload.config import Settings
 from ml_offload.domain import ModelSpec
 from ml_offload.gpu.base import GpuMonitor
@@ -69,6 +70,8 @@ def process_factory(settings: Settings) -> ProcessFactory:
     kind = resolve_engine_kind(settings.engine)
 
     def make(spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
+        if spec.backend == "ollama" and not spec.is_local:
+            return OllamaModel(spec)
         if not spec.is_local:
             return ExternalProcess(spec)
         return ModelProcess(

@@ -1,0 +1,88 @@
+"""A model held by an external Ollama server.
+
+Ollama owns its process and memory; we ask it to load a model (`/api/generate` with an empty
+prompt) and to unload it (`keep_alive: 0`) when our idle TTL passes or it must make room, so its
+GPU memory is given back like our own engines'. Requests go through Ollama's OpenAI-compatible
+API (`/v1/...`). Wire format: Ollama's API docs, "Load a model" and "Unload a model".
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+
+from ml_offload.backends.base import Launch
+from ml_offload.domain import ModelSpec, ModelState
+from ml_offload.errors import EngineError
+
+_JSON = {"Content-Type": "application/json"}
+
+
+class OllamaModel:
+    def __init__(self, spec: ModelSpec) -> None:
+        assert spec.url is not None
+        self.spec = spec
+        self._url = spec.url.rstrip("/")
+        self._model = spec.remote_model or spec.name
+        self._state = ModelState.STOPPED
+        self._error: str | None = None
+
+    @property
+    def state(self) -> ModelState:
+        return self._state
+
+    @property
+    def base_url(self) -> str | None:
+        return self._url if self._state is ModelState.READY else None
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def last_error(self) -> str | None:
+        return self._error
+
+    async def ensure_ready(self, timeout_s: float, launch: Launch | None = None) -> str:
+        if self._state is ModelState.READY:
+            return self._url
+        self._state = ModelState.STARTING
+        try:
+            await self._generate({"keep_alive": -1}, timeout_s)  # stays until we unload it
+        except EngineError as exc:
+            self._state, self._error = ModelState.FAILED, exc.message
+            raise
+        self._state, self._error = ModelState.READY, None
+        return self._url
+
+    async def stop(self) -> None:
+        if self._state is ModelState.STOPPED:
+            return
+        self._state = ModelState.STOPPING
+        try:
+            await self._generate({"keep_alive": 0}, 30)
+        finally:
+            self._state = ModelState.STOPPED
+
+    async def _generate(self, extra: dict[str, object], timeout_s: float) -> None:
+        body = orjson.dumps({"model": self._model, "prompt": "", "stream": False, **extra})
+        url = f"{self._url}/api/generate"
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(url, data=body, headers=_JSON) as resp,
+            ):
+                raw = await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise EngineError(f"cannot reach Ollama at {self._url}: {exc}") from None
+        if resp.status != 200:
+            raise EngineError(f"Ollama at {self._url} refused {self._model!r}: {_message(raw)}")
+
+
+def _message(raw: bytes) -> str:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")[:300]
+    return str(data.get("error", data)) if isinstance(data, dict) else str(data)[:300]

@@ -1,0 +1,129 @@
+"""A loopback Ollama server for tests, speaking the documented wire format of the endpoints the
+gateway uses (Ollama API docs: "Generate a completion" incl. "Load a model" / "Unload a model",
+"List running models", and the OpenAI compatibility page for /v1/chat/completions):
+
+- POST /api/generate with an empty prompt loads the model (`{"model", "created_at",
+  "response": "", "done": true}`); with `keep_alive: 0` it unloads it (`"done_reason": "unload"`);
+  an unknown model is 404 `{"error": "model \"x\" not found, try pulling it first"}`.
+- GET /api/ps lists loaded models (`{"models": [{"name", "model", "size", "size_vram", ...}]}`).
+- POST /v1/chat/completions answers an OpenAI chat completion and loads the model, as Ollama does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+
+class FakeOllama:
+    def __init__(self, models: tuple[str, ...] = ("llama3.2:latest",)) -> None:
+        self.available = set(models)
+        self.loaded: dict[str, float] = {}
+        self.calls: list[dict[str, Any]] = []
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> FakeOllama:
+        ready = threading.Event()
+        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _serve(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/api/generate", self._generate)
+        app.router.add_get("/api/ps", self._ps)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        ready.set()
+        self._loop.run_forever()
+
+    def _missing(self, model: str) -> web.Response:
+        return web.json_response(
+            {"error": f'model "{model}" not found, try pulling it first'}, status=404
+        )
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append(body)
+        model = body.get("model", "")
+        if model not in self.available:
+            return self._missing(model)
+        now = datetime.now(UTC).isoformat()
+        if body.get("keep_alive") == 0 and not body.get("prompt"):
+            self.loaded.pop(model, None)
+            return web.json_response(
+                {
+                    "model": model,
+                    "created_at": now,
+                    "response": "",
+                    "done": True,
+                    "done_reason": "unload",
+                }
+            )
+        self.loaded[model] = time.time()
+        return web.json_response({"model": model, "created_at": now, "response": "", "done": True})
+
+    async def _ps(self, request: web.Request) -> web.Response:
+        models = [
+            {
+                "name": m,
+                "model": m,
+                "size": 2_000_000_000,
+                "size_vram": 2_000_000_000,
+                "digest": "0" * 64,
+            }
+            for m in self.loaded
+        ]
+        return web.json_response({"models": models})
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        model = body.get("model", "")
+        if model not in self.available:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f'model "{model}" not found, try pulling it first',
+                        "type": "api_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status=404,
+            )
+        self.loaded[model] = time.time()
+        return web.json_response(
+            {
+                "id": "chatcmpl-123",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello from Ollama"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+            }
+        )

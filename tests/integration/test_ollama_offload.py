@@ -1,0 +1,78 @@
+"""Idle offload for a model held by an external Ollama: the gateway loads it there on demand,
+and after its idle TTL asks Ollama to unload it (`keep_alive: 0`) so its GPU memory is freed.
+Ollama cannot run here: `fake_ollama.FakeOllama` speaks its documented wire format."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import GatewayFactory
+from tests.integration.fake_ollama import FakeOllama
+
+pytestmark = pytest.mark.integration
+REMOTE = "llama3.2:latest"
+
+
+@pytest.fixture
+def ollama() -> Iterator[FakeOllama]:
+    server = FakeOllama().start()
+    yield server
+    server.stop()
+
+
+def test_idle_ollama_model_is_unloaded_after_its_ttl(
+    gateway_factory: GatewayFactory, ollama: FakeOllama
+) -> None:
+    gw = gateway_factory(
+        demo_model=False,
+        models=[
+            {
+                "name": "llama",
+                "url": ollama.url,
+                "backend": "ollama",
+                "remote_model": REMOTE,
+                "ttl_s": 1,
+            }
+        ],
+    )
+    chat = gw.client.chat.completions.create(
+        model="llama", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert chat.model == "llama" and chat.choices[0].message.content == "Hello from Ollama"
+    assert REMOTE in ollama.loaded and gw.model("llama")["state"] == "ready"
+    deadline = time.monotonic() + 5
+    while REMOTE in ollama.loaded and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert REMOTE not in ollama.loaded, "the idle model was not unloaded from Ollama"
+    assert {"model": REMOTE, "prompt": "", "stream": False, "keep_alive": 0} in ollama.calls
+    assert gw.model("llama")["state"] == "stopped"
+
+
+def test_unload_all_reaches_ollama_and_errors_are_clear(
+    gateway_factory: GatewayFactory, ollama: FakeOllama
+) -> None:
+    gw = gateway_factory(
+        demo_model=False,
+        models=[
+            {
+                "name": "llama",
+                "url": ollama.url,
+                "backend": "ollama",
+                "remote_model": REMOTE,
+                "ttl_s": 0,
+            },
+            {"name": "missing", "url": ollama.url, "backend": "ollama", "remote_model": "nope:1b"},
+        ],
+    )
+    assert gw.http.post("/models/llama/load").json()["state"] == "ready"
+    assert REMOTE in ollama.loaded
+    assert gw.http.post("/models/unload_all").json()["unloaded"] == ["llama"]
+    assert REMOTE not in ollama.loaded
+    resp = gw.http.post(
+        "/v1/chat/completions",
+        json={"model": "missing", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert resp.status_code == 502 and "not found" in resp.json()["error"]["message"]
