@@ -18,6 +18,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gguf import (
     GGML_QUANT_SIZES,
@@ -65,11 +66,31 @@ class _Corrupt(Exception):
     """The bytes are not a GGUF header we understand."""
 
 
+# Layers that attend within the sliding window, for architectures whose pattern llama.cpp
+# fixes in code (`hparams.set_swa_pattern(n)`: every n-th layer attends globally) when the
+# metadata does not say (`{arch}.attention.sliding_window_pattern`, a period or one bool a
+# layer). Other architectures with a window are counted as full attention: an over-estimate.
+_SWA_PERIOD = {
+    "gemma2": 2,
+    "gemma3": 6,
+    "gemma3n": 5,
+    "gemma-embedding": 6,
+    "cohere2": 4,
+    "gpt-oss": 2,
+    "olmo2": 4,
+    "exaone4": 4,
+    "smallthinker": 4,
+}
+_SWA_DEFAULT_WINDOW = {"gemma2": 4096}  # used by llama.cpp when the key is missing
+
+
 @dataclass(frozen=True, slots=True)
 class _Tensor:
+    name: str
     n_dims: int
     n_elements: int
     ggml_type: int
+    n_bytes: int
     end: int  # offset of the tensor's last byte + 1, relative to the data section
 
 
@@ -78,6 +99,11 @@ class _Header:
     fields: dict[str, _Value]
     tensors: list[_Tensor]
     size_bytes: int
+    array_lengths: dict[str, int]  # of the arrays skipped (their value is None)
+
+    def array_lengths_as_fields(self) -> dict[str, _Value]:
+        """`KEY#len` for each skipped array: the vocabulary size is the token list's length."""
+        return {f"{key}#len": n for key, n in self.array_lengths.items()}
 
 
 def read_gguf_info(path: Path) -> GgufInfo:
@@ -85,7 +111,8 @@ def read_gguf_info(path: Path) -> GgufInfo:
     header = _read_header(path)
     headers = [header, *(_read_header(p) for p in _other_shards(path, header.fields))]
     tensors = [t for h in headers for t in h.tensors]
-    return _info(path, header.fields, tensors, sum(h.size_bytes for h in headers))
+    fields = {**header.array_lengths_as_fields(), **header.fields}
+    return _info(path, fields, tensors, sum(h.size_bytes for h in headers))
 
 
 def split_shard(path: Path) -> tuple[int, int] | None:
@@ -145,15 +172,18 @@ def _parse(buf: mmap.mmap) -> _Header:
     cur = _Cursor(buf, order, 8)
     n_tensors, n_fields = cur.count(), cur.count()
     fields: dict[str, _Value] = {}
+    lengths: dict[str, int] = {}
     for _ in range(n_fields):
         key = cur.string()
-        fields[key] = cur.value(int(cur.take("I")[0]))
+        value = fields[key] = cur.value(int(cur.take("I")[0]))
+        if value is None:
+            lengths[key] = cur.last_array_length
     tensors = [cur.tensor() for _ in range(n_tensors)]
     data_start = _align_up(cur.pos, _alignment(fields))
     data_end = data_start + max((t.end for t in tensors), default=0)
     if data_end > len(buf):
         raise _Truncated(f"tensor data needs {data_end} bytes, the file has {len(buf)}")
-    return _Header(fields, tensors, len(buf))
+    return _Header(fields, tensors, len(buf), lengths)
 
 
 class _Cursor:
@@ -161,6 +191,7 @@ class _Cursor:
 
     def __init__(self, buf: mmap.mmap, order: str, pos: int) -> None:
         self.buf, self.order, self.pos, self.end = buf, order, pos, len(buf)
+        self.last_array_length = 0
 
     def take(self, fmt: str) -> tuple[int | float | bool, ...]:
         packer = _struct(self.order + fmt)
@@ -192,6 +223,7 @@ class _Cursor:
     def array(self) -> tuple[int | float | bool, ...] | None:
         """Small numeric arrays are returned; long or string arrays are skipped (None)."""
         item_type, n_items = int(self.take("I")[0]), self.count()
+        self.last_array_length = n_items
         if item_type in _FORMATS:
             fmt = _FORMATS[item_type]
             if n_items <= _SMALL_ARRAY:
@@ -206,7 +238,12 @@ class _Cursor:
 
     def _skip_strings(self, n_items: int) -> None:
         """The hot loop of a header: tokenizer vocabularies and merges."""
-        unpack, buf, pos, end = _struct(self.order + "Q").unpack_from, self.buf, self.pos, self.end
+        unpack, buf, pos, end = (
+            _struct(self.order + "Q").unpack_from,
+            self.buf,
+            self.pos,
+            self.end,
+        )
         for _ in range(n_items):
             if pos + 8 > end:
                 raise _Truncated(f"header needs byte {pos + 8}, the file has {end}")
@@ -215,14 +252,15 @@ class _Cursor:
         self.skip(0)
 
     def tensor(self) -> _Tensor:
-        self.string()  # the tensor's name
+        name = self.string()
         n_dims = int(self.take("I")[0])
         if n_dims > _MAX_DIMS:
             raise _Corrupt(f"a tensor has {n_dims} dimensions (at most {_MAX_DIMS})")
         n_elements = math.prod(int(d) for d in self.take(f"{n_dims}Q"))
         ggml_type, offset = (int(v) for v in self.take("IQ"))
         block, type_size = GGML_QUANT_SIZES.get(ggml_type, (1, 0))  # type: ignore[call-overload]
-        return _Tensor(n_dims, n_elements, ggml_type, offset + n_elements * type_size // block)
+        n_bytes = n_elements * type_size // block
+        return _Tensor(name, n_dims, n_elements, ggml_type, n_bytes, offset + n_bytes)
 
 
 @functools.cache
@@ -283,7 +321,81 @@ def _info(path: Path, fields: dict[str, _Value], tensors: list[_Tensor], size: i
         head_count_kv=_int(fields, f"{arch}.attention.head_count_kv"),
         embedding_length=_int(fields, f"{arch}.embedding_length"),
         file_size_bytes=size,
+        **_memory_fields(arch, fields, tensors),
     )
+
+
+def _memory_fields(arch: str, fields: dict[str, _Value], tensors: list[_Tensor]) -> dict[str, Any]:
+    """What `vram.estimate_memory` needs beyond the scalars above."""
+    layers = _layer_weight_bytes(tensors, _int(fields, f"{arch}.block_count") or 0)
+    attn = f"{arch}.attention"
+    kv_heads = fields.get(f"{attn}.head_count_kv")
+    return {
+        "layer_weight_bytes": layers,
+        "input_weight_bytes": sum(t.n_bytes for t in tensors if t.name.startswith("token_embd")),
+        "output_weight_bytes": sum(t.n_bytes for t in tensors if _outside_layers(t.name)),
+        "output_tied": bool(tensors) and not any(t.name == "output.weight" for t in tensors),
+        "vocab_size": _vocab_size(arch, fields),
+        "feed_forward_length": _int(fields, f"{arch}.feed_forward_length"),
+        "key_length": _int(fields, f"{attn}.key_length"),
+        "value_length": _int(fields, f"{attn}.value_length"),
+        "head_count_kv_per_layer": _ints(kv_heads) if isinstance(kv_heads, tuple) else (),
+        **_sliding_window(arch, fields, len(layers)),
+        "expert_count": _int(fields, f"{arch}.expert_count"),
+        "expert_used_count": _int(fields, f"{arch}.expert_used_count"),
+        "expert_feed_forward_length": _int(fields, f"{arch}.expert_feed_forward_length"),
+    }
+
+
+def _layer_index(name: str) -> int | None:
+    if not name.startswith("blk."):
+        return None
+    index = name[4:].partition(".")[0]
+    return int(index) if index.isdigit() else None
+
+
+def _layer_weight_bytes(tensors: list[_Tensor], block_count: int) -> tuple[int, ...]:
+    sizes = [0] * block_count
+    for t in tensors:
+        index = _layer_index(t.name)
+        if index is not None:
+            sizes.extend([0] * (index + 1 - len(sizes)))
+            sizes[index] += t.n_bytes
+    return tuple(sizes)
+
+
+def _outside_layers(name: str) -> bool:
+    """The output head and anything else not in a layer nor the input embedding."""
+    return _layer_index(name) is None and not name.startswith("token_embd")
+
+
+def _vocab_size(arch: str, fields: dict[str, _Value]) -> int | None:
+    for key in (f"{arch}.vocab_size", "tokenizer.ggml.tokens#len"):
+        value = _int(fields, key)
+        if value:
+            return value
+    return None
+
+
+def _sliding_window(arch: str, fields: dict[str, _Value], n_layers: int) -> dict[str, Any]:
+    window = _int(fields, f"{arch}.attention.sliding_window") or _SWA_DEFAULT_WINDOW.get(arch)
+    pattern = fields.get(f"{arch}.attention.sliding_window_pattern")
+    if not window:
+        return {"sliding_window": None, "swa_layers": ()}
+    if isinstance(pattern, tuple):
+        layers = tuple(bool(v) for v in pattern[:n_layers])
+        return {"sliding_window": window, "swa_layers": layers}
+    period = pattern if isinstance(pattern, int) and pattern > 0 else _SWA_PERIOD.get(arch)
+    if period is None:
+        return {"sliding_window": window, "swa_layers": ()}
+    return {
+        "sliding_window": window,
+        "swa_layers": tuple(i % period < period - 1 for i in range(n_layers)),
+    }
+
+
+def _ints(values: tuple[int | float | bool, ...]) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
 
 
 def _int(fields: dict[str, _Value], key: str) -> int | None:

@@ -19,10 +19,12 @@ from typing import Protocol
 
 
 class Estimate(Protocol):
-    """A model's memory needs per layer (see vram.MemoryEstimate)."""
+    """A model's memory the way llama.cpp offloads it (see vram.MemoryEstimate)."""
 
     @property
-    def layers(self) -> int: ...
+    def layers(self) -> int:
+        """What `n_gpu_layers` counts: every block plus the output head."""
+        ...
 
     @property
     def layer_bytes(self) -> tuple[int, ...]: ...
@@ -35,6 +37,8 @@ class Estimate(Protocol):
 
     @property
     def cpu_bytes(self) -> int: ...
+
+    def cpu_total_bytes(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +90,12 @@ def fit_layers(
     reserve_bytes: int,
     gpu_factor: float = 1.0,
 ) -> _Fit | None:
-    """Spread the last `n_layers` layers (llama.cpp offloads from the end) over the devices,
-    most room first; each device used pays a compute buffer; the output head goes with the
-    final layer when every layer is offloaded. None when they do not fit."""
-    todo = [int(b * gpu_factor) for b in est.layer_bytes[est.layers - n_layers :]]
-    output = int(est.output_bytes * gpu_factor) if n_layers == est.layers else 0
+    """Spread `n_layers` offloaded layers over the devices, most room first, None if they do
+    not fit. llama.cpp offloads from the end: the output head first, then blocks from the last
+    one, in index order across devices (so the head sits on the last device used); each device
+    used pays a compute buffer."""
+    blocks = est.layer_bytes[len(est.layer_bytes) - (n_layers - 1) :] if n_layers > 1 else ()
+    todo = [int(b * gpu_factor) for b in (*blocks, est.output_bytes)]
     compute = int(est.gpu_compute_bytes * gpu_factor)
     fit = _Fit()
     for room in sorted(rooms, key=lambda r: -r.free_bytes):
@@ -104,21 +109,15 @@ def fit_layers(
         if taken:
             fit.layers[room.index] = taken
             fit.used[room.index] = room.free_bytes - reserve_bytes - left
-    if todo:
-        return None
-    if output:
-        last = list(fit.layers)[-1] if fit.layers else None
-        room_by_index = {r.index: r for r in rooms}
-        if last is None or fit.used[last] + output > room_by_index[last].free_bytes - reserve_bytes:
-            return None
-        fit.used[last] += output
-    return fit
+    return None if todo else fit
 
 
 def host_bytes(est: Estimate, n_layers: int) -> int:
-    """Host memory with the last `n_layers` offloaded: the rest of the layers stay on the CPU."""
-    kept = sum(est.layer_bytes[: est.layers - n_layers])
-    return est.cpu_bytes + kept + (est.output_bytes if n_layers < est.layers else 0)
+    """Host memory with `n_layers` offloaded: the blocks not offloaded stay on the CPU."""
+    if n_layers <= 0:
+        return est.cpu_total_bytes()
+    kept = len(est.layer_bytes) - (n_layers - 1)
+    return est.cpu_bytes + sum(est.layer_bytes[:kept])
 
 
 def place(

@@ -67,9 +67,7 @@ class _Entry:
         p = self.placement
         if p is not None:
             return p.host_bytes + sum(b for _, b in p.device_bytes)
-        if self.estimate is None:
-            return 0
-        return self.estimate.cpu_bytes + sum(self.estimate.layer_bytes) + self.estimate.output_bytes
+        return 0 if self.estimate is None else self.estimate.cpu_total_bytes()
 
 
 class Scheduler:

@@ -27,7 +27,7 @@ from ml_offload.registry import ModelRegistry
 from ml_offload.scheduler import Scheduler
 from ml_offload.storage.db import Database
 from ml_offload.storage.models_repo import ModelRepository
-from ml_offload.vram import estimate_bytes
+from ml_offload.vram import coarse_estimate, estimate_memory
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +41,18 @@ def memory_budget(settings: Settings) -> int:
     return settings.scheduler.memory_budget_bytes or int(host_memory_bytes() * 0.8)
 
 
-@dataclass(frozen=True)
-class _EvenEstimate:
-    """Interim: the whole-model estimate spread evenly over the layers."""
-
-    layer_bytes: tuple[int, ...]
-    output_bytes: int
-    gpu_compute_bytes: int
-    cpu_bytes: int
-
-    @property
-    def layers(self) -> int:
-        return len(self.layer_bytes)
-
-
 def spec_estimate(spec: ModelSpec) -> Estimate:
-    size = (
-        spec.info.file_size_bytes if spec.info else (spec.path.stat().st_size if spec.path else 0)
+    """The calibrated per-layer estimate, for the settings the engine is launched with."""
+    if spec.info is None or not spec.info.layer_weight_bytes:
+        size = spec.path.stat().st_size if spec.path and spec.path.exists() else 0
+        return coarse_estimate(size, ctx_tokens=spec.ctx_size * spec.parallel)
+    return estimate_memory(
+        spec.info,
+        ctx_tokens=spec.ctx_size * spec.parallel,
+        parallel=spec.parallel,
+        embeddings=spec.embeddings,
+        flash_attn=True,  # llama.cpp's default `auto` turns it on for CPU and CUDA
     )
-    total = estimate_bytes(
-        spec.info, file_size_bytes=size, ctx_tokens=spec.ctx_size * spec.parallel
-    )
-    layers = (spec.info.block_count if spec.info else None) or 1
-    return _EvenEstimate((total // layers,) * layers, 0, 0, 0)
 
 
 def process_factory(settings: Settings) -> ProcessFactory:

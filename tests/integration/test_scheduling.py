@@ -66,8 +66,9 @@ def test_idle_ttl_unloads(gateway_factory: GatewayFactory, smollm_path: Path) ->
         ],
     )
     ask(gw.client, "brief")
+    pid = gw.model("brief")["pid"]  # before anything slow: its 1 s TTL is already running
+    assert pid is not None
     ask(gw.client, "stays")
-    pid = gw.model("brief")["pid"]
     assert wait_for(lambda: gw.model("brief")["state"] == "stopped", 5)
     assert not pid_alive(pid)
     time.sleep(0.5)

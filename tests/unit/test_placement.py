@@ -3,8 +3,6 @@ models and request traces."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,25 +16,24 @@ from ml_offload.placement import (
     place,
     tensor_split,
 )
+from ml_offload.vram import MemoryEstimate
 
 MIB = 2**20
 GIB = 2**30
 
 
-@dataclass(frozen=True)
-class Est:
-    layer_bytes: tuple[int, ...]
-    output_bytes: int = 50 * MIB
-    gpu_compute_bytes: int = 100 * MIB
-    cpu_bytes: int = 80 * MIB
-
-    @property
-    def layers(self) -> int:
-        return len(self.layer_bytes)
+def Est(
+    layer_bytes: tuple[int, ...],
+    output_bytes: int = 50 * MIB,
+    gpu_compute_bytes: int = 100 * MIB,
+    cpu_bytes: int = 80 * MIB,
+) -> MemoryEstimate:
+    return MemoryEstimate(layer_bytes, output_bytes, gpu_compute_bytes, cpu_bytes)
 
 
-def est(layers: int = 10, layer_mib: int = 100) -> Est:
-    return Est((layer_mib * MIB,) * layers)
+def est(blocks: int = 10, block_mib: int = 100) -> MemoryEstimate:
+    """`blocks` blocks plus the head: llama.cpp counts `blocks + 1` offloadable layers."""
+    return Est((block_mib * MIB,) * blocks)
 
 
 def view(
@@ -61,24 +58,25 @@ def go(
 
 def test_one_device_with_most_room() -> None:
     plan = go(est(), [DeviceRoom(0, 2 * GIB), DeviceRoom(1, 4 * GIB)])
-    assert plan.kind == "gpu" and plan.gpu_layers == 10 and plan.layers_per_device == ((1, 10),)
+    assert plan.kind == "gpu" and plan.gpu_layers == 11 and plan.layers_per_device == ((1, 11),)
     assert dict(plan.device_bytes)[1] == 10 * 100 * MIB + 100 * MIB + 50 * MIB
     assert plan.host_bytes == 80 * MIB and not plan.evict
 
 
 def test_split_across_devices_when_no_single_one_fits() -> None:
     plan = go(est(), [DeviceRoom(0, 700 * MIB), DeviceRoom(1, 700 * MIB)])
-    assert plan.kind == "split" and plan.gpu_layers == 10
-    assert sum(n for _, n in plan.layers_per_device) == 10
-    assert plan.layers_per_device == ((0, 6), (1, 4))  # the output head rides with the last layers
-    assert tensor_split(plan.layers_per_device, 2) == [0.6, 0.4]
+    assert plan.kind == "split" and plan.gpu_layers == 11
+    assert plan.layers_per_device == ((0, 6), (1, 5))  # 6 blocks; 4 blocks and the output head
+    assert tensor_split(plan.layers_per_device, 2) == [6 / 11, 5 / 11]
 
 
 def test_reserve_is_respected() -> None:
     need = 10 * 100 * MIB + 150 * MIB
     assert go(est(), [DeviceRoom(0, need)]).kind == "gpu"
     plan = go(est(), [DeviceRoom(0, need)], reserve_bytes=1)
-    assert plan.kind == "gpu" and plan.gpu_layers == 9  # one byte short: one layer stays on the CPU
+    assert (
+        plan.kind == "gpu" and plan.gpu_layers == 10
+    )  # one byte short: one block stays on the CPU
 
 
 def test_evicts_lru_idle_model_for_full_offload_before_partial() -> None:
@@ -88,19 +86,19 @@ def test_evicts_lru_idle_model_for_full_offload_before_partial() -> None:
         view("new", used=5, dev=((0, 200 * MIB),)),
     ]
     plan = go(est(), rooms, loaded)
-    assert plan.evict == ("old",) and plan.gpu_layers == 10
+    assert plan.evict == ("old",) and plan.gpu_layers == 11
 
 
 def test_partial_offload_when_nothing_can_be_evicted() -> None:
     plan = go(est(), [DeviceRoom(0, 600 * MIB)], [view("busy", busy=True, dev=((0, 1 * GIB),))])
-    assert plan.kind == "gpu" and 0 < plan.gpu_layers < 10 and not plan.evict
+    assert plan.kind == "gpu" and plan.gpu_layers == 5 and not plan.evict  # head + 4 blocks
     assert plan.host_bytes == host_bytes(est(), plan.gpu_layers)
     assert dict(plan.device_bytes)[0] <= 600 * MIB
 
 
 def test_cpu_only_machine_uses_host_memory_budget() -> None:
     e = est()
-    assert go(e, []).kind == "cpu" and go(e, []).host_bytes == 80 * MIB + 1000 * MIB + 50 * MIB
+    assert go(e, []).kind == "cpu" and go(e, []).host_bytes == e.cpu_total_bytes()
     loaded = [view("a", host=GIB, used=1), view("b", host=GIB, used=2)]
     plan = go(e, [], loaded, host_free_bytes=GIB)
     assert plan.evict == ("a",) and plan.kind == "cpu"
@@ -138,12 +136,15 @@ def test_max_gpu_layers_caps_offload() -> None:
     assert go(est(), [DeviceRoom(0, 8 * GIB)], max_gpu_layers=0).kind == "cpu"
 
 
-def test_output_head_only_with_full_offload() -> None:
+def test_output_head_is_offloaded_first() -> None:
+    """llama.cpp's `-ngl 1` puts only the output head on the GPU; each more layer is a block."""
     e = est()
-    full = fit_layers(e, [DeviceRoom(0, 8 * GIB)], 10, 0)
-    part = fit_layers(e, [DeviceRoom(0, 8 * GIB)], 9, 0)
-    assert full is not None and part is not None
-    assert full.used[0] - part.used[0] == 100 * MIB + 50 * MIB
+    one = fit_layers(e, [DeviceRoom(0, 8 * GIB)], 1, 0)
+    two = fit_layers(e, [DeviceRoom(0, 8 * GIB)], 2, 0)
+    assert one is not None and two is not None
+    assert one.used[0] == 50 * MIB + 100 * MIB  # head + compute buffer
+    assert two.used[0] - one.used[0] == 100 * MIB
+    assert host_bytes(e, 1) == 80 * MIB + 1000 * MIB and host_bytes(e, 11) == 80 * MIB
 
 
 def test_idle_expired_respects_ttl_busy_pins_and_zero_ttl() -> None:
@@ -191,7 +192,7 @@ loaded_st = st.lists(
     estimates, rooms_st, loaded_st, st.integers(0, GIB), st.integers(0, 64 * GIB), st.integers(1, 6)
 )
 def test_placement_never_exceeds_free_minus_reserve(
-    e: Est,
+    e: MemoryEstimate,
     rooms: list[DeviceRoom],
     loaded: list[LoadedView],
     reserve: int,

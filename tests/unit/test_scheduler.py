@@ -2,7 +2,6 @@
 at the cap, idle TTL unload, pins, crash and restart."""
 
 import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,17 @@ from ml_offload.errors import EngineError, Unavailable
 from ml_offload.gpu.simulated import SimulatedMonitor, no_gpu
 from ml_offload.metrics import Metrics
 from ml_offload.scheduler import Scheduler
+from ml_offload.vram import MemoryEstimate
 
 GIB = 2**30
 MIB = 2**20
 
 
-@dataclass(frozen=True)
-class Est:
-    layer_bytes: tuple[int, ...]
-    output_bytes: int = 0
-    gpu_compute_bytes: int = 0
-    cpu_bytes: int = 0
-
-    @property
-    def layers(self) -> int:
-        return len(self.layer_bytes)
+def Est(layer_bytes: tuple[int, ...]) -> MemoryEstimate:
+    return MemoryEstimate(layer_bytes, output_bytes=0, gpu_compute_bytes=0, cpu_bytes=0)
 
 
-def one_gib(spec: ModelSpec) -> Est:
+def one_gib(spec: ModelSpec) -> MemoryEstimate:
     return Est((GIB // 4,) * 4)
 
 
@@ -229,7 +221,7 @@ async def test_two_simulated_gpus_evict_the_right_one_and_split_the_right_one() 
     assert procs["small-b"].state is ModelState.STOPPED, "the idle, unpinned model is evicted"
     assert status["small-a"].state is ModelState.READY, "the pinned model stays"
     big = status["big"]
-    assert big.gpu_layers == 6 and len(big.device_bytes) == 2, "big is split over both devices"
+    assert big.gpu_layers == big.layers == 7 and len(big.device_bytes) == 2, "split over both"
     assert procs["big"].launch is not None and len(procs["big"].launch.tensor_split) == 2
     for d in monitor.devices():
         assert d.used_bytes <= d.total_bytes - 64 * MIB
@@ -252,5 +244,5 @@ async def test_partial_offload_when_a_model_is_too_big_for_the_gpus() -> None:
         monitor=monitor,
     )
     status = await sched.load(spec("huge"))
-    assert status.gpu_layers == 3 and status.host_bytes == 5 * 300 * MIB
-    assert procs["huge"].launch is not None and procs["huge"].launch.gpu_layers == 3
+    assert status.gpu_layers == 4 and status.host_bytes == 5 * 300 * MIB  # head + 3 blocks
+    assert procs["huge"].launch is not None and procs["huge"].launch.gpu_layers == 4

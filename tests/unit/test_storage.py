@@ -7,6 +7,7 @@ PostgreSQL runs when `MLO_TEST_POSTGRES_URL` is set, e.g.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from ml_offload.domain import GgufInfo, ModelSpec
 from ml_offload.errors import ConfigError, Unavailable
 from ml_offload.storage import Database, FileStamp, ModelRepository, async_url
+from ml_offload.storage.db import HEAD_REVISION
 from ml_offload.storage.tables import metadata
 
 POSTGRES_ENV = "MLO_TEST_POSTGRES_URL"
@@ -97,7 +99,7 @@ async def test_migrations_create_the_schema(db: Database) -> None:
     async with db.begin() as conn:
         version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
         tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
-    assert version == "0001"
+    assert version == HEAD_REVISION
     assert {"models", "alembic_version"} <= tables
 
 
@@ -209,3 +211,58 @@ def test_head_revision_constant_matches_the_migrations() -> None:
     from ml_offload.storage.db import HEAD_REVISION, alembic_config
 
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION
+
+
+MEMORY_INFO = dataclasses.replace(
+    INFO,
+    layer_weight_bytes=(2_216_448,) * 30,
+    input_weight_bytes=30_081_024,
+    output_weight_bytes=2304,
+    output_tied=True,
+    vocab_size=49152,
+    feed_forward_length=1536,
+    key_length=64,
+    value_length=64,
+    head_count_kv_per_layer=(3, 3, 0),
+    sliding_window=512,
+    swa_layers=(True, False) * 15,
+    expert_count=8,
+    expert_used_count=2,
+    expert_feed_forward_length=256,
+)
+
+
+async def test_memory_metadata_round_trips(repo: ModelRepository) -> None:
+    spec = dataclasses.replace(LOCAL, info=MEMORY_INFO)
+    await repo.upsert_many([spec], {spec.name: STAMP})
+    assert await repo.list_all() == [spec]
+    assert await repo.cached_info(LOCAL.path, *STAMP) == MEMORY_INFO
+
+
+async def test_rows_from_before_the_memory_column_are_read_again(
+    repo: ModelRepository, db: Database
+) -> None:
+    """A row written by 0001 has no memory metadata: the cache misses so the file is re-read."""
+    await repo.upsert_many([LOCAL], {LOCAL.name: STAMP})
+    async with db.begin() as conn:
+        await conn.execute(sa.text("UPDATE models SET gguf_memory = NULL"))
+    assert await repo.cached_info(LOCAL.path, *STAMP) is None
+    [listed] = await repo.list_all()
+    assert listed.info == INFO  # the scalar columns still load, with the new fields' defaults
+
+
+def test_downgrade_and_upgrade_the_memory_column(tmp_path: Path) -> None:
+    from alembic import command
+
+    from ml_offload.storage.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'migrate.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "head")
+    command.downgrade(config, "0001")
+    command.upgrade(config, "head")
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("models")}
+    engine.dispose()
+    assert "gguf_memory" in columns

@@ -22,6 +22,7 @@ from ml_offload.errors import InvalidRequest, MloError
 from ml_offload.inference import EngineStream
 from ml_offload.placement import Estimate
 from ml_offload.services import Services, host_memory_bytes
+from ml_offload.storage.disk import disk_space
 from ml_offload.wire.openai import Kind, error_body
 
 router = APIRouter()
@@ -40,8 +41,21 @@ async def health(request: Request) -> Response:
                 "known": len(svc.registry.all()),
                 "loaded": sum(s.state == "ready" for s in loaded),
             },
+            "disk": _disk(svc),
         }
     )
+
+
+def _disk(svc: Services) -> dict[str, Any]:
+    """Free space where models and the registry live; `low` below storage.low_disk_bytes."""
+    storage = svc.settings.storage
+    space = disk_space(storage.data_dir, storage.low_disk_bytes)
+    return {
+        "path": str(storage.data_dir),
+        "free_bytes": space.free_bytes,
+        "total_bytes": space.total_bytes,
+        "low": space.low,
+    }
 
 
 @router.get("/models")
@@ -226,7 +240,7 @@ def _estimate_json(est: Estimate | None) -> dict[str, int] | None:
         "layers": est.layers,
         "gpu_full_bytes": sum(est.layer_bytes) + est.output_bytes + est.gpu_compute_bytes,
         "gpu_compute_bytes": est.gpu_compute_bytes,
-        "cpu_only_bytes": est.cpu_bytes + sum(est.layer_bytes) + est.output_bytes,
+        "cpu_only_bytes": est.cpu_total_bytes(),
     }
 
 

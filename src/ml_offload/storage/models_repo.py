@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,12 @@ _INFO_COLUMNS = (
     "head_count_kv",
     "embedding_length",
     "file_size_bytes",
+)
+# GgufInfo fields kept together in the `gguf_memory` JSON column (tuples stored as lists).
+_MEMORY_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(GgufInfo)
+    if f.name not in _INFO_COLUMNS and f.name not in ("name",)
 )
 
 
@@ -79,6 +86,7 @@ class ModelRepository:
                 models.c.stat_size_bytes == size_bytes,
                 models.c.stat_mtime_ns == mtime_ns,
                 models.c.architecture.is_not(None),
+                models.c.gguf_memory.is_not(None),  # rows from before 0002: read the file again
             )
             .limit(1)
         )
@@ -112,6 +120,7 @@ def _row(spec: ModelSpec, stamp: FileStamp | None, now: datetime) -> dict[str, A
         "head_count": info.head_count if info else None,
         "head_count_kv": info.head_count_kv if info else None,
         "embedding_length": info.embedding_length if info else None,
+        "gguf_memory": _memory_json(info) if info else None,
         "file_size_bytes": info.file_size_bytes if info else None,
         "stat_size_bytes": stamp.size_bytes if stamp else None,
         "stat_mtime_ns": stamp.mtime_ns if stamp else None,
@@ -124,7 +133,27 @@ def _info(row: sa.RowMapping) -> GgufInfo | None:
         return None
     values = {c: row[c] for c in _INFO_COLUMNS}
     values["name"] = values.pop("gguf_name")
+    values.update(_memory_fields(row["gguf_memory"]))
     return GgufInfo(**values)
+
+
+def _memory_json(info: GgufInfo) -> dict[str, Any]:
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name in _MEMORY_FIELDS
+        for value in [getattr(info, name)]
+    }
+
+
+def _memory_fields(stored: Any) -> dict[str, Any]:
+    """Known keys of the JSON column; rows written before it (NULL) get GgufInfo's defaults."""
+    if not isinstance(stored, dict):
+        return {}
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in stored.items()
+        if name in _MEMORY_FIELDS
+    }
 
 
 def _spec(row: sa.RowMapping) -> ModelSpec:

@@ -39,6 +39,8 @@ models = sa.Table(
     sa.Column("head_count", sa.Integer, nullable=True),
     sa.Column("head_count_kv", sa.Integer, nullable=True),
     sa.Column("embedding_length", sa.Integer, nullable=True),
+    # The rest of GgufInfo (per-layer weight bytes, head sizes, window, experts) as JSON.
+    sa.Column("gguf_memory", sa.JSON(none_as_null=True), nullable=True),
     # os.stat() of `path` when the metadata was read, so a rescan skips unchanged files
     # (file_size_bytes above counts every shard of a split model; stat_size_bytes the first).
     sa.Column("file_size_bytes", sa.BigInteger, nullable=True),

@@ -1,0 +1,250 @@
+"""Estimate accuracy: `vram.estimate_memory` next to the buffers llama.cpp reports at load.
+
+Every model the engine loads here (CPU backend, xllamacpp): the SmolLM2 demo GGUF and the shapes
+of `gguf_shapes.py` (random weights, written to a temporary folder), at several context sizes,
+KV cache types (quantized V needs flash attention), with and without flash attention, and the
+gateway's own launch (4 slots of 2048 tokens, embeddings on). Each load runs in a subprocess at
+verbosity 4, which makes llama.cpp print its `model`, `KV`, `compute` and `output` buffer sizes.
+The error is (estimate - reported) / reported total; the worst row is printed last. The Ollama
+port in xllamacpp (`estimate_gpu_layers`, its full-offload total less the fixed 512 MiB it
+reserves per GPU) is shown for comparison.
+
+    python bench/estimate.py [--json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gguf_shapes
+
+from ml_offload.gguf import demo_model_path, read_gguf_info
+from ml_offload.vram import ReportedMemory, estimate_memory, parse_llama_log
+
+MIB = 2**20
+OLLAMA_RESERVE = 512 * MIB  # `memory_min` that the Ollama port adds to every GPU's total
+LOAD_SNIPPET = r"""
+import json, os, sys
+import xllamacpp as x
+cfg = json.loads(sys.argv[1])
+p = x.CommonParams()
+p.model.path = cfg["path"]
+p.n_ctx = cfg["ctx"]
+p.n_parallel = cfg["parallel"]
+p.n_ubatch = cfg["ubatch"]
+p.n_batch = cfg["ubatch"] if cfg["embeddings"] else 2048
+p.cache_type_k = p.cache_type_v = getattr(x.ggml_type, "GGML_TYPE_" + cfg["kv"].upper())
+p.flash_attn_type = getattr(
+    x.llama_flash_attn_type, "LLAMA_FLASH_ATTN_TYPE_" + ("ENABLED" if cfg["fa"] else "DISABLED"))
+if cfg["embeddings"]:
+    p.embedding = True
+    p.pooling_type = x.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+p.verbosity = 4
+p.warmup = False
+p.fit_params = False
+p.hostnames = ["127.0.0.1"]
+p.port = 0
+p.cpuparams.n_threads = p.cpuparams_batch.n_threads = 2
+try:
+    x.Server(p)
+    print("LOADED", flush=True)
+except Exception as exc:
+    print("FAILED", exc, flush=True)
+os._exit(0)
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    ctx: int  # n_ctx, all slots
+    parallel: int = 1
+    kv: str = "f16"
+    fa: bool = True
+    embeddings: bool = False
+    ubatch: int = 512
+
+    @property
+    def label(self) -> str:
+        flags = [self.kv, "fa" if self.fa else "no-fa"]
+        if self.parallel > 1:
+            flags.append(f"x{self.parallel}")
+        if self.embeddings:
+            flags.append("emb")
+        if self.ubatch != 512:
+            flags.append(f"ub{self.ubatch}")
+        return f"ctx {self.ctx:>5} " + " ".join(flags)
+
+
+CASES = (
+    Case(2048),
+    Case(8192),
+    Case(32768),
+    Case(8192, kv="q8_0"),
+    Case(8192, kv="q4_0"),
+    Case(8192, fa=False),
+    Case(8192, kv="q8_0", fa=False),  # quantized V without flash attention: llama.cpp refuses
+    Case(8192, parallel=4, embeddings=True),  # how the gateway launches (4 slots × 2048)
+    Case(4096, ubatch=128),
+)
+QUICK = (Case(2048), Case(8192, kv="q8_0"), Case(8192, parallel=4, embeddings=True))
+
+
+def load_reported(path: Path, case: Case) -> ReportedMemory | str:
+    """Load in a subprocess; the summed buffer sizes, or why the engine refused."""
+    cfg = {
+        "path": str(path),
+        "ctx": case.ctx,
+        "parallel": case.parallel,
+        "ubatch": case.ubatch,
+        "kv": case.kv,
+        "fa": case.fa,
+        "embeddings": case.embeddings,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOAD_SNIPPET, json.dumps(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "threadpool init" in line or line.startswith(("LOADED", "FAILED")):
+            break  # every buffer is allocated by now; skip the server's slot set-up
+    proc.kill()
+    proc.wait()
+    errors = [ln.strip() for ln in lines if " E " in ln or ln.startswith("FAILED")]
+    reported = parse_llama_log("".join(lines))
+    if reported is None or any(ln.startswith("FAILED") for ln in lines):
+        return (errors[0] if errors else "no buffer sizes in the log")[-110:]
+    return reported
+
+
+def ollama_port(path: Path, case: Case) -> int | None:
+    """xllamacpp's port of Ollama's estimate: its total for one huge GPU, or None if it fails."""
+    try:
+        from xllamacpp import estimate_gpu_layers
+
+        gpu = {"name": "CUDA", "memory_free": 1 << 44, "memory_total": 1 << 44}
+        result = estimate_gpu_layers(
+            [gpu], str(path), [], case.ctx // case.parallel, case.ubatch, case.parallel, case.kv
+        )
+        return int(result.total_size) - OLLAMA_RESERVE  # less its fixed per-GPU minimum
+    except Exception:
+        return None
+
+
+def row(name: str, path: Path, case: Case) -> dict[str, object]:
+    info = read_gguf_info(path)
+    est = estimate_memory(
+        info,
+        ctx_tokens=case.ctx,
+        parallel=case.parallel,
+        kv_type=case.kv,
+        flash_attn=case.fa,
+        ubatch=case.ubatch,
+        embeddings=case.embeddings,
+    )
+    weights = info.input_weight_bytes + info.output_weight_bytes + sum(info.layer_weight_bytes)
+    kv = sum(est.layer_bytes) - sum(info.layer_weight_bytes)
+    estimated = {
+        "model": weights,
+        "kv": kv,
+        "compute": est.gpu_compute_bytes,
+        "total": est.cpu_total_bytes(),
+    }
+    out: dict[str, object] = {"model": name, "case": case.label, "estimate": estimated}
+    reported = load_reported(path, case)
+    if isinstance(reported, str):
+        out["refused"] = reported
+        return out
+    actual = {
+        "model": reported.model_bytes,
+        "kv": reported.kv_bytes,
+        "compute": reported.compute_bytes,
+        "total": reported.total_bytes,
+    }
+    out["reported"] = actual
+    out["error_pct"] = 100 * (estimated["total"] - actual["total"]) / actual["total"]
+    out["compute_error_pct"] = 100 * (est.gpu_compute_bytes - actual["compute"]) / actual["total"]
+    ollama = ollama_port(path, case)
+    if ollama is not None:
+        out["ollama_port_pct"] = 100 * (ollama - actual["total"]) / actual["total"]
+    return out
+
+
+def models(folder: Path) -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+    demo = demo_model_path()
+    if demo is not None:
+        found.append(("smollm2-135m", demo))
+    for shape in gguf_shapes.SHAPES:
+        found.append((shape.name, gguf_shapes.write_shape(shape, folder / f"{shape.name}.gguf")))
+    return found
+
+
+def mib(n: object) -> str:
+    return f"{int(n) / MIB:8.1f}" if isinstance(n, int) else f"{'-':>8}"
+
+
+def print_row(r: dict[str, object]) -> None:
+    est = r["estimate"]
+    assert isinstance(est, dict)
+    head = f"{r['model']:<20} {r['case']:<26}"
+    if "refused" in r:
+        print(f"{head} estimate {mib(est['total'])} MiB; engine refused: {r['refused']}")
+        return
+    rep = r["reported"]
+    assert isinstance(rep, dict)
+    parts = " ".join(f"{mib(est[k])}/{mib(rep[k]).strip():>6}" for k in ("model", "kv", "compute"))
+    ollama = r.get("ollama_port_pct")
+    ollama_txt = f"{ollama:+7.1f}%" if isinstance(ollama, float) else "      -"
+    print(
+        f"{head} {parts} {mib(est['total'])}/{mib(rep['total']).strip():>6}"
+        f" {r['error_pct']:+6.2f}% (compute {r['compute_error_pct']:+5.2f}%) {ollama_txt}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per row")
+    parser.add_argument("--quick", action="store_true", help="3 cases per model")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="mlo-estimate-") as tmp:
+        if not args.json:
+            print(
+                "MiB, estimate/reported: model  kv  compute  total  error-of-total "
+                "(compute's share)  ollama-port (less its 512 MiB reserve)"
+            )
+        for name, path in models(Path(tmp)):
+            for case in QUICK if args.quick else CASES:
+                r = row(name, path, case)
+                rows.append(r)
+                print(json.dumps(r) if args.json else "", end="\n" if args.json else "")
+                if not args.json:
+                    print_row(r)
+    measured = [r for r in rows if "error_pct" in r]
+    worst = max(measured, key=lambda r: abs(float(r["error_pct"])))  # type: ignore[arg-type]
+    within = sum(abs(float(r["error_pct"])) <= 5 for r in measured)  # type: ignore[arg-type]
+    refused = len(rows) - len(measured)
+    print(
+        f"\n{len(measured)} rows measured, {within} within 5% of the total, {refused} refused by "
+        f"the engine; worst: {worst['model']} {worst['case']} {worst['error_pct']:+.2f}%"
+        f" ({time.perf_counter() - started:.0f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
