@@ -266,10 +266,11 @@ class Scheduler:
         p = entry.placement
         if p is None:
             return None
-        split = tensor_split(p.layers_per_device, len(self.monitor.devices()))
-        return Launch(
-            gpu_layers=p.gpu_layers, tensor_split=tuple(split) if len(p.device_bytes) > 1 else ()
-        )
+        n_devices = len(self.monitor.devices())
+        if n_devices < 2 or not p.gpu_layers:
+            return Launch(gpu_layers=p.gpu_layers)
+        # with several GPUs the split says which ones, even when one device takes every layer
+        return Launch(p.gpu_layers, tuple(tensor_split(p.layers_per_device, n_devices)))
 
     def _measure(self, entry: _Entry) -> None:
         """Compare the GPU estimate with what the engine really holds (NVML per process) and

@@ -215,6 +215,9 @@ async def test_two_simulated_gpus_evict_the_right_one_and_split_the_right_one() 
     await sched.load(spec("small-b"))
     placed = {s.name: s.device_bytes for s in sched.loaded()}
     assert set(placed["small-a"]) != set(placed["small-b"])  # each on the emptier device
+    on_b = next(iter(placed["small-b"]))
+    split_b = procs["small-b"].launch.tensor_split  # type: ignore[union-attr]
+    assert split_b[on_b] == 1.0 and sum(split_b) == 1.0  # the engine is told which GPU
     clock.now += 1
     await sched.load(spec("big"))
     status = {s.name: s for s in sched.loaded()}
