@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ml_offload import __version__
-from ml_offload.api import errors, native, openai_routes
+from ml_offload.api import anthropic_routes, errors, native, ollama_routes, openai_routes, ws
 from ml_offload.api.streaming import ClientGone
 from ml_offload.backends.base import ProcessFactory
 from ml_offload.config import Settings, load_settings
@@ -43,6 +43,9 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
 
     app.include_router(native.router)
     app.include_router(openai_routes.router)
+    app.include_router(anthropic_routes.router)
+    app.include_router(ollama_routes.router)
+    app.include_router(ws.router)
     return app
 
 

@@ -1,0 +1,65 @@
+"""Anthropic's Messages API (`POST /v1/messages`) over the inference service.
+
+The `x-api-key` and `anthropic-version` headers the official clients send are accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ml_offload.api.deps import json_response, read_body, services
+from ml_offload.api.streaming import EventStreamResponse, until_disconnect
+from ml_offload.errors import MloError
+from ml_offload.inference import EngineStream
+from ml_offload.wire import anthropic as wire
+
+router = APIRouter()
+
+
+@router.post("/v1/messages", response_model=None)
+async def messages(request: Request) -> Response:
+    req = wire.parse_request(await read_body(request))
+    data = wire.to_openai(req)
+    inference = services(request).inference
+    if not req.stream and not req.stop_sequences:
+        out = await until_disconnect(request, inference.complete("chat", data))
+        return json_response(wire.from_openai(out, req.model))
+    data["stream"] = True
+    data["stream_options"] = {"include_usage": True}
+    stream = await inference.open_stream("chat", data)
+    translator = wire.StreamTranslator(req.model, req.stop_sequences)
+    if req.stream:
+        return EventStreamResponse(_sse(stream, translator), stream.aclose)
+    try:  # stop sequences are matched here, on the stream, even when the caller wants one body
+        events = await until_disconnect(request, _collect(stream, translator))
+    finally:
+        await stream.aclose()
+    return json_response(wire.fold(events))
+
+
+async def _events(stream: EngineStream, tr: wire.StreamTranslator) -> AsyncIterator[wire.Event]:
+    for event in tr.start():
+        yield event
+    async for chunk in stream:
+        for event in tr.feed(chunk):
+            yield event
+        if tr.stopped:
+            break  # a stop sequence: closing the stream stops the engine
+    for event in tr.finish():
+        yield event
+
+
+async def _sse(stream: EngineStream, tr: wire.StreamTranslator) -> AsyncIterator[bytes]:
+    try:
+        async for event in _events(stream, tr):
+            yield wire.sse(event)
+    except MloError as exc:
+        yield wire.sse(wire.error_body(exc))
+
+
+async def _collect(stream: EngineStream, tr: wire.StreamTranslator) -> list[dict[str, Any]]:
+    return [event async for event in _events(stream, tr)]

@@ -1,0 +1,169 @@
+"""Ollama's API under `/api/` over the inference service and the scheduler.
+
+Generation always streams from the engine (NDJSON to the caller by default); `"stream": false`
+folds the stream into one object, the way Ollama itself does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ml_offload.api.deps import json_response, read_body, services
+from ml_offload.api.streaming import EventStreamResponse, until_disconnect
+from ml_offload.domain import ModelSpec
+from ml_offload.errors import MloError, ModelNotFound
+from ml_offload.inference import EngineStream
+from ml_offload.services import Services
+from ml_offload.wire import ollama as wire
+
+router = APIRouter(prefix="/api")
+NDJSON_HEADERS = [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-cache")]
+
+
+def _resolve(svc: Services, name: str) -> ModelSpec:
+    for candidate in wire.model_names(name):
+        try:
+            return svc.registry.resolve(candidate)
+        except ModelNotFound:
+            continue
+    return svc.registry.resolve(name)  # raises, naming what exists
+
+
+@router.post("/chat", response_model=None)
+async def chat(request: Request) -> Response:
+    started = time.perf_counter_ns()
+    req = wire.parse_chat(await read_body(request))
+    svc = services(request)
+    spec = _resolve(svc, req.model)
+    if not req.messages:
+        return await _load_or_unload(svc, spec, req.model, req.keep_alive, "chat")
+    data = wire.chat_to_openai(req)
+    data["model"] = spec.name
+    return await _generate(
+        request, svc, "chat", data, wire.StreamTranslator("chat", req.model, started), req.stream
+    )
+
+
+@router.post("/generate", response_model=None)
+async def generate(request: Request) -> Response:
+    started = time.perf_counter_ns()
+    req = wire.parse_generate(await read_body(request))
+    svc = services(request)
+    spec = _resolve(svc, req.model)
+    if not req.prompt and not req.images:
+        return await _load_or_unload(svc, spec, req.model, req.keep_alive, "generate")
+    kind, data = wire.generate_to_openai(req)
+    data["model"] = spec.name
+    tr = wire.StreamTranslator("generate", req.model, started)
+    return await _generate(request, svc, kind, data, tr, req.stream)
+
+
+async def _generate(
+    request: Request,
+    svc: Services,
+    kind: Literal["chat", "completion"],
+    data: dict[str, Any],
+    tr: wire.StreamTranslator,
+    stream_out: bool,
+) -> Response:
+    data["stream"] = True
+    data["stream_options"] = {"include_usage": True}
+    stream = await svc.inference.open_stream(kind, data)
+    tr.opened()
+    if stream_out:
+        return EventStreamResponse(_ndjson(stream, tr), stream.aclose, NDJSON_HEADERS)
+    try:
+        objects = await until_disconnect(request, _collect(stream, tr))
+    finally:
+        await stream.aclose()
+    return json_response(wire.fold(objects))
+
+
+async def _objects(
+    stream: EngineStream, tr: wire.StreamTranslator
+) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in stream:
+        for obj in tr.feed(chunk):
+            yield obj
+    for obj in tr.finish():
+        yield obj
+
+
+async def _ndjson(stream: EngineStream, tr: wire.StreamTranslator) -> AsyncIterator[bytes]:
+    try:
+        async for obj in _objects(stream, tr):
+            yield wire.ndjson(obj)
+    except MloError as exc:
+        yield wire.ndjson(wire.error_body(exc))
+
+
+async def _collect(stream: EngineStream, tr: wire.StreamTranslator) -> list[dict[str, Any]]:
+    return [obj async for obj in _objects(stream, tr)]
+
+
+async def _load_or_unload(
+    svc: Services, spec: ModelSpec, model: str, keep_alive: float | str | None, kind: str
+) -> Response:
+    """An empty prompt loads the model; with `keep_alive: 0` it unloads it (Ollama's idiom)."""
+    if wire.is_unload(keep_alive):
+        if spec.is_local and svc.scheduler.status([spec])[0].state != "stopped":
+            await svc.scheduler.unload(spec.name)
+        return json_response(wire.load_response(model, "unload", kind))
+    await svc.scheduler.load(spec)
+    return json_response(wire.load_response(model, "load", kind))
+
+
+@router.post("/embed", response_model=None)
+async def embed(request: Request) -> Response:
+    started = time.perf_counter_ns()
+    req = wire.parse_embed(await read_body(request))
+    svc = services(request)
+    spec = _resolve(svc, req.model)
+    data = {"model": spec.name, "input": req.input}
+    out = await until_disconnect(request, svc.inference.complete("embedding", data))
+    return json_response(wire.embed(out, req.model, time.perf_counter_ns() - started))
+
+
+@router.post("/embeddings", response_model=None)
+async def embeddings(request: Request) -> Response:
+    req = wire.parse_embeddings(await read_body(request))
+    svc = services(request)
+    spec = _resolve(svc, req.model)
+    data = {"model": spec.name, "input": req.prompt}
+    out = await until_disconnect(request, svc.inference.complete("embedding", data))
+    return json_response({"embedding": out["data"][0]["embedding"]})
+
+
+@router.get("/tags")
+async def tags(request: Request) -> Response:
+    svc = services(request)
+    return json_response(wire.tags(svc.registry.all(), svc.started_at))
+
+
+@router.get("/ps")
+async def ps(request: Request) -> Response:
+    svc = services(request)
+    specs = {spec.name: spec for spec in svc.registry.all()}
+    loaded = [
+        (specs[s.name], s)
+        for s in svc.scheduler.loaded()
+        if s.name in specs and s.state == "ready" and specs[s.name].is_local
+    ]
+    return json_response(wire.ps(loaded))
+
+
+@router.post("/show")
+async def show(request: Request) -> Response:
+    svc = services(request)
+    req = wire.parse_show(await read_body(request))
+    return json_response(wire.show(_resolve(svc, req.model), svc.started_at))
+
+
+@router.get("/version")
+async def version() -> Response:
+    return json_response({"version": wire.API_VERSION})

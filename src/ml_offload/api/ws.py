@@ -1,0 +1,111 @@
+"""WebSocket streaming at `/ws/inference`: several requests at once on one connection.
+
+Each request runs as its own task holding its own model slot; a cancel, or the connection
+closing, cancels the task, which closes the engine stream and frees the slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from ml_offload.errors import InvalidRequest, MloError
+from ml_offload.inference import InferenceService
+from ml_offload.wire import ws as wire
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+class _Connection:
+    def __init__(self, socket: WebSocket, inference: InferenceService) -> None:
+        self._socket = socket
+        self._inference = inference
+        self._send_lock = asyncio.Lock()
+        self._tasks: dict[wire.RequestId, asyncio.Task[None]] = {}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self._socket.send_text(orjson.dumps(message).decode())
+
+    async def serve(self) -> None:
+        try:
+            async for text in self._socket.iter_text():
+                await self._handle(text)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _handle(self, text: str) -> None:
+        request_id = None
+        try:
+            data = orjson.loads(text)
+            request_id = data.get("id") if isinstance(data, dict) else None
+            message = wire.parse(data)
+        except orjson.JSONDecodeError as exc:
+            await self.send(wire.error(None, InvalidRequest(f"message is not valid JSON: {exc}")))
+            return
+        except MloError as exc:
+            await self.send(wire.error(request_id, exc))
+            return
+        if isinstance(message, wire.Cancel):
+            await self._cancel(message.id)
+        elif message.id in self._tasks:
+            await self.send(wire.error(message.id, InvalidRequest("id is already running")))
+        else:
+            task = asyncio.create_task(self._run(message))
+            self._tasks[message.id] = task
+            task.add_done_callback(lambda t: self._forget(message.id, t))
+
+    def _forget(self, request_id: wire.RequestId, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(request_id) is task:
+            del self._tasks[request_id]
+
+    async def _cancel(self, request_id: wire.RequestId) -> None:
+        task = self._tasks.get(request_id)
+        if task is None:
+            await self.send(
+                wire.error(request_id, InvalidRequest("no running request has this id"))
+            )
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self.send({"id": request_id, "cancelled": True})
+
+    async def _run(self, start: wire.Start) -> None:
+        kind, data = wire.to_openai(start)
+        try:
+            stream = await self._inference.open_stream(kind, data)
+        except MloError as exc:
+            await self.send(wire.error(start.id, exc))
+            return
+        finish, usage = None, None
+        try:
+            async for chunk in stream:
+                usage = chunk.get("usage") or usage
+                text, finished = wire.text_of(chunk)
+                finish = finished or finish
+                if text:
+                    await self.send({"id": start.id, "delta": text})
+        except MloError as exc:
+            await self.send(wire.error(start.id, exc))
+            return
+        finally:
+            await stream.aclose()
+        await self.send({"id": start.id, "done": True, "finish_reason": finish, "usage": usage})
+
+
+@router.websocket("/ws/inference")
+async def inference(socket: WebSocket) -> None:
+    await socket.accept()
+    connection = _Connection(socket, socket.app.state.services.inference)
+    with contextlib.suppress(WebSocketDisconnect):
+        await connection.serve()
