@@ -69,7 +69,7 @@ class InferenceService:
         spec = self._registry.resolve(model)
         opts = data.get("stream_options") or {}
         want_usage = bool(opts.get("include_usage"))
-        data["stream_options"] = {**opts, "include_usage": True}  # we count tokens either way
+        data = {**data, "stream_options": {**opts, "include_usage": True}}  # we count tokens
         stack = contextlib.AsyncExitStack()
         try:
             base_url = await stack.enter_async_context(self._scheduler.lease(spec))
