@@ -138,7 +138,7 @@ def _start(tmp: Path, **extra: Any) -> Gateway:
 def stop(gw: Gateway) -> None:
     pids = []
     if gw.proc.poll() is None:
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
             pids = gw.engine_pids()
         gw.proc.send_signal(signal.SIGTERM)
         try:
@@ -163,8 +163,14 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         return gw
 
     yield factory
-    for gw in started:
-        stop(gw)
+    failures = []
+    for gw in started:  # stop every gateway even when one of them fails to stop cleanly
+        try:
+            stop(gw)
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture(scope="module")

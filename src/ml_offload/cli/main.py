@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ml_offload.cli import bootstrap, health, pull, run, server, storage
 from ml_offload.cli.client import CliError, GatewayClient, gateway_url
+from ml_offload.cli.common import warn_if_low_disk
 from ml_offload.cli.vram import vram
 from ml_offload.config import CONFIG_ENV, load_settings
 from ml_offload.errors import MloError
@@ -57,6 +59,7 @@ def serve(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    warn_if_low_disk(settings)
     uvicorn.run(
         "ml_offload.api.app:create_app",
         factory=True,
@@ -176,11 +179,23 @@ def _secs(s: Any) -> str:
     return "-" if s is None else f"{s:.0f}s"
 
 
+# Pipeline and storage commands (issue 6): thin commands over hub, daemon, pipeline, disk.
+app.command()(pull.pull)
+app.add_typer(server.app, name="server")
+app.command()(run.run)
+app.command()(run.export)
+app.command()(health.health)
+app.command()(storage.ls)
+app.command()(storage.du)
+app.command("clean-cache")(storage.clean_cache)
+app.command()(bootstrap.bootstrap)
+
+
 def main() -> None:
     try:
         app()
     except (CliError, MloError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2 if isinstance(exc, MloError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -1,0 +1,131 @@
+"""Helpers shared by the pipeline and storage commands: consoles, settings, number formats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ml_offload.config import CONFIG_ENV, Settings, load_settings, xdg_dir
+from ml_offload.errors import MloError
+
+# No markup: paths, model names and error text print as they are (brackets included).
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help=f"TOML config file (or ${CONFIG_ENV}).")
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="Gateway address (default: $MLO_URL, the daemon's, the config's)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def settings_for(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def state_dir() -> Path:
+    """Where the daemon keeps its pid and log files (`$XDG_STATE_HOME/ml-offload`)."""
+    return xdg_dir("state")
+
+
+def human_bytes(n: Any) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return "-"
+
+
+def human_secs(s: Any) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    return f"{s // 3600}h {s % 3600 // 60}m"
+
+
+def registry_paths(settings: Settings) -> set[Path] | None:
+    """Files of the models the registry holds; None when there is no registry yet (it is not
+    created just to answer) or it cannot be read."""
+    storage = settings.storage
+    if storage.database_url is None and not (storage.data_dir / "registry.db").exists():
+        return None
+    try:
+        specs = asyncio.run(_registry_specs(storage.db_url))
+    except MloError:
+        return None
+    return {Path(os.path.realpath(s.path)) for s in specs if s.path is not None}
+
+
+async def _registry_specs(url: str) -> list[Any]:
+    from ml_offload.storage import Database, ModelRepository
+
+    db = await Database.open(url)
+    try:
+        return await ModelRepository(db).list_all()
+    finally:
+        await db.close()
+
+
+def device_summary(device: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(name, free, total, utilization) of a device from `/vram/status`."""
+    name = str(device.get("name") or "device")
+    if device.get("index") is not None:
+        name = f"{device['index']}: {name}"
+    free = next((v for k, v in device.items() if k.endswith("free_bytes")), None)
+    total = next((v for k, v in device.items() if k.endswith("total_bytes")), None)
+    util = device.get("utilization_pct")
+    return name, human_bytes(free), human_bytes(total), "-" if util is None else f"{util:.0f}%"
+
+
+def host_budget(vram: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(budget, estimated use) of host memory from `/vram/status`."""
+    cpu = vram.get("cpu") or {}
+    budget = cpu.get("budget_bytes", vram.get("budget_bytes"))
+    used = cpu.get("used_estimate_bytes", vram.get("used_estimate_bytes"))
+    return budget, used
+
+
+def warn_if_low_disk(settings: Settings) -> None:
+    """Log a warning at start-up when the disk of the data folder is low on space."""
+    from ml_offload.storage.disk import disk_space
+
+    space = disk_space(settings.storage.data_dir, settings.storage.low_disk_bytes)
+    if space.low:
+        logging.getLogger("ml_offload").warning(
+            "low disk space: %s free on the disk of %s (storage.low_disk_bytes = %s); "
+            "see `mlo du` and `mlo clean-cache`",
+            human_bytes(space.free_bytes),
+            settings.storage.data_dir,
+            human_bytes(settings.storage.low_disk_bytes),
+        )
+
+
+def target_url(explicit: str | None, config: Path | None) -> str:
+    """The gateway to talk to: --url, else $MLO_URL, else the daemon's, else the config's."""
+    from ml_offload.daemon import Daemon
+
+    url = explicit or os.environ.get("MLO_URL")
+    if url is None:
+        running = Daemon(state_dir()).running()
+        url = running.url if running is not None else None
+    if url is None:
+        server = settings_for(config).server
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        url = f"http://{host}:{server.port}"
+    return url.rstrip("/")

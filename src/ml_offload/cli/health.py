@@ -1,0 +1,127 @@
+"""`mlo health`: GPUs, the gateway, each model's engine, and a latency check per loaded model."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ml_offload.cli.client import CliError, GatewayClient
+from ml_offload.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    UrlOpt,
+    device_summary,
+    host_budget,
+    human_bytes,
+    human_secs,
+    out,
+    target_url,
+)
+from ml_offload.pipeline import PromptResult, percentile, run_prompts
+
+PROBE_PROMPT = "Reply with one short sentence about the sea."
+
+
+def health(
+    url: UrlOpt = None,
+    requests: Annotated[
+        int, typer.Option("--requests", "-n", min=0, help="Latency requests per loaded model.")
+    ] = 5,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per latency request.")] = 32,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Check GPUs and memory, the gateway, engines, and per-model latency.
+
+    Each loaded model gets --requests requests, one at a time: time to first
+    token, total time and tokens per second, at p50 and p95.
+    """
+    client = GatewayClient(target_url(url, config), timeout_s=120)
+    report = {
+        "gateway": client.get("/health"),
+        "vram": client.get("/vram/status"),
+        "models": client.get("/models")["data"],
+    }
+    ready = [m["id"] for m in report["models"] if m["state"] == "ready"]
+    report["latency"] = [
+        _latency(client.url, name, requests, max_tokens) for name in ready if requests > 0
+    ]
+    if as_json:
+        out.print_json(data=report)
+    else:
+        _print(report)
+    failed = [m["id"] for m in report["models"] if m["state"] == "failed"]
+    erring = [lat["model"] for lat in report["latency"] if lat["errors"]]
+    if failed or erring:
+        raise CliError(f"unhealthy: {', '.join(failed + erring)} (see above)")
+
+
+def _latency(url: str, model: str, n: int, max_tokens: int) -> dict[str, Any]:
+    params = {"max_tokens": max_tokens, "temperature": 0}
+    results: list[PromptResult] = asyncio.run(
+        run_prompts(url, [PROBE_PROMPT] * n, model=model, concurrency=1, parameters=params)
+    )
+    good = [r for r in results if r.error is None]
+    ttft = [r.ttft_ms for r in good if r.ttft_ms is not None]
+    total = [r.latency_ms for r in good if r.latency_ms is not None]
+    rate = [r.tokens_per_s for r in good if r.tokens_per_s is not None]
+    return {
+        "model": model,
+        "requests": n,
+        "errors": [r.error for r in results if r.error],
+        "ttft_ms": {"p50": percentile(ttft, 50), "p95": percentile(ttft, 95)},
+        "latency_ms": {"p50": percentile(total, 50), "p95": percentile(total, 95)},
+        "tokens_per_s": {"p50": percentile(rate, 50), "p95": percentile(rate, 95)},
+    }
+
+
+def _print(report: dict[str, Any]) -> None:
+    gw, vram = report["gateway"], report["vram"]
+    out.print(
+        f"gateway: {gw['status']}, version {gw['version']}, up {human_secs(gw['uptime_s'])}, "
+        f"{gw['models']['loaded']} of {gw['models']['known']} models loaded"
+    )
+    disk = gw.get("disk")
+    if disk:
+        out.print(
+            f"disk: {human_bytes(disk['free_bytes'])} free of {human_bytes(disk['total_bytes'])}"
+            + (" (LOW)" if disk.get("low") else "")
+        )
+    devices = vram.get("devices") or []
+    table = Table("DEVICE", "FREE", "TOTAL", "BUSY", title="memory")
+    for device in devices:
+        table.add_row(*device_summary(device))
+    budget, used = host_budget(vram)
+    left = budget - used if budget is not None and used is not None else None
+    table.add_row("host budget (est.)", human_bytes(left), human_bytes(budget), "-")
+    out.print(table)
+    if not devices:
+        out.print(f"no GPU devices reported (monitor: {vram.get('monitor') or 'none'})")
+    engines = Table("MODEL", "STATE", "PID", "SLOTS", "LAST ERROR", title="engines")
+    for m in report["models"]:
+        if m["state"] != "stopped" or m.get("last_error"):
+            engines.add_row(
+                m["id"], m["state"], str(m["pid"] or "-"), str(m["slots"]), m["last_error"] or ""
+            )
+    out.print(engines if engines.row_count else "engines: no model loaded")
+    if report["latency"]:
+        lat = Table("MODEL", "N", "TTFT P50/P95", "TOTAL P50/P95", "TOK/S P50", "ERRORS")
+        for r in report["latency"]:
+            rate = r["tokens_per_s"]["p50"]
+            lat.add_row(
+                r["model"],
+                str(r["requests"]),
+                _pair(r["ttft_ms"]),
+                _pair(r["latency_ms"]),
+                "-" if rate is None else f"{rate:.1f}",
+                str(len(r["errors"])),
+            )
+        out.print(lat)
+
+
+def _pair(stats: dict[str, float | None]) -> str:
+    p50, p95 = stats["p50"], stats["p95"]
+    return "-" if p50 is None or p95 is None else f"{p50:.0f} / {p95:.0f} ms"

@@ -1,0 +1,133 @@
+"""`mlo server start|stop|restart|status`: the gateway as a background daemon."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+from rich.table import Table
+
+from ml_offload.cli.client import CliError, GatewayClient
+from ml_offload.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    device_summary,
+    host_budget,
+    human_bytes,
+    human_secs,
+    out,
+    settings_for,
+    state_dir,
+)
+from ml_offload.config import config_path
+from ml_offload.daemon import Daemon, DaemonInfo
+
+app = typer.Typer(
+    help="Run the gateway in the background: start, stop, restart, status.",
+    no_args_is_help=True,
+)
+
+HostOpt = Annotated[str | None, typer.Option(help="Address to bind (default server.host).")]
+PortOpt = Annotated[int | None, typer.Option(help="Port to bind (default server.port).")]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for the gateway.")]
+
+
+@app.command()
+def start(
+    config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None, timeout: TimeoutOpt = 60
+) -> None:
+    """Start the gateway in the background (pid and log files in the XDG state folder)."""
+    info = _start(Daemon(state_dir()), config, host, port, timeout)
+    out.print(f"gateway started: pid {info.pid}, {info.url}, log {info.log_path}")
+
+
+@app.command()
+def stop(timeout: TimeoutOpt = 20) -> None:
+    """Stop the background gateway; its engines stop with it."""
+    info = Daemon(state_dir()).stop(timeout)
+    out.print(f"gateway stopped (pid {info.pid})")
+
+
+@app.command()
+def restart(
+    config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None, timeout: TimeoutOpt = 60
+) -> None:
+    """Restart the background gateway (same address and config unless given)."""
+    daemon = Daemon(state_dir())
+    old = daemon.running()
+    if old is not None:
+        daemon.stop()
+        parts = urlsplit(old.url)
+        host = host or parts.hostname
+        port = port or parts.port
+        config = config or (Path(old.config) if old.config else None)
+    info = _start(daemon, config, host, port, timeout)
+    out.print(f"gateway restarted: pid {info.pid}, {info.url}, log {info.log_path}")
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Show whether the background gateway runs: uptime, loaded models, memory."""
+    info = Daemon(state_dir()).running()
+    if info is None:
+        raise CliError(f"the gateway daemon is not running (state folder {state_dir()})")
+    client = GatewayClient(info.url, timeout_s=10)
+    data = {
+        "daemon": {"pid": info.pid, "url": info.url, "log": info.log_path},
+        "health": client.get("/health"),
+        "vram": client.get("/vram/status"),
+        "models": [m for m in client.get("/models")["data"] if m["state"] != "stopped"],
+    }
+    if as_json:
+        out.print_json(data=data)
+        return
+    _print_status(info, data)
+
+
+def _start(
+    daemon: Daemon, config: Path | None, host: str | None, port: int | None, timeout: float
+) -> DaemonInfo:
+    settings = settings_for(config)  # a bad config fails here, in one line
+    return daemon.start(
+        host=host or settings.server.host,
+        port=port if port is not None else settings.server.port,
+        config=config_path(config),
+        timeout_s=timeout,
+    )
+
+
+def _print_status(info: DaemonInfo, data: dict[str, Any]) -> None:
+    health, vram = data["health"], data["vram"]
+    out.print(
+        f"gateway: running, pid {info.pid}, {info.url}, up {human_secs(health['uptime_s'])} "
+        f"(since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.started_at))}), "
+        f"version {health['version']}"
+    )
+    out.print(f"log: {info.log_path}")
+    out.print(f"models: {health['models']['known']} known, {health['models']['loaded']} loaded")
+    budget, used = host_budget(vram)
+    out.print(
+        f"host memory: {human_bytes(used)} estimated in use of a {human_bytes(budget)} budget"
+    )
+    for device in vram.get("devices") or []:
+        name, free, total, util = device_summary(device)
+        out.print(f"GPU {name}: {free} free of {total}, {util} busy")
+    disk = health.get("disk")
+    if disk:
+        low = " (LOW)" if disk.get("low") else ""
+        out.print(f"disk: {human_bytes(disk['free_bytes'])} free{low}")
+    if data["models"]:
+        table = Table("NAME", "STATE", "PID", "IN FLIGHT", "IDLE", "MEMORY (EST.)")
+        for m in data["models"]:
+            table.add_row(
+                m["id"],
+                m["state"],
+                str(m["pid"] or "-"),
+                f"{m['in_flight']}/{m['slots']}",
+                human_secs(m["idle_s"]),
+                human_bytes(m["estimate_bytes"]),
+            )
+        out.print(table)

@@ -1,0 +1,200 @@
+"""The gateway as a background process: a pid file and a log file in the XDG state folder.
+
+`start` spawns `python -m ml_offload.cli.main serve` in its own session (it outlives the
+shell), waits for `/health`, then writes the pid file (JSON: pid, url, start time, log).
+`stop` sends SIGTERM and waits, SIGKILL after a grace period. A pid file whose process is
+gone, or is some other program that reused the pid, is stale and removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from ml_offload.errors import MloError
+
+START_TIMEOUT_S = 60.0
+_START_MARK = "--- ml-offload daemon: "
+STOP_TIMEOUT_S = 20.0
+
+
+class DaemonError(MloError):
+    code = "daemon_error"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    pid: int
+    url: str
+    started_at: float
+    log_path: str
+    config: str | None = None
+
+
+class Daemon:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.pid_path = state_dir / "gateway.pid"
+        self.log_path = state_dir / "gateway.log"
+
+    def running(self) -> DaemonInfo | None:
+        """The running daemon, or None; a stale pid file is removed."""
+        try:
+            data = json.loads(self.pid_path.read_text())
+            info = DaemonInfo(**data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            self.pid_path.unlink(missing_ok=True)  # unreadable: stale
+            return None
+        if not is_gateway(info.pid):
+            self.pid_path.unlink(missing_ok=True)
+            return None
+        return info
+
+    def start(
+        self,
+        *,
+        host: str,
+        port: int,
+        config: Path | None = None,
+        timeout_s: float = START_TIMEOUT_S,
+    ) -> DaemonInfo:
+        current = self.running()
+        if current is not None:
+            raise DaemonError(f"the gateway is already running (pid {current.pid}, {current.url})")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        url = f"http://{_connect_host(host)}:{port}"
+        proc = spawn(host=host, port=port, config=config, log_path=self.log_path)
+        wait_ready(url, proc, self.log_path, timeout_s)
+        info = DaemonInfo(
+            proc.pid, url, time.time(), str(self.log_path), str(config) if config else None
+        )
+        tmp = self.pid_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(info)))
+        tmp.replace(self.pid_path)
+        return info
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> DaemonInfo:
+        info = self.running()
+        if info is None:
+            raise DaemonError(f"the gateway daemon is not running (no live pid in {self.pid_path})")
+        terminate(info.pid, timeout_s)
+        self.pid_path.unlink(missing_ok=True)
+        return info
+
+
+def spawn(*, host: str, port: int, config: Path | None, log_path: Path) -> subprocess.Popen[bytes]:
+    """`mlo serve` detached from this terminal, its output appended to `log_path`."""
+    args = [sys.executable, "-m", "ml_offload.cli.main", "serve", "--host", host]
+    args += ["--port", str(port)]
+    if config is not None:
+        args += ["--config", str(config.resolve())]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"{_START_MARK}{stamp} starting: {' '.join(args)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
+    """Until `/health` answers 200; the log's last line explains an early exit."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DaemonError(
+                f"the gateway exited during start-up (code {proc.returncode}): "
+                f"{last_line(log_path)} (log: {log_path})"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=1.0, trust_env=False).status_code == 200:
+                return
+        time.sleep(0.1)
+    terminate(proc.pid, 5.0)
+    raise DaemonError(
+        f"the gateway did not answer at {url} within {timeout_s:.0f}s (log: {log_path})"
+    )
+
+
+def terminate(pid: int, timeout_s: float) -> None:
+    """SIGTERM, wait, then SIGKILL; reaps the process when it is our child."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while alive(pid):
+            time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (reaped or not, a zombie is gone)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_gateway(pid: int) -> bool:
+    """The process is alive and runs `mlo serve` (not another program that reused the pid)."""
+    if not alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid file
+    words = [a.decode(errors="replace") for a in argv]
+    return "serve" in words and any("ml_offload" in w or w.endswith("mlo") for w in words)
+
+
+def last_line(path: Path) -> str:
+    """The reason a start failed: the last error line of the latest start in the log."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    latest = text.rsplit(_START_MARK, 1)[-1].splitlines()[1:]
+    lines = [ln.strip() for ln in latest if ln.strip()]
+    errors = [ln for ln in lines if re.search(r"\berror\b", ln, re.IGNORECASE)]
+    return (errors or lines or ["(empty log)"])[-1]
+
+
+def _connect_host(host: str) -> str:
+    """The address to reach a server bound to `host` (wildcards mean this machine)."""
+    if host in ("0.0.0.0", "", "*"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
