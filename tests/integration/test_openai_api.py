@@ -244,10 +244,11 @@ def test_engine_killed_mid_stream_gives_a_clean_error_then_recovers(gateway: Gat
 
                 os.kill(pid, signal.SIGKILL)
     assert "engine" in str(exc.value.message)
-    deadline = time.monotonic() + 5
-    while pid_alive(pid) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5  # the gateway notices when it reaps the child
+    while gateway.model()["state"] != "failed" and time.monotonic() < deadline:
         time.sleep(0.05)
     state = gateway.model()
+    assert not pid_alive(pid)
     assert state["state"] == "failed" and "exited" in state["last_error"]
     again = gateway.client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
