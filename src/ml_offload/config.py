@@ -100,6 +100,10 @@ class GpuSettings(_Section):
     reserve_bytes: int = Field(512 * 2**20, ge=0, description="kept free on every device")
 
 
+class RouterSettings(_Section):
+    cooldown_s: float = Field(30.0, ge=0, description="how long a failed deployment is skipped")
+
+
 class ModelConfig(_Section):
     """A model declared in config: a local GGUF `path`, or an external server `url`."""
 
@@ -111,6 +115,9 @@ class ModelConfig(_Section):
     )
     remote_model: str | None = Field(None, description="the model's name at `url`")
     aliases: list[str] = Field(default_factory=list)
+    fallbacks: list[str] = Field(
+        default_factory=list, description="models to answer instead when this one fails"
+    )
     ctx_size: int | None = Field(None, ge=64)
     parallel: int | None = Field(None, ge=1)
     gpu_layers: int = -1
@@ -136,6 +143,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=lambda: SchedulerSettings())
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     gpu: GpuSettings = Field(default_factory=lambda: GpuSettings())
+    router: RouterSettings = Field(default_factory=lambda: RouterSettings())
     models: list[ModelConfig] = Field(default_factory=list)
     demo_model: bool = Field(True, description="register the bundled SmolLM2 when installed")
     scan_models_dir: bool = True

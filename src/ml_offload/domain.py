@@ -67,6 +67,7 @@ class ModelSpec:
     source: str = "config"  # "config", "scan", "demo", "env"
     backend: str = "openai"  # for `url` models: "openai" (OpenAI-compatible) or "ollama"
     remote_model: str | None = None  # the model's name on that server, when it differs
+    fallbacks: tuple[str, ...] = ()  # models that answer instead when this one fails
 
     @property
     def is_local(self) -> bool:

@@ -18,7 +18,7 @@ from ml_offload.backends.http import Upstream, sse_data
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import EngineError, MloError, UpstreamClientError
 from ml_offload.metrics import Metrics
-from ml_offload.registry import ModelRegistry
+from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
 from ml_offload.wire.openai import (
     NORMALIZERS,
@@ -36,16 +36,52 @@ PATHS: dict[Kind, str] = {
 
 class InferenceService:
     def __init__(
-        self, registry: ModelRegistry, scheduler: Scheduler, upstream: Upstream, metrics: Metrics
+        self, router: Router, scheduler: Scheduler, upstream: Upstream, metrics: Metrics
     ) -> None:
-        self._registry = registry
+        self._router = router
         self._scheduler = scheduler
         self._upstream = upstream
         self._metrics = metrics
 
     async def complete(self, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
+        """Answer from the first deployment that can (see router.py)."""
+        failure: MloError | None = None
+        for spec in self._router.candidates(data["model"]):
+            try:
+                out = await self._complete_on(spec, kind, data)
+            except MloError as exc:
+                if not should_fall_back(exc):
+                    raise
+                self._router.failed(spec, exc)
+                failure = exc
+                continue
+            self._router.succeeded(spec)
+            return out
+        assert failure is not None
+        raise failure
+
+    async def open_stream(self, kind: Kind, data: dict[str, Any]) -> EngineStream:
+        """Open the stream on the first deployment that can; once it is open (upstream status
+        checked, nothing sent to the client yet), errors are the stream's, never a fallback."""
+        failure: MloError | None = None
+        for spec in self._router.candidates(data["model"]):
+            try:
+                stream = await self._open_on(spec, kind, data)
+            except MloError as exc:
+                if not should_fall_back(exc):
+                    raise
+                self._router.failed(spec, exc)
+                failure = exc
+                continue
+            self._router.succeeded(spec)
+            return stream
+        assert failure is not None
+        raise failure
+
+    async def _complete_on(
+        self, spec: ModelSpec, kind: Kind, data: dict[str, Any]
+    ) -> dict[str, Any]:
         model = data["model"]
-        spec = self._registry.resolve(model)
         started = time.perf_counter()
         status = "error"
         try:
@@ -64,9 +100,8 @@ class InferenceService:
             self._metrics.requests.labels(kind, spec.name, status).inc()
             self._metrics.latency.labels(kind, spec.name).observe(time.perf_counter() - started)
 
-    async def open_stream(self, kind: Kind, data: dict[str, Any]) -> EngineStream:
+    async def _open_on(self, spec: ModelSpec, kind: Kind, data: dict[str, Any]) -> EngineStream:
         model = data["model"]
-        spec = self._registry.resolve(model)
         opts = data.get("stream_options") or {}
         want_usage = bool(opts.get("include_usage"))
         data = {**data, "stream_options": {**opts, "include_usage": True}}  # we count tokens

@@ -212,6 +212,7 @@ def _apply(spec: ModelSpec, config: ModelConfig) -> ModelSpec:
         source=spec.source,
         backend=config.backend,
         remote_model=config.remote_model,
+        fallbacks=tuple(config.fallbacks),
     )
 
 

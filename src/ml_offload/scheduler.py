@@ -148,6 +148,10 @@ class Scheduler:
     def status(self, specs: list[ModelSpec]) -> list[ModelStatus]:
         return [self._status(self._entry(s)) for s in specs]
 
+    def state(self, spec: ModelSpec) -> ModelState:
+        entry = self._entries.get(spec.name)
+        return ModelState.STOPPED if entry is None else entry.process.state
+
     def estimate(self, spec: ModelSpec) -> Estimate | None:
         return self._entry(spec).estimate
 

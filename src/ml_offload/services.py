@@ -24,6 +24,7 @@ from ml_offload.inference import InferenceService
 from ml_offload.metrics import Metrics
 from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry
+from ml_offload.router import Router
 from ml_offload.scheduler import Scheduler
 from ml_offload.storage.db import Database
 from ml_offload.storage.models_repo import ModelRepository
@@ -78,6 +79,7 @@ class Services:
     registry: ModelRegistry
     scheduler: Scheduler
     upstream: Upstream
+    router: Router
     inference: InferenceService
     monitor: GpuMonitor
     started_at: float = field(default_factory=time.time)
@@ -102,9 +104,14 @@ class Services:
         upstream = Upstream(timeout_s=settings.server.upstream_timeout_s)
         await upstream.start()
         await scheduler.start()
-        inference = InferenceService(registry, scheduler, upstream, metrics)
+        router = Router(
+            registry.resolve,
+            lambda spec: scheduler.state(spec),
+            cooldown_s=settings.router.cooldown_s,
+        )
+        inference = InferenceService(router, scheduler, upstream, metrics)
         log.info("ml-offload ready with %d models", len(registry.all()))
-        return cls(settings, metrics, db, registry, scheduler, upstream, inference, monitor)
+        return cls(settings, metrics, db, registry, scheduler, upstream, router, inference, monitor)
 
     async def close(self) -> None:
         await self.scheduler.close()

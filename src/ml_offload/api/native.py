@@ -112,6 +112,33 @@ async def pin(request: Request, name: str, body: PinBody) -> Response:
     return _json(_one(svc, spec.name))
 
 
+@router.get("/backends")
+async def backends(request: Request) -> Response:
+    """Every deployment: what serves it, its state and health, and the work on it."""
+    svc = services(request)
+    specs = svc.registry.all()
+    data = []
+    for spec, st in zip(specs, svc.scheduler.status(specs), strict=True):
+        health = svc.router.health(spec.name)
+        cooling = svc.router.cooling_s(spec.name)
+        data.append(
+            {
+                "model": spec.name,
+                "kind": "llama.cpp" if spec.is_local else spec.backend,
+                "target": spec.url or str(spec.path),
+                "state": st.state,
+                "healthy": cooling == 0 and st.state != "failed",
+                "cooling_s": round(cooling, 3),
+                "failures": health.failures,
+                "last_error": health.last_error or st.last_error,
+                "in_flight": st.in_flight,
+                "queued": st.queued,
+                "fallbacks": list(spec.fallbacks),
+            }
+        )
+    return _json({"object": "list", "data": data})
+
+
 @router.get("/vram/status")
 async def vram_status(request: Request) -> Response:
     svc = services(request)
