@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -26,6 +27,8 @@ from ml_offload.wire.openai import (
     Kind,
     engine_error_message,
 )
+
+T = TypeVar("T")
 
 PATHS: dict[Kind, str] = {
     "chat": "/v1/chat/completions",
@@ -45,28 +48,25 @@ class InferenceService:
 
     async def complete(self, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
         """Answer from the first deployment that can (see router.py)."""
-        failure: MloError | None = None
-        for spec in self._router.candidates(data["model"]):
-            try:
-                out = await self._complete_on(spec, kind, data)
-            except MloError as exc:
-                if not should_fall_back(exc):
-                    raise
-                self._router.failed(spec, exc)
-                failure = exc
-                continue
-            self._router.succeeded(spec)
-            return out
-        assert failure is not None
-        raise failure
+        return await self._first_that_answers(
+            data["model"], partial(self._complete_on, kind=kind, data=data)
+        )
 
     async def open_stream(self, kind: Kind, data: dict[str, Any]) -> EngineStream:
         """Open the stream on the first deployment that can; once it is open (upstream status
         checked, nothing sent to the client yet), errors are the stream's, never a fallback."""
+        return await self._first_that_answers(
+            data["model"], partial(self._open_on, kind=kind, data=data)
+        )
+
+    async def _first_that_answers(
+        self, model: str, attempt: Callable[[ModelSpec], Awaitable[T]]
+    ) -> T:
+        """Try each deployment in the router's order; fall back only on deployment failures."""
         failure: MloError | None = None
-        for spec in self._router.candidates(data["model"]):
+        for spec in self._router.candidates(model):
             try:
-                stream = await self._open_on(spec, kind, data)
+                result = await attempt(spec)
             except MloError as exc:
                 if not should_fall_back(exc):
                     raise
@@ -74,7 +74,7 @@ class InferenceService:
                 failure = exc
                 continue
             self._router.succeeded(spec)
-            return stream
+            return result
         assert failure is not None
         raise failure
 

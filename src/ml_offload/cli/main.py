@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ml_offload.cli import bootstrap, health, pull, run, server, storage
 from ml_offload.cli.client import CliError, GatewayClient, gateway_url
-from ml_offload.cli.common import warn_if_low_disk
+from ml_offload.cli.common import human_bytes, human_secs, warn_if_low_disk
 from ml_offload.cli.vram import vram
 from ml_offload.config import CONFIG_ENV, load_settings
 from ml_offload.errors import MloError
@@ -95,7 +95,7 @@ def models_ls(
             info.get("architecture") or "-",
             _count(info.get("parameters")),
             info.get("quantization") or "-",
-            _bytes(info.get("file_size_bytes")),
+            human_bytes(info.get("file_size_bytes") or None),
             str(m["ctx_size"]),
             str(m["parallel"]),
             m["state"],
@@ -121,9 +121,9 @@ def ps(url: UrlOpt = None) -> None:
             str(m["pid"] or "-"),
             f"{m['in_flight']}/{m['slots']}",
             str(m["queued"]),
-            _secs(m["idle_s"]),
-            _secs(m["loaded_for_s"]),
-            _bytes(m["estimate_bytes"]),
+            human_secs(m["idle_s"]),
+            human_secs(m["loaded_for_s"]),
+            human_bytes(m["estimate_bytes"] or None),
             "yes" if m["pinned"] else "no",
         )
     out.print(table)
@@ -159,24 +159,10 @@ def unload(
     out.print(f"{m['id']} {m['state']}")
 
 
-def _bytes(n: Any) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
-
-
 def _count(n: Any) -> str:
     if not n:
         return "-"
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
-
-
-def _secs(s: Any) -> str:
-    return "-" if s is None else f"{s:.0f}s"
 
 
 # Pipeline and storage commands (issue 6): thin commands over hub, daemon, pipeline, disk.
