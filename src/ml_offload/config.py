@@ -104,6 +104,72 @@ class RouterSettings(_Section):
     cooldown_s: float = Field(30.0, ge=0, description="how long a failed deployment is skipped")
 
 
+class LimitSettings(_Section):
+    """Rate limits (the `limits` package). `memory://` is per gateway; `redis://host:port` (or
+    `rediss://`) is shared by every gateway that points at it."""
+
+    storage_url: str = "memory://"
+    default_rpm: int | None = Field(None, ge=1, description="for keys without their own rpm")
+    default_tpm: int | None = Field(None, ge=1, description="for keys without their own tpm")
+    default_max_tokens: int = Field(
+        1024, ge=1, description="tokens reserved for a request that gives no max_tokens"
+    )
+    model_rpm: dict[str, int] = Field(default_factory=dict, description="per model, all keys")
+    model_tpm: dict[str, int] = Field(default_factory=dict, description="per model, all keys")
+
+
+class AuditSettings(_Section):
+    enabled: bool = True
+    path: Path | None = Field(None, description="default: <data_dir>/audit/audit.jsonl")
+    log_prompts: bool = Field(False, description="store prompt text, not only its hash")
+    flush_interval_s: float = Field(0.2, gt=0)
+    batch_size: int = Field(256, ge=1)
+    fsync: bool = True
+
+
+class TlsSettings(_Section):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = Field(
+        None, description="mutual TLS: refuse clients without a certificate from this CA"
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both 'cert_file' and 'key_file', or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("'client_ca_file' (mutual TLS) needs 'cert_file' and 'key_file'")
+        return self
+
+
+class RedactionSettings(_Section):
+    """What is masked in prompts before they leave the machine (cloud providers only)."""
+
+    secrets: bool = True
+    emails: bool = False
+    phones: bool = False
+
+
+class SecuritySettings(_Section):
+    """`auth = "auto"`: on as soon as a key exists or an admin key is set; `required`: always on
+    (no key yet means nobody gets in but the admin key); `off`: never (loopback only)."""
+
+    auth: Literal["auto", "required", "off"] = "auto"
+    admin_key: SecretStr | None = Field(None, description="also read from MLO_ADMIN_KEY")
+    allow_insecure_bind: bool = Field(
+        False, description="let a gateway bound to a non-loopback address run without auth"
+    )
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health"], description="paths that need no key"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="empty: no CORS")
+    limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
+    audit: AuditSettings = Field(default_factory=lambda: AuditSettings())
+    tls: TlsSettings = Field(default_factory=lambda: TlsSettings())
+    redaction: RedactionSettings = Field(default_factory=lambda: RedactionSettings())
+
+
 class ModelConfig(_Section):
     """A model declared in config: a local GGUF `path`, or an external server `url`."""
 
@@ -144,6 +210,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     gpu: GpuSettings = Field(default_factory=lambda: GpuSettings())
     router: RouterSettings = Field(default_factory=lambda: RouterSettings())
+    security: SecuritySettings = Field(default_factory=lambda: SecuritySettings())
     models: list[ModelConfig] = Field(default_factory=list)
     demo_model: bool = Field(True, description="register the bundled SmolLM2 when installed")
     scan_models_dir: bool = True
@@ -184,6 +251,8 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
         out: dict[str, Any] = {}
         if env.get("LLAMACPP_URL"):
             out["llamacpp_url"] = env["LLAMACPP_URL"]
+        if env.get("MLO_ADMIN_KEY"):
+            out["security"] = {"admin_key": env["MLO_ADMIN_KEY"]}
         if env.get("HF_TOKEN"):
             out["hf_token"] = env["HF_TOKEN"]
         if env.get("LLM_PARALLEL"):

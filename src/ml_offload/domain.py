@@ -105,3 +105,52 @@ class ModelStatus:
     pinned: bool = False
     last_error: str | None = None
     load_time_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored API key (never the secret itself: only its hash is kept)."""
+
+    id: str
+    name: str
+    models: tuple[str, ...] = ()  # model names, aliases or `provider:*`; empty: every model
+    admin: bool = False
+    rpm: int | None = None  # requests per minute; None: no limit of its own
+    tpm: int | None = None  # tokens per minute
+    expires_at: float | None = None  # unix time
+    revoked_at: float | None = None
+    cert_subject: str | None = None  # when set, only a client certificate with this subject
+    created_at: float = 0.0
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the security layer learns about one request as it goes: who asked (auth), what for
+    (model, reserved tokens), who answered (backend, usage, redactions). Audited at the end."""
+
+    request_id: str
+    method: str
+    path: str
+    client: str | None = None
+    cert_subject: str | None = None
+    key: ApiKey | None = None  # None: auth is off, or the admin key from the environment
+    admin: bool = False
+    model: str | None = None
+    backend: str | None = None  # the deployment that answered
+    reserved_tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    redactions: int = 0
+    prompt_sha256: str | None = None
+    prompt_text: str | None = None
+    status: int = 0
+    started: float = 0.0  # time.perf_counter() at arrival
+    time: float = 0.0  # unix time at arrival
+    settled: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def record_usage(self, usage: object) -> None:
+        """Take OpenAI-shaped usage (the last report wins: streams report it once, at the end)."""
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)

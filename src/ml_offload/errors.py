@@ -21,12 +21,14 @@ class MloError(Exception):
         param: str | None = None,
         retry_after_s: float | None = None,
         upstream: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after_s = retry_after_s
         self.upstream = upstream
+        self.headers = headers or {}  # extra response headers (x-ratelimit-*)
 
 
 class ConfigError(MloError):
@@ -53,6 +55,22 @@ class AuthError(MloError):
     status = 401
     error_type = "authentication_error"
     code = "invalid_api_key"
+
+
+class PermissionDenied(MloError):
+    """The key is valid but may not do this (a model outside its scope, an admin endpoint)."""
+
+    status = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class RateLimited(MloError):
+    """The key (or model) is over its requests or tokens per minute; retry after `retry_after_s`."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class ModelNotFound(MloError):

@@ -16,11 +16,12 @@ import aiohttp
 import orjson
 
 from ml_offload.backends.http import Upstream, sse_data
-from ml_offload.domain import ModelSpec
+from ml_offload.domain import ModelSpec, RequestContext
 from ml_offload.errors import EngineError, MloError, UpstreamClientError
 from ml_offload.metrics import Metrics
 from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
+from ml_offload.security.guard import Guard
 from ml_offload.wire.openai import (
     NORMALIZERS,
     STREAM_NORMALIZERS,
@@ -39,24 +40,38 @@ PATHS: dict[Kind, str] = {
 
 class InferenceService:
     def __init__(
-        self, router: Router, scheduler: Scheduler, upstream: Upstream, metrics: Metrics
+        self,
+        router: Router,
+        scheduler: Scheduler,
+        upstream: Upstream,
+        metrics: Metrics,
+        guard: Guard,
     ) -> None:
         self._router = router
         self._scheduler = scheduler
         self._upstream = upstream
         self._metrics = metrics
+        self._guard = guard
 
-    async def complete(self, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
+    async def complete(
+        self, kind: Kind, data: dict[str, Any], ctx: RequestContext | None = None
+    ) -> dict[str, Any]:
         """Answer from the first deployment that can (see router.py)."""
+        if ctx is not None:
+            await self._guard.admit(ctx, kind, data)
         return await self._first_that_answers(
-            data["model"], partial(self._complete_on, kind=kind, data=data)
+            data["model"], partial(self._complete_on, kind=kind, data=data, ctx=ctx)
         )
 
-    async def open_stream(self, kind: Kind, data: dict[str, Any]) -> EngineStream:
+    async def open_stream(
+        self, kind: Kind, data: dict[str, Any], ctx: RequestContext | None = None
+    ) -> EngineStream:
         """Open the stream on the first deployment that can; once it is open (upstream status
         checked, nothing sent to the client yet), errors are the stream's, never a fallback."""
+        if ctx is not None:
+            await self._guard.admit(ctx, kind, data)
         return await self._first_that_answers(
-            data["model"], partial(self._open_on, kind=kind, data=data)
+            data["model"], partial(self._open_on, kind=kind, data=data, ctx=ctx)
         )
 
     async def _first_that_answers(
@@ -79,17 +94,24 @@ class InferenceService:
         raise failure
 
     async def _complete_on(
-        self, spec: ModelSpec, kind: Kind, data: dict[str, Any]
+        self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
     ) -> dict[str, Any]:
         model = data["model"]
         started = time.perf_counter()
         status = "error"
+        outbound = self._guard.outbound(spec, data, ctx)
+        if ctx is not None:
+            ctx.backend = spec.name
         try:
             async with self._scheduler.lease(spec) as base_url:
-                code, body = await self._upstream.post(base_url + PATHS[kind], _body(spec, data))
+                code, body = await self._upstream.post(
+                    base_url + PATHS[kind], _body(spec, outbound)
+                )
             _raise_for_status(code, body)
             out = NORMALIZERS[kind](orjson.loads(body), model)
             self._count_tokens(spec.name, out.get("usage"))
+            if ctx is not None:
+                ctx.record_usage(out.get("usage"))
             status = "200"
             return out
         except MloError as exc:
@@ -100,11 +122,16 @@ class InferenceService:
             self._metrics.requests.labels(kind, spec.name, status).inc()
             self._metrics.latency.labels(kind, spec.name).observe(time.perf_counter() - started)
 
-    async def _open_on(self, spec: ModelSpec, kind: Kind, data: dict[str, Any]) -> EngineStream:
+    async def _open_on(
+        self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
+    ) -> EngineStream:
         model = data["model"]
         opts = data.get("stream_options") or {}
         want_usage = bool(opts.get("include_usage"))
         data = {**data, "stream_options": {**opts, "include_usage": True}}  # we count tokens
+        data = self._guard.outbound(spec, data, ctx)
+        if ctx is not None:
+            ctx.backend = spec.name
         stack = contextlib.AsyncExitStack()
         try:
             base_url = await stack.enter_async_context(self._scheduler.lease(spec))
@@ -121,9 +148,14 @@ class InferenceService:
         except BaseException:
             await stack.aclose()
             raise
+        count = self._count_tokens if ctx is None else partial(self._count_and_record, ctx)
         return EngineStream(
-            kind, model, spec.name, url, resp, stack, self._metrics, want_usage, self._count_tokens
+            kind, model, spec.name, url, resp, stack, self._metrics, want_usage, count
         )
+
+    def _count_and_record(self, ctx: RequestContext, name: str, usage: Any) -> None:
+        self._count_tokens(name, usage)
+        ctx.record_usage(usage)
 
     def _count_tokens(self, name: str, usage: Any) -> None:
         if isinstance(usage, dict):

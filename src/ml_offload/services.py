@@ -26,6 +26,7 @@ from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry
 from ml_offload.router import Router
 from ml_offload.scheduler import Scheduler
+from ml_offload.security.guard import Guard
 from ml_offload.storage.db import Database
 from ml_offload.storage.models_repo import ModelRepository
 from ml_offload.vram import coarse_estimate, estimate_memory
@@ -82,6 +83,7 @@ class Services:
     router: Router
     inference: InferenceService
     monitor: GpuMonitor
+    guard: Guard
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -109,11 +111,16 @@ class Services:
             lambda spec: scheduler.state(spec),
             cooldown_s=settings.router.cooldown_s,
         )
-        inference = InferenceService(router, scheduler, upstream, metrics)
+        guard = Guard(settings.security)
+        await guard.start()
+        inference = InferenceService(router, scheduler, upstream, metrics, guard)
         log.info("ml-offload ready with %d models", len(registry.all()))
-        return cls(settings, metrics, db, registry, scheduler, upstream, router, inference, monitor)
+        return cls(
+            settings, metrics, db, registry, scheduler, upstream, router, inference, monitor, guard
+        )
 
     async def close(self) -> None:
+        await self.guard.close()
         await self.scheduler.close()
         self.monitor.close()
         await self.upstream.close()

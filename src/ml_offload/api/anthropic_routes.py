@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ml_offload.api.deps import json_response, read_body, services
+from ml_offload.api.deps import json_response, read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.errors import MloError
 from ml_offload.inference import EngineStream
@@ -25,12 +25,13 @@ async def messages(request: Request) -> Response:
     req = wire.parse_request(await read_body(request))
     data = wire.to_openai(req)
     inference = services(request).inference
+    ctx = request_context(request)
     if not req.stream and not req.stop_sequences:
-        out = await until_disconnect(request, inference.complete("chat", data))
+        out = await until_disconnect(request, inference.complete("chat", data, ctx))
         return json_response(wire.from_openai(out, req.model))
     data["stream"] = True
     data["stream_options"] = {"include_usage": True}
-    stream = await inference.open_stream("chat", data)
+    stream = await inference.open_stream("chat", data, ctx)
     translator = wire.StreamTranslator(req.model, req.stop_sequences)
     if req.stream:
         return EventStreamResponse(_sse(stream, translator), stream.aclose)

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ml_offload import __version__
 from ml_offload.api import anthropic_routes, errors, native, ollama_routes, openai_routes, ws
+from ml_offload.api.security import SecurityMiddleware
 from ml_offload.api.streaming import ClientGone
 from ml_offload.backends.base import ProcessFactory
 from ml_offload.config import Settings, load_settings
@@ -36,6 +37,7 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
         redoc_url=None,
     )
     errors.install(app)
+    app.add_middleware(SecurityMiddleware)
 
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> Response:

@@ -8,6 +8,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ml_offload.api.security import context_of
+from ml_offload.domain import RequestContext
 from ml_offload.errors import InvalidRequest
 from ml_offload.services import Services
 
@@ -15,6 +17,11 @@ from ml_offload.services import Services
 def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
+
+
+def request_context(request: Request) -> RequestContext | None:
+    """Who is asking (set by the security middleware; None where the app runs without it)."""
+    return context_of(request.scope)
 
 
 async def read_body(request: Request) -> bytes:

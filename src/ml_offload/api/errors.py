@@ -39,7 +39,7 @@ def renderer(path: str) -> Renderer:
 
 
 def error_response(exc: MloError, path: str = "") -> Response:
-    headers = {}
+    headers = dict(exc.headers)
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
     if exc.upstream:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from ml_offload import __version__
 from ml_offload.api.deps import native_json as _json
-from ml_offload.api.deps import read_body, services
+from ml_offload.api.deps import read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.domain import ModelSpec, ModelStatus
 from ml_offload.errors import InvalidRequest, MloError
@@ -221,9 +221,11 @@ async def inference(request: Request) -> Response:
         data["stream_options"] = {"include_usage": True}  # the final event reports usage
     data["messages" if kind == "chat" else "prompt"] = body.messages or body.prompt
     if body.stream:
-        stream = await svc.inference.open_stream(kind, data)
+        stream = await svc.inference.open_stream(kind, data, request_context(request))
         return EventStreamResponse(_native_sse(stream), stream.aclose)
-    out = await until_disconnect(request, svc.inference.complete(kind, data))
+    out = await until_disconnect(
+        request, svc.inference.complete(kind, data, request_context(request))
+    )
     choice = out["choices"][0]
     text = choice["message"].get("content") if kind == "chat" else choice.get("text")
     return _json(

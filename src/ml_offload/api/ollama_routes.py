@@ -13,7 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ml_offload.api.deps import json_response, read_body, services
+from ml_offload.api.deps import json_response, read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import MloError, ModelNotFound
@@ -73,7 +73,7 @@ async def _generate(
 ) -> Response:
     data["stream"] = True
     data["stream_options"] = {"include_usage": True}
-    stream = await svc.inference.open_stream(kind, data)
+    stream = await svc.inference.open_stream(kind, data, request_context(request))
     tr.opened()
     if stream_out:
         return EventStreamResponse(_ndjson(stream, tr), stream.aclose, NDJSON_HEADERS)
@@ -125,7 +125,9 @@ async def embed(request: Request) -> Response:
     svc = services(request)
     spec = _resolve(svc, req.model)
     data = {"model": spec.name, "input": req.input}
-    out = await until_disconnect(request, svc.inference.complete("embedding", data))
+    out = await until_disconnect(
+        request, svc.inference.complete("embedding", data, request_context(request))
+    )
     return json_response(wire.embed(out, req.model, time.perf_counter_ns() - started))
 
 
@@ -135,7 +137,9 @@ async def embeddings(request: Request) -> Response:
     svc = services(request)
     spec = _resolve(svc, req.model)
     data = {"model": spec.name, "input": req.prompt}
-    out = await until_disconnect(request, svc.inference.complete("embedding", data))
+    out = await until_disconnect(
+        request, svc.inference.complete("embedding", data, request_context(request))
+    )
     return json_response({"embedding": out["data"][0]["embedding"]})
 
 

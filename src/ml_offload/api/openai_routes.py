@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ml_offload.api.deps import json_response as _json
-from ml_offload.api.deps import read_body, services
+from ml_offload.api.deps import read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.errors import MloError
 from ml_offload.inference import EngineStream
@@ -49,10 +49,11 @@ async def embeddings(request: Request) -> Response:
 async def _handle(request: Request, kind: Kind) -> Response:
     inference = services(request).inference
     req, data = parse_request(kind, await read_body(request))
+    ctx = request_context(request)
     if kind != "embedding" and getattr(req, "stream", False):
-        stream = await inference.open_stream(kind, data)
+        stream = await inference.open_stream(kind, data, ctx)
         return EventStreamResponse(openai_sse(stream), stream.aclose)
-    return _json(await until_disconnect(request, inference.complete(kind, data)))
+    return _json(await until_disconnect(request, inference.complete(kind, data, ctx)))
 
 
 async def openai_sse(stream: EngineStream) -> AsyncIterator[bytes]:

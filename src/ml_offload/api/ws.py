@@ -15,8 +15,11 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from ml_offload.api.security import context_of
+from ml_offload.domain import RequestContext
 from ml_offload.errors import InvalidRequest, MloError
 from ml_offload.inference import InferenceService
+from ml_offload.security.guard import Guard
 from ml_offload.wire import ws as wire
 
 log = logging.getLogger(__name__)
@@ -24,9 +27,17 @@ router = APIRouter()
 
 
 class _Connection:
-    def __init__(self, socket: WebSocket, inference: InferenceService) -> None:
+    def __init__(
+        self,
+        socket: WebSocket,
+        inference: InferenceService,
+        guard: Guard,
+        ctx: RequestContext | None,
+    ) -> None:
         self._socket = socket
         self._inference = inference
+        self._guard = guard
+        self._ctx = ctx  # the handshake's: who is connected
         self._send_lock = asyncio.Lock()
         self._tasks: dict[wire.RequestId, asyncio.Task[None]] = {}
 
@@ -81,10 +92,20 @@ class _Connection:
         await self.send({"id": request_id, "cancelled": True})
 
     async def _run(self, start: wire.Start) -> None:
+        """One request: its own context (limits, audit event), settled when it ends."""
+        ctx = None if self._ctx is None else self._guard.derive(self._ctx)
+        try:
+            await self._stream(start, ctx)
+        finally:
+            if ctx is not None:
+                await self._guard.finish(ctx)
+
+    async def _stream(self, start: wire.Start, ctx: RequestContext | None) -> None:
         kind, data = wire.to_openai(start)
         try:
-            stream = await self._inference.open_stream(kind, data)
+            stream = await self._inference.open_stream(kind, data, ctx)
         except MloError as exc:
+            _note(ctx, exc.status)
             await self.send(wire.error(start.id, exc))
             return
         finish, usage = None, None
@@ -96,16 +117,27 @@ class _Connection:
                 if text:
                     await self.send({"id": start.id, "delta": text})
         except MloError as exc:
+            _note(ctx, exc.status)
             await self.send(wire.error(start.id, exc))
             return
+        except asyncio.CancelledError:
+            _note(ctx, 499)
+            raise
         finally:
             await stream.aclose()
+        _note(ctx, 200)
         await self.send({"id": start.id, "done": True, "finish_reason": finish, "usage": usage})
 
 
 @router.websocket("/ws/inference")
 async def inference(socket: WebSocket) -> None:
     await socket.accept()
-    connection = _Connection(socket, socket.app.state.services.inference)
+    svc = socket.app.state.services
+    connection = _Connection(socket, svc.inference, svc.guard, context_of(socket.scope))
     with contextlib.suppress(WebSocketDisconnect):
         await connection.serve()
+
+
+def _note(ctx: RequestContext | None, status: int) -> None:
+    if ctx is not None and not ctx.status:
+        ctx.status = status
