@@ -184,6 +184,9 @@ class ModelConfig(_Section):
     fallbacks: list[str] = Field(
         default_factory=list, description="models to answer instead when this one fails"
     )
+    redact: bool | None = Field(
+        None, description="mask secrets before prompts go to `url`; default: on unless loopback"
+    )
     ctx_size: int | None = Field(None, ge=64)
     parallel: int | None = Field(None, ge=1)
     gpu_layers: int = -1

@@ -68,6 +68,7 @@ class ModelSpec:
     backend: str = "openai"  # for `url` models: "openai" (OpenAI-compatible) or "ollama"
     remote_model: str | None = None  # the model's name on that server, when it differs
     fallbacks: tuple[str, ...] = ()  # models that answer instead when this one fails
+    redact: bool = False  # mask secrets in prompts before they leave (cloud providers)
 
     @property
     def is_local(self) -> bool:

@@ -9,10 +9,12 @@ rebuilds the list (reading GGUF headers only for new or changed files) and store
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ml_offload.config import ModelConfig, Settings
 from ml_offload.domain import GgufInfo, ModelSpec
@@ -213,7 +215,21 @@ def _apply(spec: ModelSpec, config: ModelConfig) -> ModelSpec:
         backend=config.backend,
         remote_model=config.remote_model,
         fallbacks=tuple(config.fallbacks),
+        redact=_leaves_machine(spec.url) if config.redact is None else config.redact,
     )
+
+
+def _leaves_machine(url: str | None) -> bool:
+    """Prompts sent to `url` leave this machine unless its host is loopback."""
+    if url is None:
+        return False
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name other than localhost: assume it is elsewhere
 
 
 def _scan(folder: Path) -> list[tuple[str, Path]]:

@@ -111,7 +111,7 @@ class Services:
             lambda spec: scheduler.state(spec),
             cooldown_s=settings.router.cooldown_s,
         )
-        guard = Guard(settings.security)
+        guard = Guard(settings.security, registry.resolve)
         await guard.start()
         inference = InferenceService(router, scheduler, upstream, metrics, guard)
         log.info("ml-offload ready with %d models", len(registry.all()))

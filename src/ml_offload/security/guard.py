@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ml_offload.config import SecuritySettings
@@ -18,8 +18,9 @@ from ml_offload.domain import ModelSpec, RequestContext
 
 
 class Guard:
-    def __init__(self, settings: SecuritySettings) -> None:
+    def __init__(self, settings: SecuritySettings, resolve: Callable[[str], ModelSpec]) -> None:
         self._settings = settings
+        self._resolve = resolve  # a model name or alias to its spec (scopes by provider)
 
     async def start(self) -> None:
         """Open what the parts need (audit writer task, limiter storage)."""
