@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -136,7 +137,10 @@ async def test_registry_is_persisted(models_dir: Path, db: Database) -> None:
     tiny_gguf(models_dir / "a.gguf")
     settings = make_settings(models_dir, models=[{"name": "r", "url": "http://h:1"}])
     registry = await refreshed(settings, db)
-    assert await ModelRepository(db).list_all() == registry.all()
+    # Routing fields (backend, fallbacks, redaction) come from config at each start, not the row.
+    runtime = {"backend": "openai", "remote_model": None, "fallbacks": (), "redact": False}
+    expected = [dataclasses.replace(s, **runtime) for s in registry.all()]
+    assert await ModelRepository(db).list_all() == expected
 
 
 async def test_unknown_model_lists_available_names(models_dir: Path, db: Database) -> None:
