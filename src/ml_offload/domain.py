@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 
 class ModelState(enum.StrEnum):
     """Life of a local model process: stopped → starting → ready → stopping, plus failed."""
@@ -65,10 +67,15 @@ class ModelSpec:
     embeddings: bool = True
     info: GgufInfo | None = None
     source: str = "config"  # "config", "scan", "demo", "env"
-    backend: str = "openai"  # for `url` models: "openai" (OpenAI-compatible) or "ollama"
+    # how it is spoken to: "openai" (OpenAI-compatible: llama.cpp, OpenAI), "ollama", "vllm",
+    # "tgi", "deepseek" or "anthropic"
+    backend: str = "openai"
     remote_model: str | None = None  # the model's name on that server, when it differs
     fallbacks: tuple[str, ...] = ()  # models that answer instead when this one fails
     redact: bool = False  # mask secrets in prompts before they leave (cloud providers)
+    # the upstream's key; never shown (not in repr, /models or /backends)
+    api_key: SecretStr | None = field(default=None, repr=False, compare=False)
+    command: tuple[str, ...] = ()  # a server we start (`vllm serve ...`); host/port added
 
     @property
     def is_local(self) -> bool:

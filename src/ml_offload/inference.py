@@ -1,7 +1,9 @@
 """The inference service: resolve a model, hold a slot, forward to its engine, normalise.
 
-Streams are opened eagerly (slot held, upstream status checked) so that errors before the first
-byte reach the caller as a proper HTTP error; after that, errors arrive as stream events.
+How each deployment is spoken to (paths, headers, body, answer and stream translation) is its
+dialect (`backends/dialect.py`), chosen by `spec.backend`. Streams are opened eagerly (slot
+held, upstream status checked) so that errors before the first byte reach the caller as a
+proper HTTP error; after that, errors arrive as stream events.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
-import orjson
 
-from ml_offload.backends.http import Upstream, sse_data
+from ml_offload.backends.dialect import Dialect, dialect_for
+from ml_offload.backends.http import Upstream
 from ml_offload.domain import ModelSpec, RequestContext
 from ml_offload.errors import EngineError, MloError, UpstreamClientError
 from ml_offload.metrics import Metrics
@@ -30,12 +32,6 @@ from ml_offload.wire.openai import (
 )
 
 T = TypeVar("T")
-
-PATHS: dict[Kind, str] = {
-    "chat": "/v1/chat/completions",
-    "completion": "/v1/completions",
-    "embedding": "/v1/embeddings",
-}
 
 
 class InferenceService:
@@ -102,13 +98,15 @@ class InferenceService:
         outbound = self._guard.outbound(spec, data, ctx)
         if ctx is not None:
             ctx.backend = spec.name
+        dialect = dialect_for(spec)
         try:
+            request = dialect.body(spec, kind, outbound)
             async with self._scheduler.lease(spec) as base_url:
                 code, body = await self._upstream.post(
-                    base_url + PATHS[kind], _body(spec, outbound)
+                    dialect.url(base_url, kind, False), request, dialect.headers(spec)
                 )
             _raise_for_status(code, body)
-            out = NORMALIZERS[kind](orjson.loads(body), model)
+            out = NORMALIZERS[kind](dialect.answer(kind, body), model)
             self._count_tokens(spec.name, out.get("usage"))
             if ctx is not None:
                 ctx.record_usage(out.get("usage"))
@@ -132,11 +130,13 @@ class InferenceService:
         data = self._guard.outbound(spec, data, ctx)
         if ctx is not None:
             ctx.backend = spec.name
+        dialect = dialect_for(spec)
         stack = contextlib.AsyncExitStack()
         try:
+            request = dialect.body(spec, kind, data)
             base_url = await stack.enter_async_context(self._scheduler.lease(spec))
-            url = base_url + PATHS[kind]
-            resp = await self._upstream.open(url, _body(spec, data))
+            url = dialect.url(base_url, kind, True)
+            resp = await self._upstream.open(url, request, dialect.headers(spec))
             stack.callback(resp.close)
             if resp.status != 200:
                 _raise_for_status(resp.status, await resp.read())
@@ -150,7 +150,7 @@ class InferenceService:
             raise
         count = self._count_tokens if ctx is None else partial(self._count_and_record, ctx)
         return EngineStream(
-            kind, model, spec.name, url, resp, stack, self._metrics, want_usage, count
+            kind, model, spec.name, url, resp, stack, self._metrics, want_usage, count, dialect
         )
 
     def _count_and_record(self, ctx: RequestContext, name: str, usage: Any) -> None:
@@ -177,8 +177,10 @@ class EngineStream:
         metrics: Metrics,
         want_usage: bool,
         count_tokens: Callable[[str, Any], None],
+        dialect: Dialect,
     ) -> None:
         self._kind, self._model, self._name, self._url = kind, model, name, url
+        self._dialect = dialect
         self._resp, self._stack, self._metrics = resp, stack, metrics
         self._want_usage, self._count_tokens = want_usage, count_tokens
         self._started = time.perf_counter()
@@ -188,16 +190,8 @@ class EngineStream:
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         normalize = STREAM_NORMALIZERS[self._kind]
         first = True
-        done = False
         try:
-            async for payload in sse_data(self._resp, self._url):
-                if payload == b"[DONE]":
-                    done = True
-                    self._resp.release()  # back to the pool for the next request
-                    break
-                obj = orjson.loads(payload)
-                if "error" in obj:
-                    raise EngineError(engine_error_message(payload), upstream=True)
+            async for obj in self._dialect.chunks(self._kind, self._resp, self._url, self._model):
                 if first and obj.get("choices"):
                     first = False
                     self._metrics.ttft.labels(self._name).observe(
@@ -210,8 +204,6 @@ class EngineStream:
                             continue
                         obj.pop("usage")
                 yield normalize(obj, self._model)
-            if not done:
-                raise EngineError(f"the engine for {self._model!r} ended the stream early")
         except MloError as exc:
             self._status = str(exc.status)
             self._metrics.errors.labels(self._name, exc.error_type).inc()
@@ -226,13 +218,6 @@ class EngineStream:
         self._metrics.latency.labels(self._kind, self._name).observe(
             time.perf_counter() - self._started
         )
-
-
-def _body(spec: ModelSpec, data: dict[str, Any]) -> bytes:
-    """The upstream request: the model under its name on that server, when it has another."""
-    if spec.remote_model is None:
-        return orjson.dumps(data)
-    return orjson.dumps({**data, "model": spec.remote_model})
 
 
 def _raise_for_status(code: int, body: bytes) -> None:

@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
+from ml_offload.backends.dialect import DEFAULT_KEY_ENV, DEFAULT_URLS
 from ml_offload.config import ModelConfig, Settings
 from ml_offload.domain import GgufInfo, ModelSpec
 from ml_offload.errors import InvalidModelFile, ModelNotFound, Unavailable
 from ml_offload.gguf import demo_model_path, read_gguf_info, split_shard
 from ml_offload.storage import FileStamp, ModelRepository
+from ml_offload.wire.vllm import serve_argv
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +103,12 @@ class ModelRegistry:
         return found
 
     async def _add_config(self, found: _Found, config: ModelConfig) -> None:
-        if config.url is not None:
-            spec = self._external(config.name, config.url, "config")
-            found.add(_apply(spec, config))
-        elif config.path is not None:
+        if config.serve is not None:  # a server we start: local, like our engines
+            found.add(_apply(self._external(config.name, None, "config"), config))
+        elif config.path is None:  # a server elsewhere, or a cloud provider's default URL
+            url = config.url or DEFAULT_URLS[config.backend]
+            found.add(_apply(self._external(config.name, url, "config"), config))
+        else:
             path = self._settings.storage.models_path / config.path.expanduser()
             await self._add_local(found, config.name, path.absolute(), "config", config)
 
@@ -125,7 +131,7 @@ class ModelRegistry:
         )
         found.add(_apply(spec, config) if config else spec, stamp)
 
-    def _external(self, name: str, url: str, source: str) -> ModelSpec:
+    def _external(self, name: str, url: str | None, source: str) -> ModelSpec:
         return ModelSpec(
             name=name,
             url=url,
@@ -199,6 +205,8 @@ class ModelRegistry:
 def _apply(spec: ModelSpec, config: ModelConfig) -> ModelSpec:
     """Config values over the defaults in `spec`."""
     return ModelSpec(
+        api_key=_api_key(config),
+        command=_command(config),
         name=spec.name,
         path=spec.path,
         url=spec.url,
@@ -216,6 +224,38 @@ def _apply(spec: ModelSpec, config: ModelConfig) -> ModelSpec:
         remote_model=config.remote_model,
         fallbacks=tuple(config.fallbacks),
         redact=_leaves_machine(spec.url) if config.redact is None else config.redact,
+    )
+
+
+def _api_key(config: ModelConfig) -> SecretStr | None:
+    """The configured key, else the named (or the provider's usual) environment variable."""
+    if config.api_key is not None:
+        return config.api_key
+    env = config.api_key_env
+    if env is None and config.url is None:
+        env = DEFAULT_KEY_ENV.get(config.backend)
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        log.warning("model %r: environment variable %s is not set; no API key", config.name, env)
+        return None
+    return SecretStr(value)
+
+
+def _command(config: ModelConfig) -> tuple[str, ...]:
+    serve = config.serve
+    if serve is None:
+        return ()
+    return serve_argv(
+        serve.command,
+        serve.model,
+        served_name=config.name,
+        tensor_parallel_size=serve.tensor_parallel_size,
+        quantization=serve.quantization,
+        max_model_len=serve.max_model_len,
+        gpu_memory_utilization=serve.gpu_memory_utilization,
+        extra_args=serve.extra_args,
     )
 
 

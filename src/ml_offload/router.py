@@ -1,8 +1,10 @@
 """Which deployment answers a request: the model itself, then its configured fallbacks.
 
-Ready deployments go first (no load wait), then the rest in configured order; a deployment
-that failed (unreachable, 5xx, timeout, no room to load) is skipped for `router.cooldown_s`,
-unless every deployment is cooling down, in which case they are all tried again.
+Ready deployments go first (no load wait), then the least busy (requests running and waiting:
+vLLM's own figures from its /metrics when fresh, else our in-flight and queued counts), then the
+one with most free memory (vLLM's KV cache), then configured order. A deployment that failed
+(unreachable, 5xx, timeout, no room to load) is skipped for `router.cooldown_s`, unless every
+deployment is cooling down, in which case they are all tried again.
 """
 
 from __future__ import annotations
@@ -11,10 +13,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ml_offload.backends.probe import BackendMonitor
 from ml_offload.domain import ModelSpec, ModelState
 from ml_offload.errors import EngineError, MloError, OverCapacity, Unavailable
+from ml_offload.scheduler import Scheduler
 
 StateOf = Callable[[ModelSpec], ModelState]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """The work on a deployment, and its free memory fraction (0..1) when known."""
+
+    work: int = 0
+    free_fraction: float | None = None
+
+
+LoadOf = Callable[[ModelSpec], Load]
+
+
+def _no_load(spec: ModelSpec) -> Load:
+    return Load()
+
+
+def deployment_load(scheduler: Scheduler, probes: BackendMonitor | None) -> LoadOf:
+    """vLLM's scraped load when fresh; otherwise our own in-flight and queued requests."""
+
+    def load_of(spec: ModelSpec) -> Load:
+        scraped = probes.load(spec.name) if probes is not None else None
+        if scraped is not None:
+            kv = scraped.kv_cache_usage
+            return Load(scraped.work, None if kv is None else max(0.0, 1.0 - kv))
+        status = scheduler.status([spec])[0]
+        return Load(status.in_flight + status.queued)
+
+    return load_of
 
 
 def should_fall_back(exc: MloError) -> bool:
@@ -37,9 +70,11 @@ class Router:
         *,
         cooldown_s: float,
         clock: Callable[[], float] = time.monotonic,
+        load_of: LoadOf = _no_load,
     ) -> None:
         self._resolve = resolve
         self._state_of = state_of
+        self._load_of = load_of
         self._cooldown_s = cooldown_s
         self._clock = clock
         self._health: dict[str, Health] = {}
@@ -52,7 +87,12 @@ class Router:
         specs = [primary, *self._fallbacks(primary)]
         now = self._clock()
         usable = [s for s in specs if self.health(s.name).cooling_until <= now] or specs
-        return sorted(usable, key=lambda s: self._state_of(s) is not ModelState.READY)
+        return sorted(usable, key=self._rank)  # stable: configured order breaks ties
+
+    def _rank(self, spec: ModelSpec) -> tuple[bool, int, float]:
+        load = self._load_of(spec)
+        free = 0.0 if load.free_fraction is None else load.free_fraction
+        return (self._state_of(spec) is not ModelState.READY, load.work, -free)
 
     def _fallbacks(self, primary: ModelSpec) -> list[ModelSpec]:
         out = []

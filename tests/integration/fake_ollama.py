@@ -7,11 +7,18 @@ gateway uses (Ollama API docs: "Generate a completion" incl. "Load a model" / "U
   an unknown model is 404 `{"error": "model \"x\" not found, try pulling it first"}`.
 - GET /api/ps lists loaded models (`{"models": [{"name", "model", "size", "size_vram", ...}]}`).
 - POST /v1/chat/completions answers an OpenAI chat completion and loads the model, as Ollama does.
+- POST /api/pull ("Pull a Model") `{"model", "insecure"?, "stream"?}`: streamed NDJSON progress
+  (`{"status": "pulling manifest"}`, `{"status": "pulling <digest>", "digest", "total",
+  "completed"}` several times, `verifying sha256 digest`, `writing manifest`, `success`), or with
+  `"stream": false` one `{"status": "success"}`. A model missing from the library streams
+  `{"error": "pull model manifest: file does not exist"}` after the manifest line, or answers
+  500 with that error when not streamed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from datetime import UTC, datetime
@@ -23,6 +30,7 @@ from aiohttp import web
 class FakeOllama:
     def __init__(self, models: tuple[str, ...] = ("llama3.2:latest",)) -> None:
         self.available = set(models)
+        self.library = {*models, "qwen3:0.6b", "llama3.2:1b"}  # what a pull can fetch
         self.loaded: dict[str, float] = {}
         self.calls: list[dict[str, Any]] = []
         self.url = ""
@@ -46,6 +54,7 @@ class FakeOllama:
         app.router.add_post("/api/generate", self._generate)
         app.router.add_get("/api/ps", self._ps)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/api/pull", self._pull)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -54,6 +63,43 @@ class FakeOllama:
         self.url = f"http://127.0.0.1:{port}"
         ready.set()
         self._loop.run_forever()
+
+    async def _pull(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.calls.append(body)
+        model = body.get("model") or body.get("name") or ""
+        known = model in self.library
+        if body.get("stream") is False:
+            if not known:
+                error = {"error": "pull model manifest: file does not exist"}
+                return web.json_response(error, status=500)
+            self.available.add(model)
+            return web.json_response({"status": "success"})
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        for line in self._progress(model, known):
+            await resp.write(json.dumps(line).encode() + b"\n")
+        await resp.write_eof()
+        if known:
+            self.available.add(model)
+        return resp
+
+    def _progress(self, model: str, known: bool) -> list[dict[str, Any]]:
+        lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
+        if not known:
+            return [*lines, {"error": "pull model manifest: file does not exist"}]
+        digest, total = "sha256:" + "ab" * 32, 3_000_000
+        for done in (0, 1_000_000, 2_000_000, total):
+            lines.append(
+                {
+                    "status": f"pulling {digest[7:19]}",
+                    "digest": digest,
+                    "total": total,
+                    "completed": done,
+                }
+            )
+        statuses = ("verifying sha256 digest", "writing manifest", "success")
+        return [*lines, *({"status": s} for s in statuses)]
 
     def _missing(self, model: str) -> web.Response:
         return web.json_response(

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
+from pydantic import SecretStr
 
+from ml_offload.backends.http import Upstream
+from ml_offload.backends.probe import BackendMonitor
 from ml_offload.domain import ModelSpec, ModelState
 from ml_offload.errors import (
     EngineError,
@@ -14,7 +18,8 @@ from ml_offload.errors import (
     Unavailable,
     UpstreamClientError,
 )
-from ml_offload.router import Router, should_fall_back
+from ml_offload.router import Load, Router, should_fall_back
+from ml_offload.wire.vllm import VllmLoad
 
 
 class Clock:
@@ -38,13 +43,18 @@ def resolve(name: str) -> ModelSpec:
     return SPECS[name]
 
 
-def make(ready: set[str] | None = None) -> tuple[Router, Clock]:
+def make(
+    ready: set[str] | None = None, loads: dict[str, Load] | None = None
+) -> tuple[Router, Clock]:
     clock = Clock()
 
     def state(spec: ModelSpec) -> ModelState:
         return ModelState.READY if spec.name in (ready or set()) else ModelState.STOPPED
 
-    return Router(resolve, state, cooldown_s=30, clock=clock), clock
+    def load_of(spec: ModelSpec) -> Load:
+        return (loads or {}).get(spec.name, Load())
+
+    return Router(resolve, state, cooldown_s=30, clock=clock, load_of=load_of), clock
 
 
 def names(specs: list[ModelSpec]) -> list[str]:
@@ -62,6 +72,22 @@ def test_configured_order_and_unknown_fallbacks_skipped() -> None:
 def test_ready_deployments_first() -> None:
     router, _ = make(ready={"cloud"})
     assert names(router.candidates("main")) == ["cloud", "main", "backup"]
+
+
+def test_least_work_then_most_free_memory_then_configured_order() -> None:
+    loads = {"main": Load(5), "backup": Load(1), "cloud": Load(1)}
+    router, _ = make(loads=loads)
+    assert names(router.candidates("main")) == ["backup", "cloud", "main"]
+    loads["cloud"] = Load(1, free_fraction=0.6)
+    loads["backup"] = Load(1, free_fraction=0.2)
+    assert names(router.candidates("main")) == ["cloud", "backup", "main"]
+    loads.update(main=Load(0), backup=Load(0), cloud=Load(0))  # all equal: configured order
+    assert names(router.candidates("main")) == ["main", "backup", "cloud"]
+
+
+def test_ready_beats_idle_but_loading() -> None:
+    router, _ = make(ready={"main"}, loads={"main": Load(9), "backup": Load(0)})
+    assert names(router.candidates("main")) == ["main", "backup", "cloud"]
 
 
 def test_failed_deployment_cools_down_then_returns() -> None:
@@ -97,3 +123,56 @@ def test_when_everything_cools_down_everything_is_tried() -> None:
 )
 def test_only_deployment_failures_fall_back(exc: Exception, falls_back: bool) -> None:
     assert should_fall_back(exc) is falls_back  # type: ignore[arg-type]
+
+
+class Metrics:
+    """A vLLM /metrics page on loopback whose figures a test changes."""
+
+    def __init__(self) -> None:
+        self.running = 2
+
+    async def handle(self, request: web.Request) -> web.Response:
+        text = f'vllm:num_requests_running{{model_name="m"}} {self.running}\n'
+        text += 'vllm:num_requests_waiting{model_name="m"} 1\n'
+        return web.Response(text=text)
+
+
+async def test_scraped_load_is_fresh_or_unknown() -> None:
+    metrics = Metrics()
+    app = web.Application()
+    app.router.add_get("/metrics", metrics.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    upstream = Upstream(timeout_s=5)
+    await upstream.start()
+    clock = Clock()
+    spec = ModelSpec("m", url=url, backend="vllm")
+    down = ModelSpec("down", url="http://127.0.0.1:9", backend="vllm")
+    monitor = BackendMonitor(
+        upstream, lambda: [(spec, url), (down, down.url or "")], interval_s=1, clock=clock
+    )
+    try:
+        await monitor.probe_all()
+        load = monitor.load("m")
+        assert load is not None and (load.running, load.work) == (2, 3)
+        failed = monitor.get("down")
+        assert monitor.load("down") is None and failed is not None and not failed.ok
+        assert failed.error and "cannot reach" in failed.error
+        clock.now += 10  # no probe since: stale, so unknown
+        assert monitor.load("m") is None
+        metrics.running = 0
+        await monitor.probe_all()
+        assert monitor.load("m") == VllmLoad(0, 1, None)
+    finally:
+        await upstream.close()
+        await runner.cleanup()
+
+
+def test_a_specs_key_is_not_in_its_repr() -> None:
+    spec = ModelSpec("claude", url="https://api.anthropic.com", api_key=SecretStr("sk-ant-xyz"))
+    assert "sk-ant-xyz" not in repr(spec) and "sk-ant-xyz" not in str(spec)
+    assert spec.api_key is not None and spec.api_key.get_secret_value() == "sk-ant-xyz"

@@ -124,8 +124,8 @@ async def backends(request: Request) -> Response:
         data.append(
             {
                 "model": spec.name,
-                "kind": "llama.cpp" if spec.is_local else spec.backend,
-                "target": spec.url or str(spec.path),
+                "kind": "llama.cpp" if spec.is_local and not spec.command else spec.backend,
+                "target": spec.url or (str(spec.path) if spec.path else st.base_url),
                 "state": st.state,
                 "healthy": cooling == 0 and st.state != "failed",
                 "cooling_s": round(cooling, 3),
@@ -134,9 +134,35 @@ async def backends(request: Request) -> Response:
                 "in_flight": st.in_flight,
                 "queued": st.queued,
                 "fallbacks": list(spec.fallbacks),
+                **_probe_json(svc, spec.name),
             }
         )
     return _json({"object": "list", "data": data})
+
+
+def _probe_json(svc: Services, name: str) -> dict[str, Any]:
+    """What the background probe last saw (vLLM's load, TGI's model id), when it probes."""
+    probe = svc.probes.get(name) if svc.probes is not None else None
+    if probe is None or svc.probes is None:
+        return {}
+    load = probe.load
+    unhealthy = {} if probe.ok else {"healthy": False}  # unreachable or broken: not healthy
+    return {
+        **unhealthy,
+        "probe": {
+            "ok": probe.ok,
+            "age_s": round(svc.probes.age_s(probe), 3),
+            "error": probe.error,
+            "model_id": probe.model_id,
+            "load": None
+            if load is None
+            else {
+                "running": load.running,
+                "waiting": load.waiting,
+                "kv_cache_usage": load.kv_cache_usage,
+            },
+        },
+    }
 
 
 @router.get("/vram/status")

@@ -10,13 +10,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ml_offload.api.deps import json_response, read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
+from ml_offload.backends import ollama as ollama_backend
 from ml_offload.domain import ModelSpec
-from ml_offload.errors import MloError, ModelNotFound
+from ml_offload.errors import InvalidRequest, MloError, ModelNotFound
 from ml_offload.inference import EngineStream
 from ml_offload.services import Services
 from ml_offload.wire import ollama as wire
@@ -141,6 +143,53 @@ async def embeddings(request: Request) -> Response:
         request, svc.inference.complete("embedding", data, request_context(request))
     )
     return json_response({"embedding": out["data"][0]["embedding"]})
+
+
+@router.post("/pull", response_model=None)
+async def pull(request: Request) -> Response:
+    """Passed through to the external Ollama (its NDJSON progress streamed back as it comes)."""
+    body = _pull_body(await read_body(request))
+    svc = services(request)
+    name = str(body.pop("name", None) or body.get("model"))
+    try:
+        spec: ModelSpec | None = _resolve(svc, name)
+    except ModelNotFound:
+        spec = None
+    base_url, remote = ollama_backend.pull_target(svc.registry.all(), spec, name)
+    stream = body.get("stream", True) is not False
+    upstream = await svc.upstream.open(
+        base_url + "/api/pull", orjson.dumps({**body, "model": remote, "stream": stream})
+    )
+    if upstream.status != 200 or not stream:
+        try:
+            raw = await upstream.read()
+        finally:
+            upstream.close()
+        if upstream.status != 200:
+            raise ollama_backend.pull_error(upstream.status, raw)
+        return Response(raw, media_type="application/json")
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for line in upstream.content:
+            yield line
+
+    async def close() -> None:
+        upstream.close()
+
+    return EventStreamResponse(lines(), close, NDJSON_HEADERS)
+
+
+def _pull_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("model: the name of the model to pull is required", param="model")
+    return body
 
 
 @router.get("/tags")

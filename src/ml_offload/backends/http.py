@@ -6,13 +6,13 @@ aiohttp's exceptions are translated into our error tree here, where they enter.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
 from ml_offload.errors import EngineError, EngineTimeout
 
-_JSON = {"Content-Type": "application/json"}
+_JSON: Mapping[str, str] = {"Content-Type": "application/json"}
 
 
 class Upstream:
@@ -35,17 +35,21 @@ class Upstream:
         assert self._session is not None, "Upstream.start() was not called"
         return self._session
 
-    async def post(self, url: str, body: bytes) -> tuple[int, bytes]:
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str] = _JSON
+    ) -> tuple[int, bytes]:
         try:
-            async with self.session.post(url, data=body, headers=_JSON) as resp:
+            async with self.session.post(url, data=body, headers=headers) as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
 
-    async def open(self, url: str, body: bytes) -> aiohttp.ClientResponse:
+    async def open(
+        self, url: str, body: bytes, headers: Mapping[str, str] = _JSON
+    ) -> aiohttp.ClientResponse:
         """Send a request and return the response with its body unread (for streaming)."""
         try:
-            return await self.session.post(url, data=body, headers=_JSON)
+            return await self.session.post(url, data=body, headers=headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
 

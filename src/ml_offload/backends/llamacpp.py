@@ -62,7 +62,7 @@ class ModelProcess:
         kind: str,
         log_dir: Path,
     ) -> None:
-        assert spec.path is not None
+        assert spec.path is not None or spec.command
         self.spec = spec
         self._on_exit = on_exit
         self._engine = engine

@@ -13,7 +13,7 @@ import orjson
 
 from ml_offload.backends.base import Launch
 from ml_offload.domain import ModelSpec, ModelState
-from ml_offload.errors import EngineError
+from ml_offload.errors import EngineError, MloError, NotFound, UpstreamClientError
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -86,3 +86,36 @@ def _message(raw: bytes) -> str:
     except orjson.JSONDecodeError:
         return raw.decode(errors="replace")[:300]
     return str(data.get("error", data)) if isinstance(data, dict) else str(data)[:300]
+
+
+# -- pull passthrough ----------------------------------------------------------------------
+# Ollama's API docs, "Pull a Model": POST /api/pull {"model", "insecure"?, "stream"?}; streamed
+# NDJSON progress (`{"status": "pulling manifest"}`, `{"status": "pulling <digest>", "digest",
+# "total", "completed"}`, ..., `{"status": "success"}`), or one `{"status": "success"}`.
+
+
+def pull_target(specs: list[ModelSpec], spec: ModelSpec | None, name: str) -> tuple[str, str]:
+    """(Ollama base URL, model name there) for pulling `name`: the Ollama behind the model it
+    names, else the one Ollama server configured. Raises NotFound naming what to configure."""
+    if spec is not None and spec.backend == "ollama" and spec.url:
+        return spec.url.rstrip("/"), spec.remote_model or name
+    servers = sorted({s.url.rstrip("/") for s in specs if s.backend == "ollama" and s.url})
+    if len(servers) == 1:
+        return servers[0], name
+    if not servers:
+        raise NotFound(
+            f"cannot pull {name!r}: no Ollama server is configured; add a model with "
+            'backend = "ollama" and its url, or use `mlo pull` for GGUF files'
+        )
+    raise NotFound(
+        f"cannot pull {name!r}: {len(servers)} Ollama servers are configured; name a model "
+        "declared on the one to pull to"
+    )
+
+
+def pull_error(status: int, raw: bytes) -> MloError:
+    """Ollama's `{"error": "..."}` as our error, the client's mistake or the server's."""
+    message = f"Ollama: {_message(raw)}"
+    if status < 500:
+        return UpstreamClientError(message, status=status)
+    return EngineError(message, upstream=True)

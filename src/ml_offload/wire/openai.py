@@ -196,4 +196,6 @@ def engine_error_message(raw: bytes) -> str:
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
         return str(err.get("message") or err)
+    if err is None and isinstance(data, dict) and isinstance(data.get("message"), str):
+        return str(data["message"])  # vLLM's `{"object": "error", "message", "type", "code"}`
     return str(err or data)[:500]

@@ -1,0 +1,108 @@
+"""Background probes of the servers we do not run ourselves: vLLM's `/metrics` (its running and
+waiting requests and KV cache use, for load-aware routing) and TGI's `/info` (model id, health).
+
+One task probes every target each `interval_s`, each probe bounded by a timeout so a hung
+server cannot stall the others. A probe older than `stale_after` intervals, or a failed one, is
+no load figure at all: the router then goes by what it knows itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from ml_offload.backends.http import Upstream
+from ml_offload.domain import ModelSpec
+from ml_offload.errors import EngineError
+from ml_offload.wire.vllm import VllmLoad, parse_metrics
+
+log = logging.getLogger(__name__)
+
+PROBED = ("vllm", "tgi")
+Targets = Callable[[], Iterable[tuple[ModelSpec, str]]]  # (spec, base URL) to probe now
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    at: float  # monotonic time of the answer
+    ok: bool
+    load: VllmLoad | None = None
+    model_id: str | None = None
+    error: str | None = None
+
+
+class BackendMonitor:
+    def __init__(
+        self,
+        upstream: Upstream,
+        targets: Targets,
+        *,
+        interval_s: float = 2.0,
+        stale_after: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._upstream = upstream
+        self._targets = targets
+        self.interval_s = interval_s
+        self._max_age_s = interval_s * stale_after
+        self._clock = clock
+        self._probes: dict[str, Probe] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def get(self, name: str) -> Probe | None:
+        return self._probes.get(name)
+
+    def age_s(self, probe: Probe) -> float:
+        return self._clock() - probe.at
+
+    def load(self, name: str) -> VllmLoad | None:
+        """The scraped load, when fresh; None: unknown (never scraped, stale, unreachable)."""
+        probe = self._probes.get(name)
+        if probe is None or not probe.ok or self.age_s(probe) > self._max_age_s:
+            return None
+        return probe.load
+
+    async def _run(self) -> None:
+        while True:
+            await self.probe_all()
+            await asyncio.sleep(self.interval_s)
+
+    async def probe_all(self) -> None:
+        targets = list(self._targets())
+        results = await asyncio.gather(*(self._probe(spec, url) for spec, url in targets))
+        for (spec, _), probe in zip(targets, results, strict=True):
+            self._probes[spec.name] = probe
+
+    async def _probe(self, spec: ModelSpec, base_url: str) -> Probe:
+        path = "/metrics" if spec.backend == "vllm" else "/info"
+        try:
+            async with asyncio.timeout(max(1.0, self.interval_s)):
+                status, body = await self._upstream.get_json_bytes(base_url + path)
+        except TimeoutError:
+            return Probe(self._clock(), False, error=f"{base_url}{path} did not answer in time")
+        except EngineError as exc:
+            return Probe(self._clock(), False, error=exc.message)
+        if status != 200:
+            return Probe(self._clock(), False, error=f"{base_url}{path} answered {status}")
+        try:
+            if spec.backend == "vllm":
+                return Probe(self._clock(), True, load=parse_metrics(body.decode()))
+            model_id = orjson.loads(body).get("model_id")
+        except (ValueError, AttributeError) as exc:
+            return Probe(self._clock(), False, error=f"{base_url}{path}: unreadable ({exc})")
+        return Probe(self._clock(), True, model_id=str(model_id) if model_id else None)
