@@ -65,18 +65,26 @@ def wrk_available() -> bool:
 # --- wrk ---------------------------------------------------------------------------------------
 
 
-def wrk_script(body: bytes) -> str:
+def wrk_script(body: bytes, headers: dict[str, str] | None = None) -> str:
+    extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
     return (
         'wrk.method = "POST"\n'
         f"wrk.body = [==[{body.decode()}]==]\n"
-        'wrk.headers["Content-Type"] = "application/json"\n' + WRK_DONE
+        'wrk.headers["Content-Type"] = "application/json"\n' + extra + WRK_DONE
     )
 
 
-def run_wrk(url: str, body: bytes, connections: int, duration_s: float, threads: int = 1) -> Result:
+def run_wrk(
+    url: str,
+    body: bytes,
+    connections: int,
+    duration_s: float,
+    threads: int = 1,
+    headers: dict[str, str] | None = None,
+) -> Result:
     """Run wrk once against ``url`` (full URL with path) and parse the Lua summary line."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(wrk_script(body))
+        f.write(wrk_script(body, headers))
     try:
         cmd = [
             "wrk",
@@ -108,11 +116,12 @@ def run_wrk(url: str, body: bytes, connections: int, duration_s: float, threads:
 # --- raw-socket client -------------------------------------------------------------------------
 
 
-def request_bytes(url: str, body: bytes) -> bytes:
+def request_bytes(url: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
     parts = urlsplit(url)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     return (
         f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Content-Type: application/json\r\nAccept: */*\r\n"
+        f"Content-Type: application/json\r\nAccept: */*\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -206,6 +215,7 @@ async def run_py(
     duration_s: float,
     warmup_s: float = 0.0,
     gap_s: float = 0.0,
+    headers: dict[str, str] | None = None,
 ) -> Result:
     """Closed-loop load from ``connections`` keep-alive sockets, each pausing ``gap_s`` between
     requests; warm-up requests are not counted."""
@@ -213,7 +223,7 @@ async def run_py(
     start = time.perf_counter()
     record_from = start + warmup_s
     until = record_from + duration_s
-    payload = request_bytes(url, body)
+    payload = request_bytes(url, body, headers)
     await asyncio.gather(
         *(_worker(url, payload, until, record_from, tally, gap_s) for _ in range(connections))
     )

@@ -7,12 +7,14 @@ first ``data:`` event (p50/p99), direct and through the gateway; plus the gatewa
 
     python bench/overhead.py [--duration 5] [--warmup 1] [--conns 1,16,64] [--json]
     python bench/overhead.py --direct-only      # only the upstream half (no gateway needed)
+    python bench/overhead.py --secure           # with a key, rate limits and the audit log on
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,14 @@ name = "fake"
 url = "{upstream}"
 parallel = 256
 """
+SECURE = """[security]
+auth = "required"
+[security.limits]
+default_rpm = 100000000
+default_tpm = 100000000000
+[security.audit]
+enabled = true
+"""
 
 
 @dataclass
@@ -66,9 +76,15 @@ class Gateway:
     modes_ok: list[str] = field(default_factory=list)
 
 
-def start_gateway(upstream: str, workdir: Path, timeout_s: float = 90.0) -> Gateway:
+def start_gateway(
+    upstream: str, workdir: Path, timeout_s: float = 90.0, secure: bool = False
+) -> Gateway:
     cfg = workdir / "gateway.toml"
-    cfg.write_text(CONFIG.format(data_dir=workdir / "data", upstream=upstream))
+    cfg.write_text(
+        CONFIG.format(data_dir=workdir / "data", upstream=upstream) + (SECURE if secure else "")
+    )
+    if secure:
+        HEADERS["Authorization"] = "Bearer " + create_key(cfg)
     port = procs.free_port()
     log = workdir / "gateway.log"
     cmd = [*procs.mlo_command(), "serve", "--config", str(cfg), "--port", str(port)]
@@ -87,15 +103,25 @@ def start_gateway(upstream: str, workdir: Path, timeout_s: float = 90.0) -> Gate
 
 
 MODES = {"json": BODY, "stream": STREAM_BODY}
+HEADERS: dict[str, str] = {}  # sent to the gateway (a key, with --secure); not to the upstream
+
+
+def create_key(cfg: Path) -> str:
+    """A key made with `mlo keys create` (the key is printed once, on its own line)."""
+    cmd = [*procs.mlo_command(), "keys", "create", "--config", str(cfg), "--name", "bench"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"\bmlo-[A-Za-z0-9_-]{20,}", out)
+    if match is None:
+        raise RuntimeError(f"no key in the output of {' '.join(cmd)}: {out!r}")
+    return match.group(0)
 
 
 def check(url: str, mode: str) -> str | None:
     """One request of ``mode`` ("json" or "stream"); a problem described, or None."""
     import urllib.request
 
-    req = urllib.request.Request(
-        url + "/v1/chat/completions", data=MODES[mode], headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", **HEADERS}
+    req = urllib.request.Request(url + "/v1/chat/completions", data=MODES[mode], headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             data = resp.read()
@@ -109,30 +135,36 @@ def check(url: str, mode: str) -> str | None:
     return None
 
 
-def load(url: str, mode: str, conns: int, args: argparse.Namespace) -> Result:
+def load(
+    url: str, mode: str, conns: int, args: argparse.Namespace, headers: dict[str, str]
+) -> Result:
     """One cell. ``mode`` is json or stream, with ``_sparse`` for one request per gap."""
     target = url + "/v1/chat/completions"
     body = MODES[mode.removesuffix("_sparse")]
     gap_s = args.gap_ms / 1000 if mode.endswith("_sparse") else 0.0
     if body is BODY and not gap_s and args.generator == "wrk":
-        run_wrk(target, BODY, conns, args.warmup)  # warm-up, discarded
-        return run_wrk(target, BODY, conns, args.duration)
+        run_wrk(target, BODY, conns, args.warmup, headers=headers)  # warm-up, discarded
+        return run_wrk(target, BODY, conns, args.duration, headers=headers)
     loop = new_loop()
     try:
         return loop.run_until_complete(
-            run_py(target, body, conns, args.duration, args.warmup, gap_s)
+            run_py(target, body, conns, args.duration, args.warmup, gap_s, headers)
         )
     finally:
         loop.close()
 
 
 def measure(
-    url: str, args: argparse.Namespace, modes: tuple[str, ...] = tuple(MODES)
+    url: str,
+    args: argparse.Namespace,
+    modes: tuple[str, ...] = tuple(MODES),
+    headers: dict[str, str] | None = None,
 ) -> dict[str, dict[int, Result]]:
     """Closed-loop cells at each connection count, then sparse cells (1 connection, idle gaps)."""
-    out = {mode: {c: load(url, mode, c, args) for c in args.conns} for mode in modes}
+    h = headers or {}
+    out = {mode: {c: load(url, mode, c, args, h) for c in args.conns} for mode in modes}
     if args.gap_ms > 0:
-        out |= {f"{mode}_sparse": {1: load(url, f"{mode}_sparse", 1, args)} for mode in modes}
+        out |= {f"{mode}_sparse": {1: load(url, f"{mode}_sparse", 1, args, h)} for mode in modes}
     return out
 
 
@@ -257,6 +289,9 @@ def main() -> None:
         help="also measure 1 connection with this pause between requests (0: skip)",
     )
     ap.add_argument("--direct-only", action="store_true", help="skip the gateway")
+    ap.add_argument(
+        "--secure", action="store_true", help="gateway with a key, rate limits and audit log on"
+    )
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
     args.conns = [int(c) for c in args.conns.split(",")]
@@ -287,7 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     try:
         with tempfile.TemporaryDirectory(prefix="mlo-bench-") as tmp:
             if not args.direct_only:
-                gw = start_gateway(upstream, Path(tmp))
+                gw = start_gateway(upstream, Path(tmp), secure=args.secure)
             try:
                 if gw is not None:
                     settle_and_check(gw)
@@ -306,6 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "noise": procs.noise_note(watch.foreign_cores()),
         "generator_json": "wrk -t1" if args.generator == "wrk" else "python-raw",
         "generator_stream": "python-raw (uvloop)",
+        "secure": args.secure,
         "duration_s": args.duration,
         "gap_ms": args.gap_ms,
         "warmup_s": args.warmup,
@@ -346,7 +382,7 @@ def settle_and_check(gw: Gateway) -> None:
 
 
 def measure_gateway(gw: Gateway, args: argparse.Namespace) -> dict[str, dict[int, Result]]:
-    results = measure(gw.url, args, tuple(gw.modes_ok))
+    results = measure(gw.url, args, tuple(gw.modes_ok), HEADERS)
     gw.rss_after_mb = (procs.status_kb(gw.pid, "VmRSS") or 0) / 1024
     gw.rss_peak_mb = (procs.status_kb(gw.pid, "VmHWM") or 0) / 1024
     gw.tree_rss_after_mb = procs.tree_rss_mb(gw.proc.pid)

@@ -170,15 +170,35 @@ class SecuritySettings(_Section):
     redaction: RedactionSettings = Field(default_factory=lambda: RedactionSettings())
 
 
+class ServeProfile(_Section):
+    """A server ml-offload starts and stops itself (`vllm serve <model> ...`), like its engines."""
+
+    model: str = Field(min_length=1, description="a Hugging Face id or a local folder")
+    command: list[str] = Field(default_factory=lambda: ["vllm"], min_length=1)
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    quantization: str | None = Field(None, description="e.g. fp8, awq, gptq")
+    max_model_len: int | None = Field(None, ge=64)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    extra_args: list[str] = Field(default_factory=list)
+
+
 class ModelConfig(_Section):
-    """A model declared in config: a local GGUF `path`, or an external server `url`."""
+    """A model declared in config: a local GGUF `path`, an external server `url`, a server we
+    start (`serve`, vLLM), or a cloud provider (`url` optional: each has a default)."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
     path: Path | None = None
     url: str | None = None
-    backend: Literal["openai", "ollama"] = Field(
-        "openai", description="what serves `url`: an OpenAI-compatible server, or Ollama"
+    backend: Literal["openai", "ollama", "vllm", "tgi", "deepseek", "anthropic"] = Field(
+        "openai",
+        description="what serves `url`: an OpenAI-compatible server (llama.cpp, OpenAI), "
+        "Ollama, vLLM, text-generation-inference, DeepSeek or Anthropic",
     )
+    api_key: SecretStr | None = Field(None, description="sent to `url`; prefer api_key_env")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the key (default per cloud provider)"
+    )
+    serve: ServeProfile | None = Field(None, description="start `vllm serve` for this model")
     remote_model: str | None = Field(None, description="the model's name at `url`")
     aliases: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(
@@ -197,9 +217,24 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.path is None) == (self.url is None):
-            raise ValueError("set exactly one of 'path' (a GGUF file) or 'url' (a running server)")
+        sources = (self.path is not None) + (self.url is not None) + (self.serve is not None)
+        if self.serve is not None and self.backend != "vllm":
+            raise ValueError("'serve' starts vLLM: set backend = \"vllm\" with it")
+        if sources == 0 and self._has_default_url():
+            return self
+        if sources != 1:
+            raise ValueError(
+                "set exactly one of 'path' (a GGUF file), 'url' (a running server) or 'serve' "
+                "(vLLM started by ml-offload); 'url' may be left out for deepseek, anthropic, "
+                "and openai with an api key"
+            )
         return self
+
+    def _has_default_url(self) -> bool:
+        """Cloud providers have a known URL (OpenAI's only when a key says it is meant)."""
+        if self.backend in ("deepseek", "anthropic"):
+            return True
+        return self.backend == "openai" and (self.api_key or self.api_key_env) is not None
 
 
 class Settings(BaseSettings):

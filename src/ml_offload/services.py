@@ -11,22 +11,26 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ml_offload.backends import command
 from ml_offload.backends.base import EngineProcess, ExitCallback, ProcessFactory
 from ml_offload.backends.external import ExternalProcess
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.llamacpp import ModelProcess, resolve_engine_kind
 from ml_offload.backends.ollama import OllamaModel
+from ml_offload.backends.probe import PROBED, BackendMonitor
 from ml_offload.config import Settings
 from ml_offload.domain import ModelSpec
+from ml_offload.errors import ConfigError
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
 from ml_offload.inference import InferenceService
 from ml_offload.metrics import Metrics
 from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry
-from ml_offload.router import Router
+from ml_offload.router import Router, deployment_load
 from ml_offload.scheduler import Scheduler
 from ml_offload.security.guard import Guard
+from ml_offload.security.posture import insecure_bind
 from ml_offload.storage.db import Database
 from ml_offload.storage.models_repo import ModelRepository
 from ml_offload.vram import coarse_estimate, estimate_memory
@@ -59,8 +63,13 @@ def spec_estimate(spec: ModelSpec) -> Estimate:
 
 def process_factory(settings: Settings) -> ProcessFactory:
     kind = resolve_engine_kind(settings.engine)
+    logs = settings.storage.logs_path
 
     def make(spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
+        if spec.command:  # a server we start (vllm serve)
+            return command.CommandProcess(
+                spec, on_exit, engine=settings.engine, kind=command.KIND, log_dir=logs
+            )
         if spec.backend == "ollama" and not spec.is_local:
             return OllamaModel(spec)
         if not spec.is_local:
@@ -70,6 +79,16 @@ def process_factory(settings: Settings) -> ProcessFactory:
         )
 
     return make
+
+
+def probe_targets(registry: ModelRegistry, scheduler: Scheduler) -> list[tuple[ModelSpec, str]]:
+    """The vLLM and TGI servers to probe now: external ones, and ours while they run."""
+    specs = [spec for spec in registry.all() if spec.backend in PROBED]
+    return [
+        (spec, st.base_url)
+        for spec, st in zip(specs, scheduler.status(specs), strict=True)
+        if st.base_url
+    ]
 
 
 @dataclass
@@ -85,10 +104,11 @@ class Services:
     monitor: GpuMonitor
     guard: Guard
     started_at: float = field(default_factory=time.time)
+    probes: BackendMonitor | None = None  # vLLM /metrics and TGI /info, in the background
 
     @classmethod
     async def start(cls, settings: Settings, factory: ProcessFactory | None = None) -> Services:
-        settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.storage.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private
         metrics = Metrics()
         db = await Database.open(settings.storage.db_url)
         registry = ModelRegistry(settings, ModelRepository(db))
@@ -106,20 +126,31 @@ class Services:
         upstream = Upstream(timeout_s=settings.server.upstream_timeout_s)
         await upstream.start()
         await scheduler.start()
+        probes = BackendMonitor(upstream, lambda: probe_targets(registry, scheduler))
+        await probes.start()
         router = Router(
             registry.resolve,
             lambda spec: scheduler.state(spec),
             cooldown_s=settings.router.cooldown_s,
+            load_of=deployment_load(scheduler, probes),
         )
-        guard = Guard(settings.security, registry.resolve)
+        guard = Guard(settings.security, registry.resolve, db, settings.storage.data_dir)
         await guard.start()
         inference = InferenceService(router, scheduler, upstream, metrics, guard)
-        log.info("ml-offload ready with %d models", len(registry.all()))
-        return cls(
+        services = cls(
             settings, metrics, db, registry, scheduler, upstream, router, inference, monitor, guard
         )
+        services.probes = probes
+        refusal = insecure_bind(settings, guard.auth_on)
+        if refusal is not None:
+            await services.close()
+            raise ConfigError(refusal)
+        log.info("ml-offload ready with %d models", len(registry.all()))
+        return services
 
     async def close(self) -> None:
+        if self.probes is not None:
+            await self.probes.close()
         await self.guard.close()
         await self.scheduler.close()
         self.monitor.close()

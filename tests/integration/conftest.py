@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +49,11 @@ class Gateway:
         self.http = httpx.Client(base_url=url, timeout=60)
         self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
+    def use_key(self, api_key: str) -> None:
+        """Send `api_key` from now on (`Authorization: Bearer`) with `.http` and `.client`."""
+        self.http.headers["authorization"] = f"Bearer {api_key}"
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0)
+
     def model(self, name: str = MODEL) -> dict[str, Any]:
         data: dict[str, Any] = self.http.get(f"/models/{name}").json()
         return data
@@ -85,6 +91,41 @@ def write_config(path: Path, data_dir: Path, extra: dict[str, Any]) -> None:
     for m in models:
         lines += ["[[models]]", *(f"{k} = {_toml(v)}" for k, v in m.items())]
     path.write_text("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throw-away Redis on a free loopback port (no persistence); its `redis://` URL.
+    Skips the test when `redis-server` is not installed (`.ci/run` installs it)."""
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

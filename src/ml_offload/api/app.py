@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ml_offload import __version__
-from ml_offload.api import anthropic_routes, errors, native, ollama_routes, openai_routes, ws
+from ml_offload.api import admin, anthropic_routes, errors, native, ollama_routes, openai_routes, ws
+from ml_offload.api.headers import HardeningMiddleware
 from ml_offload.api.security import SecurityMiddleware
 from ml_offload.api.streaming import ClientGone
 from ml_offload.backends.base import ProcessFactory
@@ -38,6 +40,7 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
     )
     errors.install(app)
     app.add_middleware(SecurityMiddleware)
+    add_outer_middleware(app, settings)
 
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> Response:
@@ -48,7 +51,34 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
     app.include_router(anthropic_routes.router)
     app.include_router(ollama_routes.router)
     app.include_router(ws.router)
+    app.include_router(admin.router)
     return app
+
+
+_EXPOSED = ["retry-after", "x-mlo-error-source"]
+_RATE_HEADERS = [  # OpenAI's names, set by the rate limiter
+    f"x-ratelimit-{field}-{what}"
+    for field in ("limit", "remaining", "reset")
+    for what in ("requests", "tokens")
+]
+
+
+def add_outer_middleware(app: FastAPI, settings: Settings) -> None:
+    """Outside the key check: CORS (only when origins are configured, so preflights need no
+    key) and, outermost, security headers, the body cap and one-line start-up errors."""
+    if settings.security.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.security.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[*_EXPOSED, *_RATE_HEADERS],
+        )
+    app.add_middleware(
+        HardeningMiddleware,
+        max_body_bytes=settings.server.max_body_bytes,
+        tls=settings.security.tls.cert_file is not None,
+    )
 
 
 def tune_gc() -> None:

@@ -57,6 +57,9 @@ class SecurityMiddleware:
         async def send_and_note(message: Message) -> None:
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
+                extra = guard.response_headers(ctx) if ctx.status < 400 else None
+                if extra:  # a refusal carries its own
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
             elif message["type"] == "websocket.accept":
                 ctx.status = 101
             await send(message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -47,14 +48,14 @@ class _Connection:
 
     async def serve(self) -> None:
         try:
-            async for text in self._socket.iter_text():
-                await self._handle(text)
+            async for frame in _frames(self._socket):
+                await self._handle(frame)
         finally:
             for task in self._tasks.values():
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def _handle(self, text: str) -> None:
+    async def _handle(self, text: str | bytes) -> None:
         request_id = None
         try:
             data = orjson.loads(text)
@@ -136,6 +137,17 @@ async def inference(socket: WebSocket) -> None:
     connection = _Connection(socket, svc.inference, svc.guard, context_of(socket.scope))
     with contextlib.suppress(WebSocketDisconnect):
         await connection.serve()
+
+
+async def _frames(socket: WebSocket) -> AsyncIterator[str | bytes]:
+    """Each message as it came: text frames, and binary ones (JSON in UTF-8 either way; a
+    binary frame used to end the connection with an error instead of an answer)."""
+    while True:
+        message = await socket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        yield text if text is not None else message.get("bytes") or b""
 
 
 def _note(ctx: RequestContext | None, status: int) -> None:

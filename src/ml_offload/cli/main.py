@@ -12,9 +12,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ml_offload.cli import bootstrap, health, pull, run, server, storage
+from ml_offload.cli import audit, bootstrap, health, keys, pull, run, server, storage
 from ml_offload.cli.client import CliError, GatewayClient, gateway_url
 from ml_offload.cli.common import human_bytes, human_secs, warn_if_low_disk
+from ml_offload.cli.hardening import (
+    AllowInsecureOpt,
+    TlsCertOpt,
+    TlsClientCaOpt,
+    TlsKeyOpt,
+    security_env,
+    uvicorn_tls,
+)
+from ml_offload.cli.security_audit import security_audit
 from ml_offload.cli.vram import vram
 from ml_offload.config import CONFIG_ENV, load_settings
 from ml_offload.errors import MloError
@@ -44,6 +53,10 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (server.port).")] = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_client_ca: TlsClientCaOpt = None,
+    allow_insecure: AllowInsecureOpt = False,
 ) -> None:
     """Run the gateway in the foreground (default 127.0.0.1:9000)."""
     import uvicorn
@@ -54,23 +67,30 @@ def serve(
         os.environ["MLO_SERVER__HOST"] = host
     if port is not None:
         os.environ["MLO_SERVER__PORT"] = str(port)
+    os.environ.update(security_env(tls_cert, tls_key, tls_client_ca, allow_insecure))
     settings = load_settings()  # validate once here so a bad config is one line, not a trace
     logging.basicConfig(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     warn_if_low_disk(settings)
-    uvicorn.run(
-        "ml_offload.api.app:create_app",
-        factory=True,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=settings.server.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    try:
+        uvicorn.run(
+            "ml_offload.api.app:create_app",
+            factory=True,
+            host=settings.server.host,
+            port=settings.server.port,
+            loop="uvloop",
+            access_log=False,
+            log_level=settings.server.log_level,
+            timeout_graceful_shutdown=10,
+            ws_max_size=settings.server.max_body_bytes,
+            **uvicorn_tls(settings),
+        )
+    except SystemExit as exc:  # uvicorn's 3: start-up failed, its one-line reason is logged
+        if exc.code == 3:
+            raise typer.Exit(1) from None
+        raise
 
 
 @models_app.command("ls")
@@ -168,6 +188,7 @@ def _count(n: Any) -> str:
 # Pipeline and storage commands (issue 6): thin commands over hub, daemon, pipeline, disk.
 app.command()(pull.pull)
 app.add_typer(server.app, name="server")
+app.add_typer(keys.app, name="keys")
 app.command()(run.run)
 app.command()(run.export)
 app.command()(health.health)
@@ -175,6 +196,8 @@ app.command()(storage.ls)
 app.command()(storage.du)
 app.command("clean-cache")(storage.clean_cache)
 app.command()(bootstrap.bootstrap)
+app.add_typer(audit.app, name="audit")  # issue 5: the audit log file
+app.command("security-audit")(security_audit)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from ml_offload.cli.common import (
     settings_for,
     state_dir,
 )
+from ml_offload.cli.hardening import AllowInsecureOpt, security_env
 from ml_offload.config import config_path
 from ml_offload.daemon import Daemon, DaemonInfo
 
@@ -37,9 +39,14 @@ TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for the gateway
 
 @app.command()
 def start(
-    config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None, timeout: TimeoutOpt = 60
+    config: ConfigOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    timeout: TimeoutOpt = 60,
+    allow_insecure: AllowInsecureOpt = False,
 ) -> None:
     """Start the gateway in the background (pid and log files in the XDG state folder)."""
+    os.environ.update(security_env(None, None, None, allow_insecure))  # the child inherits it
     info = _start(Daemon(state_dir()), config, host, port, timeout)
     out.print(f"gateway started: pid {info.pid}, {info.url}, log {info.log_path}")
 

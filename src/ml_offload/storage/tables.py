@@ -49,3 +49,22 @@ models = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_models_path", "path"),
 )
+
+# API keys: only the SHA-256 of the secret is kept; the key's id (in the key itself) finds the
+# row, so each request is one primary-key lookup (revocation is seen by every gateway at once).
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("models", sa.JSON, nullable=False),  # names, aliases or `backend:*`; []: all
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("tpm", sa.Integer, nullable=True),
+    sa.Column("cert_subject", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_api_keys_name", "name"),
+)

@@ -1,0 +1,216 @@
+"""`mlo audit tail|verify|export`: read the audit log file straight from disk.
+
+They read the file the config names (security.audit.path, else <data_dir>/audit/audit.jsonl),
+or --file, so they work with the gateway down and on copies of a log.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.table import Table
+
+from ml_offload.cli.client import CliError
+from ml_offload.cli.common import ConfigOpt, JsonOpt, out, settings_for
+from ml_offload.security.audit import (
+    Entry,
+    audit_path,
+    export,
+    follow,
+    iso_time,
+    tail,
+    to_json,
+    verify,
+)
+
+app = typer.Typer(
+    help="The tamper-evident audit log (read from disk; the gateway may be down).",
+    no_args_is_help=True,
+)
+
+FileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", help="A log file (default: security.audit.path or its default)."),
+]
+_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def _log_file(config: Path | None, file: Path | None) -> Path:
+    path = file or audit_path(settings_for(config))
+    if not path.is_file():
+        raise CliError(
+            f"no audit log at {path} (the gateway writes it as it serves requests; "
+            "see security.audit in the config, or give --file)"
+        )
+    return path
+
+
+@app.command("tail")
+def tail_cmd(
+    n: Annotated[int, typer.Option("-n", "--lines", help="How many entries.", min=0)] = 20,
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new entries.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    config: ConfigOpt = None,
+    file: FileOpt = None,
+) -> None:
+    """Show the last entries (oldest first)."""
+    path = _log_file(config, file)
+    entries, offset = tail(path, n)
+    if as_json:
+        _print_json(entries)
+    elif follow_:
+        for e in entries:
+            out.print(_one_line(e))
+    else:
+        _print_table(entries)
+    if follow_:
+        for e in follow(path, offset):
+            _print_json([e]) if as_json else out.print(_one_line(e))
+
+
+@app.command("verify")
+def verify_cmd(config: ConfigOpt = None, file: FileOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the hash chain: exit 0 ("ok: N entries") or 1 naming the first broken entry."""
+    path = _log_file(config, file)
+    result = verify(path)
+    if as_json:
+        data = {
+            "ok": result.ok,
+            "entries": result.entries,
+            "last_seq": result.last_seq,
+            "last_hash": result.last_hash,
+            "torn_bytes": result.torn_bytes,
+            "broken": None if result.broken is None else str(result.broken),
+        }
+        sys.stdout.write(to_json(data).decode() + "\n")
+        if not result.ok:
+            raise typer.Exit(1)
+        return
+    if result.broken is not None:
+        raise CliError(f"audit log {path} is broken at {result.broken}")
+    torn = (
+        f"; an incomplete last line ({result.torn_bytes} bytes, left by a crash) is cut when "
+        "the gateway next starts"
+        if result.torn_bytes
+        else ""
+    )
+    out.print(f"ok: {result.entries} entries, last hash {result.last_hash}{torn}")
+
+
+@app.command("export")
+def export_cmd(
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl or csv.", case_sensitive=False)
+    ] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only entries from then on: 30m, 2h, 7d, an ISO date/time, or unix s."),
+    ] = None,
+    config: ConfigOpt = None,
+    file: FileOpt = None,
+) -> None:
+    """Write the entries as JSON lines or CSV (each with its seq and hash)."""
+    kind = fmt.lower()
+    if kind not in ("jsonl", "csv"):
+        raise CliError(f"unknown --format {fmt!r}: use jsonl or csv")
+    chosen: Literal["jsonl", "csv"] = "csv" if kind == "csv" else "jsonl"
+    path = _log_file(config, file)
+    start = None if since is None else parse_since(since)
+    if output is None:
+        export(path, sys.stdout, chosen, start)
+        return
+    try:
+        with output.open("w", encoding="utf-8", newline="") as f:
+            count = export(path, f, chosen, start)
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror or exc}") from None
+    out.print(f"exported {count} entries to {output}")
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """Unix time from `30m`/`2h`/`7d` (ago), an ISO 8601 date or time (local unless it has an
+    offset), or a unix timestamp."""
+    now = time.time() if now is None else now
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if m:
+        return now - float(m.group(1)) * _UNITS_S[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise CliError(
+            f"cannot read --since {text!r}: use 30m, 2h, 7d, 2026-01-31, 2026-01-31T08:00 "
+            "or a unix timestamp"
+        ) from None
+
+
+def _print_json(entries: list[Entry]) -> None:
+    for e in entries:
+        sys.stdout.write(to_json(e.flat()).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _print_table(entries: list[Entry]) -> None:
+    if not entries:
+        out.print("no entries")
+        return
+    table = Table("SEQ", "TIME (UTC)", "KEY", "CLIENT", "MODEL", "BACKEND", "STATUS", "TOKENS")
+    table.add_column("LATENCY", justify="right")
+    table.add_column("PATH")
+    for e in entries:
+        table.add_row(*_fields(e))
+    out.print(table)
+
+
+def _one_line(e: Entry) -> str:
+    return "  ".join(_fields(e))
+
+
+def _fields(e: Entry) -> list[str]:
+    ev: dict[str, Any] = e.event
+    if ev.get("audit") == "dropped":
+        return [
+            str(e.seq),
+            _when(ev),
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            f"{ev.get('count')} dropped",
+        ]
+    tokens = f"{ev.get('prompt_tokens') or 0}/{ev.get('completion_tokens') or 0}"
+    latency = ev.get("latency_ms")
+    return [
+        str(e.seq),
+        _when(ev),
+        str(ev.get("key_name") or ev.get("key_id") or "-"),
+        str(ev.get("client") or "-"),
+        str(ev.get("model") or "-"),
+        str(ev.get("backend") or "-"),
+        str(ev.get("status") or "-"),
+        tokens,
+        f"{latency:.0f} ms" if isinstance(latency, int | float) else "-",
+        f"{ev.get('method') or ''} {ev.get('path') or ''}".strip() or "-",
+    ]
+
+
+def _when(ev: dict[str, Any]) -> str:
+    iso = iso_time(ev.get("time"))
+    return "-" if iso is None else iso[:19].replace("T", " ")

@@ -1,0 +1,697 @@
+"""Tamper-evident audit log: one JSON line per request, hash-chained, written off the hot path.
+
+Format (a JSONL file: greppable, any log shipper reads it, a ten-line script can check it)::
+
+    {"seq":7,"prev":"<hash of entry 6>","event":{...},"hash":"<sha256 hex>"}
+
+`hash` is the SHA-256 of the line's exact bytes up to, not including, `,"hash":"`. Hashing the
+bytes as written (not a re-serialization) means verifying never depends on a JSON library's
+formatting, and any changed byte is caught. `prev` links each entry to the one before (the first
+to 64 zeros) and `seq` counts from 1: an edited entry breaks its own hash (or, rehashed, the next
+entry's `prev`), a removed one leaves a gap in `seq`, a reordering shows as `seq` out of order.
+A chain alone cannot show that its *last* entries were removed, so after each batch the writer
+replaces `<log>.head` (`{"seq": N, "hash": "..."}`) atomically with os.replace, and `verify`
+checks that the log reaches it. The head is replaced after the log is written, so a crash leaves
+it behind the log, never ahead.
+
+Writing: `record()` only appends the event to a deque (no I/O, no JSON, no hashing on the
+request's task). A writer thread wakes every `flush_interval_s`, or when `batch_size` events wait,
+serializes with orjson, hashes the prompt (when the caller passed its text), chains, and appends
+each batch with one os.write on an O_APPEND descriptor, then fdatasync (`fsync = true`) and the
+head. A thread rather than an asyncio task because fsync blocks and the event loop must not.
+If the disk fails, the encoded batch is kept and retried (a partial write is truncated away) and
+new events wait in memory up to a cap; beyond it they are counted and the count is written as an
+`{"audit": "dropped", "count": n}` entry, so a gap is visible in the log itself.
+
+Crashes: a process killed during a write leaves at most an incomplete last line (no newline).
+`verify` reports it without failing (the head never covers it); the next `start()` cuts it and
+continues the chain from the last complete entry. Events still in memory are lost (at most about
+`flush_interval_s` of them).
+
+One writer per file: `start()` takes an exclusive lock on `<log>.lock` and refuses a second
+process, because two writers would fork the chain. Several gateways each write their own file
+(the default path is under their own `storage.data_dir`); verify each file on its own.
+
+The file format, its writer and its readers (verify, tail, export) live in this one module so
+that the format is defined in one place.
+
+Limits: without a secret, a chain detects edits, not a forger who rewrites every hash from the
+edit to the end and the head file too; anchor the log by copying the last hash `mlo audit verify`
+prints somewhere else. There is no rotation: archive and start a new file with the gateway
+stopped (move the log and its head away together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TextIO
+
+import orjson
+
+from ml_offload.config import AuditSettings, Settings
+from ml_offload.errors import ConfigError
+
+log = logging.getLogger("ml_offload.audit")
+
+GENESIS = "0" * 64
+_SUFFIX_LEN = 75  # ,"hash":"<64 hex>"}
+_HASH_KEY = b',"hash":"'
+_SEQ_RE = re.compile(rb'^\{"seq":(\d+),')
+_BLOCK = 64 * 1024
+_ERROR_LOG_EVERY_S = 60.0
+_RESUME_SCAN_LINES = 10_000
+
+Reason = Literal["malformed", "edited", "missing", "out_of_order", "chain", "head"]
+
+
+def audit_path(settings: Settings) -> Path:
+    """The log file: `security.audit.path`, else `<storage.data_dir>/audit/audit.jsonl`."""
+    return settings.security.audit.path or settings.storage.data_dir / "audit" / "audit.jsonl"
+
+
+def head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def prompt_sha256(prompt: Any) -> str:
+    """The hash stored instead of the prompt: of the text, or of canonical JSON for messages."""
+    if isinstance(prompt, str):
+        data = prompt.encode("utf-8", "surrogatepass")
+    else:
+        data = to_json(prompt, sort=True)
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_entry(seq: int, prev: str, event_json: bytes) -> tuple[bytes, str]:
+    """One log line (with its newline) and its hash."""
+    body = b'{"seq":%d,"prev":"%s","event":%s' % (seq, prev.encode("ascii"), event_json)
+    digest = hashlib.sha256(body).hexdigest()
+    return body + _HASH_KEY + digest.encode("ascii") + b'"}\n', digest
+
+
+def to_json(value: Any, *, sort: bool = False) -> bytes:
+    """JSON that never fails: odd types as str, lone surrogates through the stdlib's escapes."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS if sort else 0)
+    except (TypeError, orjson.JSONEncodeError):
+        try:
+            return json.dumps(value, default=str, sort_keys=sort, ensure_ascii=True).encode()
+        except (TypeError, ValueError):
+            return json.dumps({"unserializable": repr(value)}).encode()
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class AuditLog:
+    """Appends events to one hash-chained file from a writer thread (see the module docstring)."""
+
+    def __init__(
+        self, settings: AuditSettings, path: Path, *, max_pending: int | None = None
+    ) -> None:
+        self.path = path
+        self._settings = settings
+        self._batch_size = settings.batch_size
+        # events waiting beyond this are counted, not kept (memory stays bounded if disk stalls)
+        self._max_pending = max_pending or max(100_000, settings.batch_size * 64)
+        self._pending: deque[dict[str, Any]] = deque()
+        self._accepting = settings.enabled
+        self._dropped_seen = 0  # counted by record()
+        self._dropped_logged = 0  # written as "dropped" entries by the writer
+        self._wake = threading.Event()
+        self._io = threading.Lock()  # one flush at a time (writer thread, flush(), close())
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._fd = -1
+        self._lock_fd = -1
+        self._seq = 0
+        self._prev = GENESIS
+        self._stalled: tuple[bytes, int, str, int] | None = None  # data, seq, hash, entries
+        self._last_error_at = 0.0
+        self.written = 0  # entries appended since start
+        self.cut_bytes = 0  # torn tail cut at start
+
+    async def __aenter__(self) -> AuditLog:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def dropped_total(self) -> int:
+        """Events dropped because the writer was too far behind (each batch of them logged)."""
+        return self._dropped_seen
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Queue one event; never blocks, never raises. The dict belongs to the log afterwards.
+
+        Give the prompt as `prompt` (text or messages): the writer thread hashes it into
+        `prompt_sha256` (unless given) and keeps the text only when `log_prompts` is on.
+        """
+        try:
+            if not self._accepting:
+                return
+            if len(self._pending) >= self._max_pending:
+                self._dropped_seen += 1
+                return
+            self._pending.append(event)
+            if len(self._pending) >= self._batch_size and not self._wake.is_set():
+                self._wake.set()
+        except Exception:  # an audit hiccup must never fail a request
+            return
+
+    async def start(self) -> None:
+        """Open (and lock) the file, cut a torn tail, resume the chain, start the writer thread.
+
+        Raises ConfigError when the file cannot be opened or another process writes it."""
+        if not self._settings.enabled or self._thread is not None:
+            return
+        await asyncio.to_thread(self._open)
+        self._stop, self._accepting = False, True
+        self._thread = threading.Thread(target=self._run, name="mlo-audit-writer", daemon=True)
+        self._thread.start()
+
+    async def flush(self) -> None:
+        """Write everything recorded so far (tests, shutdown)."""
+        if self._fd >= 0:
+            await asyncio.to_thread(self._flush)
+
+    async def close(self) -> None:
+        """Write everything recorded, stop the writer thread, release the file."""
+        self._accepting = False
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop = True
+            self._wake.set()
+            await asyncio.to_thread(thread.join)
+        if self._fd >= 0:
+            await asyncio.to_thread(self._flush)  # events recorded while the thread stopped
+        lost = len(self._pending) + (self._stalled[3] if self._stalled else 0)
+        if lost:
+            log.error(
+                "audit log %s closed with %d events unwritten (see errors above)", self.path, lost
+            )
+        self._close_fds()
+
+    # -- writer thread
+
+    def _run(self) -> None:
+        interval = self._settings.flush_interval_s
+        while True:
+            self._wake.wait(interval)
+            self._wake.clear()
+            stopping = self._stop
+            try:
+                self._flush()
+            except Exception:  # keep the writer alive whatever an event held
+                log.exception("audit writer failed on a batch")
+            if stopping:
+                return
+
+    def _flush(self) -> None:
+        with self._io:
+            wrote = False
+            if self._stalled is not None:
+                if not self._write_stalled():
+                    return
+                wrote = True
+            # only what waits now, so that a steady stream still gets its fsync and head
+            left = len(self._pending)
+            dropped = self._dropped_seen > self._dropped_logged
+            while left or dropped:
+                n = min(left, self._batch_size)
+                left -= n
+                events = [self._pending.popleft() for _ in range(n)]
+                if dropped:
+                    events.append(self._dropped_event())
+                    dropped = False
+                self._stalled = self._encode(events)
+                if not self._write_stalled():
+                    return
+                wrote = True
+            if wrote:
+                self._sync()
+
+    def _dropped_event(self) -> dict[str, Any]:
+        n = self._dropped_seen - self._dropped_logged
+        self._dropped_logged += n
+        why = "the writer fell behind (slow or failing disk)"
+        return {"time": time.time(), "audit": "dropped", "count": n, "why": why}
+
+    def _encode(self, events: list[dict[str, Any]]) -> tuple[bytes, int, str, int]:
+        seq, prev = self._seq, self._prev
+        lines = []
+        for event in events:
+            seq += 1
+            line, prev = encode_entry(seq, prev, to_json(self._prepare(event)))
+            lines.append(line)
+        return b"".join(lines), seq, prev, len(events)
+
+    def _prepare(self, event: Any) -> Any:
+        if not isinstance(event, dict):
+            return {"unexpected": repr(event)}
+        event.setdefault("time", time.time())
+        prompt = event.get("prompt")
+        if prompt is not None and not event.get("prompt_sha256"):
+            event["prompt_sha256"] = prompt_sha256(prompt)
+        if not self._settings.log_prompts:
+            event.pop("prompt", None)
+        return event
+
+    def _write_stalled(self) -> bool:
+        assert self._stalled is not None
+        data, seq, digest, count = self._stalled
+        start = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # one write unless the kernel writes short (signal, disk full)
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # never leave half a batch in the chain
+            self._report(f"cannot append to audit log {self.path}: {exc}; retrying")
+            return False
+        self._seq, self._prev, self._stalled = seq, digest, None
+        self.written += count
+        return True
+
+    def _sync(self) -> None:
+        try:
+            if self._settings.fsync:
+                getattr(os, "fdatasync", os.fsync)(self._fd)
+            _write_head(self.path, self._seq, self._prev, fsync=self._settings.fsync)
+        except OSError as exc:
+            self._report(f"cannot sync audit log {self.path}: {exc}")
+
+    def _report(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error_at >= _ERROR_LOG_EVERY_S:
+            self._last_error_at = now
+            log.error(message)
+
+    # -- opening
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._lock_fd = _lock(self.path)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o600)
+            self._seq, self._prev, self.cut_bytes = _resume(self._fd, self.path)
+        except OSError as exc:
+            self._close_fds()
+            raise ConfigError(
+                f"cannot open audit log {self.path}: {exc.strerror or exc}; "
+                "check security.audit.path and its folder's permissions"
+            ) from None
+        except ConfigError:
+            self._close_fds()
+            raise
+
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._lock_fd = -1
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"audit log {path} is being written by another process (pid {holder}); give each "
+            "gateway its own security.audit.path (or storage.data_dir)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _resume(fd: int, path: Path) -> tuple[int, str, int]:
+    """(last seq, last hash, bytes cut): cut an incomplete last line, find the last valid entry."""
+    size = os.fstat(fd).st_size
+    end = _complete_end(fd, size)
+    if end < size:
+        os.ftruncate(fd, end)
+        log.warning("audit log %s: cut an incomplete last line (%d bytes)", path, size - end)
+    seq, prev = 0, GENESIS
+    for skipped, (_, raw) in enumerate(_lines_backward(fd, end)):
+        entry = parse_line(raw, 0)
+        if isinstance(entry, Entry):
+            seq, prev = entry.seq, entry.hash
+            break
+        if skipped == 0:
+            log.error("audit log %s ends with an invalid entry; `mlo audit verify` shows it", path)
+        if skipped >= _RESUME_SCAN_LINES:
+            break  # a log that is mostly garbage: start a new chain after it; verify flags it
+    head = read_head(path)
+    if isinstance(head, tuple) and head[0] > seq:
+        log.error("audit log %s ends at seq %d but its head records %d", path, seq, head[0])
+    return seq, prev, size - end
+
+
+def _complete_end(fd: int, size: int) -> int:
+    """The offset just after the last newline (0 when there is none)."""
+    pos = size
+    while pos > 0:
+        step = min(_BLOCK, pos)
+        chunk = os.pread(fd, step, pos - step)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
+
+
+def _lines_backward(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line without its newline) of the lines before `end`, last first."""
+    buf, pos = b"", end
+    while True:
+        i = buf.rfind(b"\n", 0, len(buf) - 1)
+        if i >= 0:
+            yield pos + i + 1, buf[i + 1 : -1]
+            buf = buf[: i + 1]
+        elif pos > 0:
+            step = min(_BLOCK, pos)
+            pos -= step
+            buf = os.pread(fd, step, pos) + buf
+        else:
+            if buf:
+                yield 0, buf[:-1]
+            return
+
+
+def _write_head(path: Path, seq: int, digest: str, *, fsync: bool) -> None:
+    target = head_path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b'{"seq":%d,"hash":"%s"}\n' % (seq, digest.encode("ascii")))
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
+def read_head(path: Path) -> tuple[int, str] | str | None:
+    """(seq, hash) from the head file; None when there is none; a string saying what is wrong."""
+    try:
+        data = orjson.loads(head_path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        return f"cannot read {head_path(path).name}: {exc}"
+    seq, digest = (data.get("seq"), data.get("hash")) if isinstance(data, dict) else (None, None)
+    if type(seq) is not int or not isinstance(digest, str):
+        return f"{head_path(path).name} is not a head record"
+    return seq, digest
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    line: int  # 1-based line number (0 when read backwards)
+    seq: int
+    prev: str
+    hash: str
+    event: dict[str, Any]
+
+    def flat(self) -> dict[str, Any]:
+        """The event with its seq and hash, as exported."""
+        rest = {k: v for k, v in self.event.items() if k not in ("seq", "hash")}
+        return {"seq": self.seq, **rest, "hash": self.hash}
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """The first entry that does not verify, and why."""
+
+    line: int
+    seq: int | None
+    reason: Reason
+    detail: str
+
+    def __str__(self) -> str:
+        seq = f" (seq {self.seq})" if self.seq is not None else ""
+        return f"line {self.line}{seq}: {self.reason.replace('_', ' ')}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    entries: int  # entries checked and found good
+    last_seq: int
+    last_hash: str
+    broken: Broken | None = None
+    torn_bytes: int = 0  # an incomplete last line (a crash mid-write); cut on the next start
+    head_seq: int | None = None  # what the head file records (None: no head file)
+
+
+def parse_line(raw: bytes, line: int) -> Entry | Broken:
+    """An entry whose own hash matches, or why not. `raw` has no newline."""
+    if (
+        len(raw) <= _SUFFIX_LEN
+        or raw[-_SUFFIX_LEN : -_SUFFIX_LEN + len(_HASH_KEY)] != _HASH_KEY
+        or raw[-2:] != b'"}'
+    ):
+        return Broken(line, _seq_hint(raw), "malformed", "not an audit entry (no hash at its end)")
+    digest = raw[-66:-2].decode("ascii", "replace")
+    if hashlib.sha256(raw[:-_SUFFIX_LEN]).hexdigest() != digest:
+        return Broken(line, _seq_hint(raw), "edited", "its content does not match its hash")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:  # the stdlib also reads escaped lone surrogates, which the writer may have written
+            data = json.loads(raw)
+        except ValueError:
+            return Broken(line, _seq_hint(raw), "malformed", "not valid JSON")
+    if not isinstance(data, dict):
+        return Broken(line, _seq_hint(raw), "malformed", "not a JSON object")
+    seq, prev, event = data.get("seq"), data.get("prev"), data.get("event")
+    if type(seq) is not int or not isinstance(prev, str) or not isinstance(event, dict):
+        return Broken(line, _seq_hint(raw), "malformed", "missing seq, prev or event")
+    return Entry(line, seq, prev, digest, event)
+
+
+def _seq_hint(raw: bytes) -> int | None:
+    m = _SEQ_RE.match(raw)
+    return int(m.group(1)) if m else None
+
+
+def verify(path: Path) -> VerifyResult:
+    """Check the chain from the first entry to the last, and the last against the head file.
+
+    Stops at the first broken entry. Raises FileNotFoundError when neither log nor head exists."""
+    head = read_head(path)
+    if not path.exists():
+        if isinstance(head, tuple):
+            why = f"the log is gone but {head_path(path).name} records seq {head[0]}"
+            return VerifyResult(False, 0, 0, GENESIS, Broken(1, 1, "missing", why), 0, head[0])
+        raise FileNotFoundError(path)
+    head_seq = head[0] if isinstance(head, tuple) else None
+    seq, prev, n, line, torn = 0, GENESIS, 0, 0, 0
+    pinned: Entry | None = None  # the entry the head names
+    with path.open("rb") as f:
+        for raw in f:
+            line += 1
+            if not raw.endswith(b"\n"):
+                torn = len(raw)
+                break
+            entry = parse_line(raw[:-1], line)
+            if isinstance(entry, Entry) and entry.seq != seq + 1:
+                entry = _misplaced(entry, seq + 1, f)
+            elif isinstance(entry, Entry) and entry.prev != prev:
+                why = f"its prev does not match the hash of line {line - 1} (one was rewritten)"
+                entry = Broken(line, entry.seq, "chain", why)
+            if isinstance(entry, Broken):
+                return VerifyResult(False, n, seq, prev, entry, 0, head_seq)
+            seq, prev, n = entry.seq, entry.hash, n + 1
+            if entry.seq == head_seq:
+                pinned = entry
+    broken = _check_head(path, head, seq, pinned, line + (0 if torn else 1))
+    return VerifyResult(broken is None, n, seq, prev, broken, torn, head_seq)
+
+
+def _misplaced(entry: Entry, expected: int, rest: Iterable[bytes]) -> Broken:
+    """Why `entry` is not seq `expected`: removed entries, or entries moved (looks ahead)."""
+    for offset, raw in enumerate(rest, start=1):
+        if _seq_hint(raw) == expected:
+            why = f"expected seq {expected} here, but it is at line {entry.line + offset}"
+            return Broken(entry.line, entry.seq, "out_of_order", why)
+    if entry.seq > expected:
+        last = entry.seq - 1
+        gone = f"seq {expected}" if last == expected else f"seqs {expected} to {last}"
+        return Broken(entry.line, entry.seq, "missing", f"{gone} removed before this line")
+    why = f"seq {entry.seq} comes after seq {expected - 1} (moved or duplicated)"
+    return Broken(entry.line, entry.seq, "out_of_order", why)
+
+
+def _check_head(
+    path: Path, head: tuple[int, str] | str | None, seq: int, pinned: Entry | None, line: int
+) -> Broken | None:
+    name = head_path(path).name
+    if isinstance(head, str):
+        return Broken(line, None, "head", head)
+    if head is None:
+        return None  # a log written before its first head, or one whose head was removed
+    if head[0] > seq:
+        why = f"the log ends at seq {seq} but {name} records seq {head[0]}: entries removed"
+        return Broken(line, seq + 1, "missing", why)
+    if head[0] > 0 and (pinned is None or pinned.hash != head[1]):
+        where = pinned.line if pinned is not None else line
+        return Broken(where, head[0], "head", f"the entry differs from the one {name} records")
+    return None
+
+
+def iter_entries(path: Path, since: float | None = None) -> Iterator[Entry]:
+    """Entries whose own hash matches (others skipped; `verify` reports them), in file order."""
+    with path.open("rb") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                return
+            entry = parse_line(raw[:-1], line)
+            if isinstance(entry, Entry) and (since is None or _time(entry) >= since):
+                yield entry
+
+
+def tail(path: Path, n: int) -> tuple[list[Entry], int]:
+    """The last `n` valid entries (oldest first) and the offset to follow the file from."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        end = _complete_end(fd, os.fstat(fd).st_size)
+        found: list[Entry] = []
+        for _, raw in _lines_backward(fd, end):
+            if len(found) >= n:
+                break
+            entry = parse_line(raw, 0)
+            if isinstance(entry, Entry):
+                found.append(entry)
+    finally:
+        os.close(fd)
+    return found[::-1], end
+
+
+def follow(path: Path, offset: int, poll_s: float = 0.5) -> Iterator[Entry]:
+    """Entries appended after `offset`, forever (a restart that cuts a torn tail is followed)."""
+    pending = b""
+    while True:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < offset:
+            offset, pending = size, b""
+        if size == offset:
+            time.sleep(poll_s)
+            continue
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = pending + f.read(size - offset)
+        offset = size
+        *lines, pending = data.split(b"\n")
+        for raw in lines:
+            entry = parse_line(raw, 0)
+            if isinstance(entry, Entry):
+                yield entry
+
+
+def _time(entry: Entry) -> float:
+    """The event's unix time, from a number or an ISO 8601 string (UTC unless it has an offset)."""
+    t = entry.event.get("time")
+    if isinstance(t, int | float):
+        return float(t)
+    try:
+        when = datetime.fromisoformat(str(t))
+    except ValueError:
+        return 0.0
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+# --------------------------------------------------------------------------- export
+
+# fmt: off
+CSV_FIELDS = (
+    "seq", "time", "request_id", "key_id", "key_name", "client", "cert_subject", "method",
+    "path", "model", "backend", "status", "prompt_tokens", "completion_tokens", "latency_ms",
+    "prompt_sha256", "redactions", "prompt", "extra", "hash",
+)
+# fmt: on
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def export(
+    path: Path, out: TextIO, fmt: Literal["jsonl", "csv"], since: float | None = None
+) -> int:
+    """Write the entries (the event with seq and hash) as JSON lines or CSV; the count written.
+
+    CSV: `time` as ISO 8601 UTC, keys outside CSV_FIELDS in `extra` (JSON), and a text cell that
+    a spreadsheet would run as a formula is prefixed with `'`."""
+    n = 0
+    if fmt == "jsonl":
+        for entry in iter_entries(path, since):
+            out.write(to_json(entry.flat()).decode() + "\n")
+            n += 1
+        return n
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for entry in iter_entries(path, since):
+        writer.writerow(csv_row(entry))
+        n += 1
+    return n
+
+
+def csv_row(entry: Entry) -> list[str]:
+    flat = entry.flat()
+    extra = {k: v for k, v in flat.items() if k not in CSV_FIELDS}
+    flat["time"] = iso_time(flat.get("time"))
+    flat["extra"] = extra or None
+    return [_cell(flat.get(k)) for k in CSV_FIELDS]
+
+
+def iso_time(t: Any) -> str | None:
+    if not isinstance(t, int | float):
+        return None if t is None else str(t)
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    text = value if isinstance(value, str) else to_json(value, sort=True).decode()
+    return "'" + text if text.startswith(_FORMULA_START) else text

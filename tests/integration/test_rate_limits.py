@@ -1,0 +1,143 @@
+"""Rate limits at the gateway: requests per minute answered with 429, `Retry-After` and OpenAI's
+`x-ratelimit-*` headers; tokens reserved before a request so that concurrent requests never pass
+the limit, and settled from the real usage (streams included); and two gateways sharing one
+real Redis and one limit. The model is `fake_upstream.FakeOpenAI` (OpenAI's wire format)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import GatewayFactory
+from tests.integration.fake_upstream import FakeOpenAI, Reply, fake_openai
+from tests.integration.test_auth import CHAT, Keys, answer, start
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    with fake_openai(answer) as f:
+        yield f
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+def test_requests_per_minute(gateway_factory: GatewayFactory, fake: FakeOpenAI, keys: Keys) -> None:
+    key = keys.create("--name", "slow", "--rpm", "3")
+    gw = start(gateway_factory, fake, keys)
+    gw.use_key(key)
+    first = gw.http.post("/v1/chat/completions", json=CHAT)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "3"
+    assert first.headers["x-ratelimit-remaining-requests"] == "2"
+    for _ in range(2):
+        assert gw.http.post("/v1/chat/completions", json=CHAT).status_code == 200
+    refused = gw.http.post("/v1/chat/completions", json=CHAT)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["x-ratelimit-limit-requests"] == "3"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    claude = gw.http.post("/v1/messages", json={**CHAT, "max_tokens": 5})
+    assert claude.status_code == 429 and claude.json()["error"]["type"] == "rate_limit_error"
+
+
+class Held:
+    """Answers only once released, so that every admitted request is in flight at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.arrived = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: dict[str, Any]) -> Reply:
+        with self._lock:
+            self.arrived += 1
+        self.release.wait(30)
+        return answer(request)
+
+
+def test_concurrent_requests_never_pass_the_token_limit_and_settle_refunds(
+    gateway_factory: GatewayFactory, keys: Keys
+) -> None:
+    key = keys.create("--name", "tokens", "--tpm", "1000")
+    held = Held()
+    with fake_openai(held) as fake:
+        gw = start(gateway_factory, fake, keys)
+        headers = {"authorization": f"Bearer {key}"}
+        body = {**CHAT, "max_tokens": 100}  # "hi" is 1 token: 101 reserved each
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=gw.url, headers=headers, timeout=60) as c:
+                sent = [c.post("/v1/chat/completions", json=body) for _ in range(30)]
+                tasks = [asyncio.ensure_future(s) for s in sent]
+                deadline = time.monotonic() + 30
+                while sum(t.done() for t in tasks) + held.arrived < 30:
+                    assert time.monotonic() < deadline, "requests neither refused nor in flight"
+                    await asyncio.sleep(0.05)
+                held.release.set()
+                return [(await t).status_code for t in tasks]
+
+        codes = asyncio.run(burst())
+        assert codes.count(200) == 1000 // 101 and codes.count(429) == 30 - 1000 // 101
+        # Each answer used 5 tokens: the unused 96 of each came back, so 900 fit again.
+        again = gw.http.post(
+            "/v1/chat/completions", json={**CHAT, "max_tokens": 900}, headers=headers
+        )
+        assert again.status_code == 200, again.text
+        assert int(again.headers["x-ratelimit-remaining-tokens"]) == 1000 - 9 * 5 - 901
+
+
+def test_streams_settle_from_their_usage(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI, keys: Keys
+) -> None:
+    key = keys.create("--name", "streamer", "--tpm", "1000")
+    gw = start(gateway_factory, fake, keys)
+    gw.use_key(key)
+    for _ in range(3):  # 3 × 901 reserved > 1000: each stream must give back what it did not use
+        stream = gw.client.chat.completions.create(**{**CHAT, "max_tokens": 900, "stream": True})  # type: ignore[call-overload]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "hello"
+
+
+def wait_for_a_fresh_minute(margin_s: float = 20.0) -> None:
+    """Limits count per clock minute: start a burst early enough that it ends in the same one."""
+    left = 60 - time.time() % 60
+    if left < margin_s:
+        time.sleep(left + 0.1)
+
+
+def test_two_gateways_share_a_limit_in_redis(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI, keys: Keys, redis_url: str
+) -> None:
+    key = keys.create("--name", "fleet", "--rpm", "60")
+    limits = {"storage_url": redis_url}
+    gateways = [start(gateway_factory, fake, keys, limits=limits) for _ in range(2)]
+    headers = {"authorization": f"Bearer {key}"}
+    wait_for_a_fresh_minute()
+
+    async def spread() -> list[int]:
+        clients = [
+            httpx.AsyncClient(base_url=gw.url, headers=headers, timeout=60) for gw in gateways
+        ]
+        try:
+            sent = [clients[i % 2].post("/v1/chat/completions", json=CHAT) for i in range(120)]
+            return [r.status_code for r in await asyncio.gather(*sent)]
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    codes = asyncio.run(spread())
+    assert set(codes) == {200, 429}
+    assert abs(codes.count(200) - 60) <= 2, codes.count(200)

@@ -1,0 +1,208 @@
+"""Rate limits on both storages the `limits` package gives us: memory, and a real throw-away
+Redis (skipped when `redis-server` is not installed). Charges are atomic against the limit,
+refused charges take nothing, and settling refunds the unused part in the same window."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml_offload.config import SecuritySettings
+from ml_offload.domain import ModelSpec, RequestContext
+from ml_offload.errors import RateLimited
+from ml_offload.security.guard import Guard
+from ml_offload.security.limits import Charge, Limiter, reset_text
+from tests.integration.conftest import redis_server
+
+SPEC = ModelSpec(name="m", url="http://127.0.0.1:1")
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue("redis")
+    return url
+
+
+@pytest.fixture
+async def limiter(storage_url: str) -> AsyncIterator[Limiter]:
+    lim = Limiter(storage_url)
+    await lim.start()
+    yield lim
+    await lim.close()
+
+
+def scope(request: pytest.FixtureRequest) -> str:
+    """A scope of its own per test (the Redis is shared by the module's tests)."""
+    return request.node.name
+
+
+async def test_charge_refuses_past_the_limit_and_takes_nothing(
+    limiter: Limiter, request: pytest.FixtureRequest
+) -> None:
+    s = scope(request)
+    window, charge = await limiter.charge(s, 10, 6)
+    assert charge is not None and (window.used, window.remaining) == (6, 4)
+    window, refused = await limiter.charge(s, 10, 5)
+    assert refused is None and window.used == 6  # the refused 5 were given back
+    window, charge = await limiter.charge(s, 10, 4)
+    assert charge is not None and window.remaining == 0
+    assert 0 < window.reset_s <= 60
+
+
+async def test_settle_refunds_the_unused_part(
+    limiter: Limiter, request: pytest.FixtureRequest
+) -> None:
+    s = scope(request)
+    _, charge = await limiter.charge(s, 100, 80)
+    assert charge is not None
+    await limiter.settle(charge, 30)
+    assert (await limiter.peek(s, 100)).used == 30
+    _, again = await limiter.charge(s, 100, 70)  # fits only because 50 came back
+    assert again is not None
+    await limiter.settle(again, 90)  # used more than reserved: the rest is charged
+    assert (await limiter.peek(s, 100)).used == 120
+
+
+async def test_settle_after_the_window_changes_nothing(
+    limiter: Limiter, request: pytest.FixtureRequest
+) -> None:
+    s = scope(request)
+    _, charge = await limiter.charge(s, 100, 50)
+    assert charge is not None
+    stale = Charge(charge.key, charge.window - 1, charge.amount)  # as if made a minute ago
+    await limiter.settle(stale, 0)
+    assert (await limiter.peek(s, 100)).used == 50
+
+
+async def test_concurrent_charges_never_pass_the_limit(
+    limiter: Limiter, request: pytest.FixtureRequest
+) -> None:
+    s = scope(request)
+    results = await asyncio.gather(*(limiter.charge(s, 1000, 70) for _ in range(40)))
+    admitted = sum(charge is not None for _, charge in results)
+    assert admitted == 1000 // 70
+    assert (await limiter.peek(s, 1000)).used == admitted * 70
+
+
+async def test_an_unreachable_redis_fails_at_start() -> None:
+    from ml_offload.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not answer"):
+        await Limiter("redis://127.0.0.1:1").start()
+
+
+def test_reset_text() -> None:
+    assert [reset_text(s) for s in (0.2, 1.0, 59.5, 60, 361)] == [
+        "1s",
+        "1s",
+        "1m0s",
+        "1m0s",
+        "6m1s",
+    ]
+
+
+# -- through the guard ----------------------------------------------------------------------
+
+
+async def guard_with(tmp_path: Path, storage_url: str, **limits: Any) -> Guard:
+    settings = SecuritySettings.model_validate(
+        {"audit": {"enabled": False}, "limits": {"storage_url": storage_url, **limits}}
+    )
+    guard = Guard(settings, lambda name: SPEC)
+    await guard.start()
+    return guard
+
+
+def ctx_for(client: str) -> RequestContext:
+    return RequestContext(request_id="r", method="POST", path="/v1/chat/completions", client=client)
+
+
+async def test_tokens_are_reserved_then_settled_from_usage(
+    tmp_path: Path, storage_url: str, request: pytest.FixtureRequest
+) -> None:
+    guard = await guard_with(tmp_path, storage_url, default_tpm=2000)
+    client = f"{scope(request)}:1"
+    ctx = await guard.authenticate({}, method="POST", path="/x", client=client, cert_subject=None)
+    await guard.admit(ctx, "chat", {"model": "m", "messages": [{"content": "x" * 40}]})
+    assert ctx.reserved_tokens == 10 + 1024  # 40 characters, default_max_tokens
+    second = ctx_for(client)
+    with pytest.raises(RateLimited) as refused:  # 1034 + 995 > 2000
+        await guard.admit(second, "chat", {"model": "m", "max_tokens": 995, "messages": []})
+    assert refused.value.headers["x-ratelimit-limit-tokens"] == "2000"
+    assert refused.value.headers["x-ratelimit-remaining-tokens"] == "966"
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s <= 60
+    ctx.prompt_tokens, ctx.completion_tokens, ctx.status = 12, 8, 200
+    await guard.finish(ctx)
+    third = ctx_for(client)
+    await guard.admit(third, "chat", {"model": "m", "max_tokens": 1900, "messages": []})
+    assert third.reserved_tokens == 1900  # fits now that 1014 unused tokens came back
+    await guard.close()
+
+
+async def test_a_request_larger_than_the_limit_says_so(tmp_path: Path) -> None:
+    guard = await guard_with(tmp_path, "memory://", default_tpm=100)
+    with pytest.raises(RateLimited, match="lower max_tokens"):
+        await guard.admit(ctx_for("c:1"), "chat", {"model": "m", "max_tokens": 500})
+    await guard.close()
+
+
+async def test_concurrent_admits_never_exceed_the_token_limit(
+    tmp_path: Path, storage_url: str, request: pytest.FixtureRequest
+) -> None:
+    guard = await guard_with(tmp_path, storage_url, default_tpm=1000)
+    client = f"{scope(request)}:1"
+
+    async def one() -> bool:
+        try:
+            await guard.admit(ctx_for(client), "chat", {"model": "m", "max_tokens": 64})
+        except RateLimited:
+            return False
+        return True
+
+    admitted = sum(await asyncio.gather(*(one() for _ in range(50))))
+    assert admitted == 1000 // 64
+    await guard.close()
+
+
+async def test_failed_requests_give_all_their_tokens_back(tmp_path: Path) -> None:
+    guard = await guard_with(tmp_path, "memory://", default_tpm=100)
+    for _ in range(3):  # 3 × 80 > 100: only possible when each failure refunds
+        ctx = ctx_for("c:1")
+        await guard.admit(ctx, "chat", {"model": "m", "max_tokens": 80})
+        ctx.status = 502
+        await guard.finish(ctx)
+    await guard.close()
+
+
+async def test_model_limits_apply_to_every_caller(tmp_path: Path) -> None:
+    guard = await guard_with(tmp_path, "memory://", model_rpm={"m": 2})
+    for client in ("a:1", "b:1"):
+        await guard.admit(ctx_for(client), "chat", {"model": "m"})
+    with pytest.raises(RateLimited, match="model 'm'") as refused:
+        await guard.admit(ctx_for("c:1"), "chat", {"model": "m"})
+    assert refused.value.headers["x-ratelimit-limit-requests"] == "2"
+    await guard.close()
+
+
+async def test_websocket_messages_each_count_a_request(tmp_path: Path) -> None:
+    guard = await guard_with(tmp_path, "memory://", default_rpm=3)
+    conn = await guard.authenticate(
+        {}, method="WEBSOCKET", path="/ws/inference", client="ws:1", cert_subject=None
+    )
+    await guard.admit(guard.derive(conn), "chat", {"model": "m"})
+    await guard.admit(guard.derive(conn), "chat", {"model": "m"})
+    with pytest.raises(RateLimited, match="3 requests per minute"):
+        await guard.admit(guard.derive(conn), "chat", {"model": "m"})
+    await guard.close()
