@@ -125,6 +125,9 @@ class AuditSettings(_Section):
     flush_interval_s: float = Field(0.2, gt=0)
     batch_size: int = Field(256, ge=1)
     fsync: bool = True
+    sync_interval_s: float = Field(
+        1.0, gt=0, description="fsync and head file at most this often (and at close)"
+    )
 
 
 class TlsSettings(_Section):
@@ -298,6 +301,12 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
         if env.get("TF_MODELS"):
             out["storage"] = {"models_dir": env["TF_MODELS"]}
         return out
+
+
+def client_headers() -> dict[str, str]:
+    """What the CLI sends to a gateway that needs a key: `MLO_API_KEY`, else `MLO_ADMIN_KEY`."""
+    key = os.environ.get("MLO_API_KEY") or os.environ.get("MLO_ADMIN_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def config_path(explicit: Path | None = None) -> Path | None:

@@ -149,8 +149,7 @@ class RequestContext:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     redactions: int = 0
-    prompt_sha256: str | None = None
-    prompt_text: str | None = None
+    prompt: object = None  # text or messages, as sent: hashed (and dropped) by the audit writer
     status: int = 0
     started: float = 0.0  # time.perf_counter() at arrival
     time: float = 0.0  # unix time at arrival

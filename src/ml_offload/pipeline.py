@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 
 import httpx
 
+from ml_offload.config import client_headers
 from ml_offload.errors import InvalidRequest, MloError
 
 Format = Literal["json", "jsonl", "md", "txt", "csv"]
@@ -63,7 +64,7 @@ async def run_prompts(
     limit = asyncio.Semaphore(max(1, concurrency))
     limits = httpx.Limits(max_connections=max(1, concurrency))
     async with httpx.AsyncClient(
-        base_url=url, timeout=timeout_s, limits=limits, trust_env=False
+        base_url=url, timeout=timeout_s, limits=limits, trust_env=False, headers=client_headers()
     ) as client:
 
         async def one(index: int, prompt: str) -> PromptResult:

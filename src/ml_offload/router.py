@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from ml_offload.backends.probe import BackendMonitor
 from ml_offload.domain import ModelSpec, ModelState
-from ml_offload.errors import EngineError, MloError, OverCapacity, Unavailable
+from ml_offload.errors import (
+    EngineError,
+    MloError,
+    OverCapacity,
+    Unavailable,
+    UpstreamClientError,
+)
 from ml_offload.scheduler import Scheduler
 
 StateOf = Callable[[ModelSpec], ModelState]
@@ -51,7 +57,10 @@ def deployment_load(scheduler: Scheduler, probes: BackendMonitor | None) -> Load
 
 
 def should_fall_back(exc: MloError) -> bool:
-    """The deployment failed or is full (not the client's mistake): another one may answer."""
+    """The deployment failed or is full (not the client's mistake): another one may answer.
+    An upstream 429 (a cloud provider's rate limit or quota) counts as full."""
+    if isinstance(exc, UpstreamClientError):
+        return exc.status == 429
     return isinstance(exc, EngineError | Unavailable | OverCapacity)
 
 

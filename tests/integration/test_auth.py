@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -192,6 +193,12 @@ def test_scopes_and_admin_endpoints(
         assert refused.status_code == 403, refused.text
         assert refused.json()["error"]["type"] == "permission_error"
     assert gw.http.get("/models/m", headers=as_scoped).status_code == 200  # reads are fine
+    # Ollama's idiom: an empty prompt loads (within the scope), keep_alive 0 unloads (admin).
+    load = gw.http.post("/api/generate", json={"model": "m"}, headers=as_scoped)
+    assert load.status_code == 200 and load.json()["done_reason"] == "load", load.text
+    for body in ({"model": "other"}, {"model": "m", "keep_alive": 0}):
+        refused = gw.http.post("/api/generate", json=body, headers=as_scoped)
+        assert refused.status_code == 403 and isinstance(refused.json()["error"], str)
 
     gw.use_key(ADMIN)
     made = gw.http.post("/admin/keys", json={"name": "from-api", "rpm": 10})
@@ -261,3 +268,20 @@ def test_a_key_created_while_running_turns_auth_on(
     ok = gw.http.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": key})
     assert ok.status_code == 200  # a request with a key makes the gateway look again at once
     assert gw.http.post("/v1/chat/completions", json=CHAT).status_code == 401
+
+
+def test_cli_sends_the_key_from_the_environment(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI, keys: Keys
+) -> None:
+    gw = start(gateway_factory, fake, keys, admin_key=ADMIN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLO_")}
+
+    def ps(**extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "ml_offload.cli.main", "ps", "--url", gw.url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**env, **extra})
+
+    refused = ps()
+    assert refused.returncode == 1 and "MLO_API_KEY" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1  # one line, no traceback
+    listed = ps(MLO_API_KEY=ADMIN)
+    assert listed.returncode == 0 and "other" in listed.stdout, listed.stderr

@@ -18,6 +18,7 @@ from ml_offload.cli.main import app
 from ml_offload.config import SecuritySettings
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import AuthError, InvalidRequest, NotFound, PermissionDenied
+from ml_offload.security.audit import prompt_sha256
 from ml_offload.security.guard import Guard, is_admin_path
 from ml_offload.security.keys import (
     KeyStore,
@@ -371,6 +372,6 @@ async def test_refused_and_answered_requests_are_audited(
     assert answered["key_id"] == created.key.id and answered["key_name"] == "ci"
     assert (answered["model"], answered["backend"], answered["status"]) == ("t", "tiny", 200)
     assert (answered["prompt_tokens"], answered["completion_tokens"]) == (3, 2)
-    text = json.dumps(messages, separators=(",", ":"))
-    assert answered["prompt_sha256"] == sha256_hex(text) and answered["prompt"] == text
+    assert answered["prompt_sha256"] == prompt_sha256(messages) and answered["prompt"] == messages
+    assert answered["time"].endswith("Z")  # unix time in the event, ISO 8601 in the log
     assert answered["client"] == "127.0.0.1:5000" and answered["latency_ms"] >= 0

@@ -119,6 +119,7 @@ def test_when_everything_cools_down_everything_is_tried() -> None:
         (OverCapacity("full"), True),
         (InvalidRequest("bad body"), False),
         (UpstreamClientError("bad param", status=400), False),
+        (UpstreamClientError("provider quota", status=429), True),
     ],
 )
 def test_only_deployment_failures_fall_back(exc: Exception, falls_back: bool) -> None:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ml_offload import __version__
@@ -43,7 +43,8 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
     add_outer_middleware(app, settings)
 
     @app.exception_handler(ClientGone)
-    async def _gone(request: Request, exc: ClientGone) -> Response:
+    @app.exception_handler(ClientDisconnect)  # gone while its body was being read
+    async def _gone(request: Request, exc: Exception) -> Response:
         return Response(status_code=499)
 
     app.include_router(native.router)

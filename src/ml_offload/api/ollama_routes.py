@@ -43,7 +43,7 @@ async def chat(request: Request) -> Response:
     svc = services(request)
     spec = _resolve(svc, req.model)
     if not req.messages:
-        return await _load_or_unload(svc, spec, req.model, req.keep_alive, "chat")
+        return await _load_or_unload(request, spec, req.model, req.keep_alive, "chat")
     data = wire.chat_to_openai(req)
     data["model"] = spec.name
     return await _generate(
@@ -58,7 +58,7 @@ async def generate(request: Request) -> Response:
     svc = services(request)
     spec = _resolve(svc, req.model)
     if not req.prompt and not req.images:
-        return await _load_or_unload(svc, spec, req.model, req.keep_alive, "generate")
+        return await _load_or_unload(request, spec, req.model, req.keep_alive, "generate")
     kind, data = wire.generate_to_openai(req)
     data["model"] = spec.name
     tr = wire.StreamTranslator("generate", req.model, started)
@@ -109,10 +109,14 @@ async def _collect(stream: EngineStream, tr: wire.StreamTranslator) -> list[dict
 
 
 async def _load_or_unload(
-    svc: Services, spec: ModelSpec, model: str, keep_alive: float | str | None, kind: str
+    request: Request, spec: ModelSpec, model: str, keep_alive: float | str | None, kind: str
 ) -> Response:
-    """An empty prompt loads the model; with `keep_alive: 0` it unloads it (Ollama's idiom)."""
-    if wire.is_unload(keep_alive):
+    """An empty prompt loads the model; with `keep_alive: 0` it unloads it (Ollama's idiom).
+    Loading needs the model in the key's scope; unloading, an admin key."""
+    svc = services(request)
+    unload = wire.is_unload(keep_alive)
+    svc.guard.authorize(request_context(request), spec.name, admin=unload)
+    if unload:
         if spec.is_local and svc.scheduler.status([spec])[0].state != "stopped":
             await svc.scheduler.unload(spec.name)
         return json_response(wire.load_response(model, "unload", kind))

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from ml_offload.config import client_headers
+
 DEFAULT_URL = "http://127.0.0.1:9000"
 
 
@@ -21,7 +23,9 @@ def gateway_url(explicit: str | None) -> str:
 class GatewayClient:
     def __init__(self, url: str, timeout_s: float = 300.0) -> None:
         self.url = url
-        self._http = httpx.Client(base_url=url, timeout=timeout_s, trust_env=False)
+        self._http = httpx.Client(
+            base_url=url, timeout=timeout_s, trust_env=False, headers=client_headers()
+        )
 
     def get(self, path: str) -> Any:
         return self._call("GET", path)
@@ -37,6 +41,8 @@ class GatewayClient:
                 f"cannot reach the gateway at {self.url}: is `mlo serve` running? "
                 "(set --url or MLO_URL for another address)"
             ) from None
+        if resp.status_code == 401:
+            raise CliError(f"{_message(resp)} (set MLO_API_KEY for the CLI)")
         if resp.status_code >= 400:
             raise CliError(_message(resp))
         return resp.json()

@@ -9,16 +9,19 @@ bytes as written (not a re-serialization) means verifying never depends on a JSO
 formatting, and any changed byte is caught. `prev` links each entry to the one before (the first
 to 64 zeros) and `seq` counts from 1: an edited entry breaks its own hash (or, rehashed, the next
 entry's `prev`), a removed one leaves a gap in `seq`, a reordering shows as `seq` out of order.
-A chain alone cannot show that its *last* entries were removed, so after each batch the writer
+A chain alone cannot show that its *last* entries were removed, so after writing the writer
 replaces `<log>.head` (`{"seq": N, "hash": "..."}`) atomically with os.replace, and `verify`
 checks that the log reaches it. The head is replaced after the log is written, so a crash leaves
 it behind the log, never ahead.
 
-Writing: `record()` only appends the event to a deque (no I/O, no JSON, no hashing on the
-request's task). A writer thread wakes every `flush_interval_s`, or when `batch_size` events wait,
-serializes with orjson, hashes the prompt (when the caller passed its text), chains, and appends
-each batch with one os.write on an O_APPEND descriptor, then fdatasync (`fsync = true`) and the
-head. A thread rather than an asyncio task because fsync blocks and the event loop must not.
+Writing: `record()` hashes the prompt (when the caller passed it), serializes the event with
+orjson (a few µs) and appends the bytes to a deque: no I/O on the request's task, and waiting
+events are bytes the garbage collector ignores. A writer thread wakes every `flush_interval_s`,
+or when `batch_size` events wait, chains them and appends each batch with one os.write on an
+O_APPEND descriptor; at most every `sync_interval_s` (and at close) it fdatasyncs (`fsync = true`)
+and replaces the head: doing that per batch cost a quarter of the gateway's throughput on a
+2-core machine. A thread rather than an asyncio task because fsync blocks and the event loop
+must not.
 If the disk fails, the encoded batch is kept and retried (a partial write is truncated away) and
 new events wait in memory up to a cap; beyond it they are counted and the count is written as an
 `{"audit": "dropped", "count": n}` entry, so a gap is visible in the log itself.
@@ -26,7 +29,7 @@ new events wait in memory up to a cap; beyond it they are counted and the count 
 Crashes: a process killed during a write leaves at most an incomplete last line (no newline).
 `verify` reports it without failing (the head never covers it); the next `start()` cuts it and
 continues the chain from the last complete entry. Events still in memory are lost (at most about
-`flush_interval_s` of them).
+`flush_interval_s` of them); after a power loss, up to `sync_interval_s` of them.
 
 One writer per file: `start()` takes an exclusive lock on `<log>.lock` and refuses a second
 process, because two writers would fork the chain. Several gateways each write their own file
@@ -74,6 +77,7 @@ _SUFFIX_LEN = 75  # ,"hash":"<64 hex>"}
 _HASH_KEY = b',"hash":"'
 _SEQ_RE = re.compile(rb'^\{"seq":(\d+),')
 _BLOCK = 64 * 1024
+_BATCHES_PER_SYNC = 16
 _ERROR_LOG_EVERY_S = 60.0
 _RESUME_SCAN_LINES = 10_000
 
@@ -134,7 +138,11 @@ class AuditLog:
         self._batch_size = settings.batch_size
         # events waiting beyond this are counted, not kept (memory stays bounded if disk stalls)
         self._max_pending = max_pending or max(100_000, settings.batch_size * 64)
-        self._pending: deque[dict[str, Any]] = deque()
+        # events as JSON: serialised when recorded (a few µs), so that the writer thread holds
+        # the GIL only to chain and write, and waiting events are bytes the collector ignores
+        self._pending: deque[bytes | dict[str, Any]] = deque()
+        self._unsynced = False  # appended since the last fsync and head write
+        self._synced_at = 0.0
         self._accepting = settings.enabled
         self._dropped_seen = 0  # counted by record()
         self._dropped_logged = 0  # written as "dropped" entries by the writer
@@ -181,7 +189,7 @@ class AuditLog:
             if len(self._pending) >= self._max_pending:
                 self._dropped_seen += 1
                 return
-            self._pending.append(event)
+            self._pending.append(to_json(self._prepare(event)))
             if len(self._pending) >= self._batch_size and not self._wake.is_set():
                 self._wake.set()
         except Exception:  # an audit hiccup must never fail a request
@@ -212,7 +220,7 @@ class AuditLog:
             self._wake.set()
             await asyncio.to_thread(thread.join)
         if self._fd >= 0:
-            await asyncio.to_thread(self._flush)  # events recorded while the thread stopped
+            await asyncio.to_thread(self._drain)  # events recorded while the thread stopped
         lost = len(self._pending) + (self._stalled[3] if self._stalled else 0)
         if lost:
             log.error(
@@ -229,10 +237,18 @@ class AuditLog:
             self._wake.clear()
             stopping = self._stop
             try:
-                self._flush()
+                self._drain() if stopping else self._flush()
             except Exception:  # keep the writer alive whatever an event held
                 log.exception("audit writer failed on a batch")
             if stopping:
+                return
+
+    def _drain(self) -> None:
+        """Flush until nothing waits, or until a flush makes no progress (a failing disk)."""
+        while True:
+            before = (len(self._pending), self._stalled is None)
+            self._flush()
+            if not self._pending or (len(self._pending), self._stalled is None) == before:
                 return
 
     def _flush(self) -> None:
@@ -242,8 +258,9 @@ class AuditLog:
                 if not self._write_stalled():
                     return
                 wrote = True
-            # only what waits now, so that a steady stream still gets its fsync and head
-            left = len(self._pending)
+            # only what waits now, and at most a few batches, so that a steady stream or a
+            # long backlog still gets its fsync and head regularly; the rest comes next round
+            left = min(len(self._pending), self._batch_size * _BATCHES_PER_SYNC)
             dropped = self._dropped_seen > self._dropped_logged
             while left or dropped:
                 n = min(left, self._batch_size)
@@ -256,8 +273,12 @@ class AuditLog:
                 if not self._write_stalled():
                     return
                 wrote = True
-            if wrote:
+            self._unsynced |= wrote
+            due = time.monotonic() - self._synced_at >= self._settings.sync_interval_s
+            if self._unsynced and (due or self._stop):
                 self._sync()
+            if self._pending:
+                self._wake.set()  # a backlog: go on without waiting for the interval
 
     def _dropped_event(self) -> dict[str, Any]:
         n = self._dropped_seen - self._dropped_logged
@@ -265,19 +286,22 @@ class AuditLog:
         why = "the writer fell behind (slow or failing disk)"
         return {"time": time.time(), "audit": "dropped", "count": n, "why": why}
 
-    def _encode(self, events: list[dict[str, Any]]) -> tuple[bytes, int, str, int]:
+    def _encode(self, events: list[bytes | dict[str, Any]]) -> tuple[bytes, int, str, int]:
         seq, prev = self._seq, self._prev
         lines = []
         for event in events:
             seq += 1
-            line, prev = encode_entry(seq, prev, to_json(self._prepare(event)))
+            payload = event if isinstance(event, bytes) else to_json(self._prepare(event))
+            line, prev = encode_entry(seq, prev, payload)
             lines.append(line)
         return b"".join(lines), seq, prev, len(events)
 
     def _prepare(self, event: Any) -> Any:
         if not isinstance(event, dict):
             return {"unexpected": repr(event)}
-        event.setdefault("time", time.time())
+        stamp = event.setdefault("time", time.time())
+        if isinstance(stamp, int | float):
+            event["time"] = iso_time(stamp)
         prompt = event.get("prompt")
         if prompt is not None and not event.get("prompt_sha256"):
             event["prompt_sha256"] = prompt_sha256(prompt)
@@ -303,6 +327,9 @@ class AuditLog:
         return True
 
     def _sync(self) -> None:
+        """fsync the log and replace the head file: at most every `sync_interval_s` (metadata
+        writes cost the whole machine CPU under load), and always when closing."""
+        self._synced_at, self._unsynced = time.monotonic(), False
         try:
             if self._settings.fsync:
                 getattr(os, "fdatasync", os.fsync)(self._fd)

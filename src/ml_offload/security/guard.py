@@ -11,18 +11,14 @@ revoked through any gateway, or `mlo keys revoke`, is refused by every gateway a
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
-
-import orjson
 
 from ml_offload.config import SecuritySettings
 from ml_offload.domain import ModelSpec, RequestContext
@@ -259,19 +255,32 @@ class Guard:
             if ctx.key is not None and self.keys is not None:
                 ctx.key = await self.keys.recheck(ctx.key, time.time())  # revoked since?
             await self._charge_request(ctx, self._subject(ctx))
-        text = _prompt_text(kind, data)
-        if self._audit is not None and text is not None:
-            ctx.prompt_sha256 = hashlib.sha256(text.encode()).hexdigest()
-            if self._settings.audit.log_prompts:
-                ctx.prompt_text = text
+        if self._audit is not None:  # hashed by the audit writer, off the request's path
+            ctx.prompt = data.get("messages") if kind == "chat" else data.get("prompt")
+            if ctx.prompt is None:
+                ctx.prompt = data.get("input")
         spec = self._spec_if_needed(ctx, model)
+        self._check_scope(ctx, model, spec)
+        await self._admit_limits(ctx, kind, data, spec)
+
+    def authorize(self, ctx: RequestContext | None, model: str, *, admin: bool = False) -> None:
+        """For actions on a model other than inference (Ollama's load and unload idiom): the
+        key's scope, and an admin key where `admin` (unloading affects everyone)."""
+        if ctx is None or not self.auth_on:
+            return
+        ctx.model = model
+        if admin and not ctx.admin:
+            raise PermissionDenied(f"unloading {model!r} needs an admin key")
+        if ctx.key is not None and ctx.key.models:
+            self._check_scope(ctx, model, self._resolve(model))
+
+    def _check_scope(self, ctx: RequestContext, model: str, spec: ModelSpec | None) -> None:
         key = ctx.key
         if key is not None and key.models and spec and not in_scope(key.models, model, spec):
             raise PermissionDenied(
                 f"key {key.id} ({key.name}) may not use model {model!r}; it may use "
                 f"{', '.join(key.models)}"
             )
-        await self._admit_limits(ctx, kind, data, spec)
 
     def _spec_if_needed(self, ctx: RequestContext, model: str) -> ModelSpec | None:
         lim = self._limits
@@ -334,7 +343,7 @@ class Guard:
 def audit_event(ctx: RequestContext) -> dict[str, Any]:
     """What the audit log keeps about one request (the prompt's text only when asked to)."""
     event: dict[str, Any] = {
-        "time": datetime.fromtimestamp(ctx.time, UTC).isoformat(timespec="milliseconds"),
+        "time": ctx.time,  # unix seconds; the writer stores it as ISO 8601
         "request_id": ctx.request_id,
         "key_id": ctx.key.id if ctx.key else None,
         "key_name": ctx.key.name if ctx.key else ("admin" if ctx.admin else None),
@@ -348,11 +357,10 @@ def audit_event(ctx: RequestContext) -> dict[str, Any]:
         "completion_tokens": ctx.completion_tokens,
         "status": ctx.status,
         "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
-        "prompt_sha256": ctx.prompt_sha256,
         "redactions": ctx.redactions,
     }
-    if ctx.prompt_text is not None:
-        event["prompt"] = ctx.prompt_text
+    if ctx.prompt is not None:
+        event["prompt"] = ctx.prompt  # the writer hashes it, keeps it only with log_prompts
     if ctx.extra.get("error"):
         event["error"] = ctx.extra["error"]
     return event
@@ -394,14 +402,6 @@ def _headers(windows: Mapping[str, Window]) -> dict[str, str]:
     return out
 
 
-def _prompt_text(kind: str, data: Mapping[str, Any]) -> str | None:
-    """The prompt as hashed for the audit log: the messages as JSON, or the prompt/input text."""
-    value = data.get("messages") if kind == "chat" else data.get("prompt", data.get("input"))
-    if value is None:
-        return None
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
 def _estimate_tokens(kind: str, data: Mapping[str, Any], default_max_tokens: int) -> int:
     """Prompt (about 4 characters a token, images not counted) plus the most it may write."""
     chars = _text_chars(data.get("messages") if kind == "chat" else data.get("prompt"))
@@ -409,8 +409,10 @@ def _estimate_tokens(kind: str, data: Mapping[str, Any], default_max_tokens: int
     prompt = math.ceil(chars / _CHARS_PER_TOKEN)
     if kind == "embedding":
         return max(1, prompt)
-    most = data.get("max_completion_tokens") or data.get("max_tokens") or default_max_tokens
-    return prompt + max(1, int(most))
+    most = data.get("max_completion_tokens") or data.get("max_tokens")
+    if not isinstance(most, int) or isinstance(most, bool):
+        most = default_max_tokens  # absent, or not a number (the engine will refuse it)
+    return prompt + max(1, most)
 
 
 def _text_chars(value: Any) -> int:
