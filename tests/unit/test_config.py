@@ -20,7 +20,8 @@ def test_example_config_loads() -> None:
     s = load_settings(ROOT / "config.example.toml")
     assert s.server.port == 9000
     names = [m.name for m in s.models]
-    assert names == ["smollm2-chat", "remote-llama", "llama3"]
+    assert names == ["smollm2-chat", "remote-llama", "llama3", "claude"]
+    assert s.models[3].backend == "anthropic" and s.security.audit.enabled
     assert s.models[2].backend == "ollama" and s.models[2].remote_model == "llama3.2:latest"
     assert s.models[0].aliases == ["smol", "gpt-4o-mini"] and s.models[1].url
 

@@ -22,6 +22,7 @@ from ml_offload.errors import InvalidRequest, MloError, ModelNotFound
 from ml_offload.inference import EngineStream
 from ml_offload.services import Services
 from ml_offload.wire import ollama as wire
+from ml_offload.wire.body import load_object
 
 router = APIRouter(prefix="/api")
 NDJSON_HEADERS = [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-cache")]
@@ -184,12 +185,7 @@ async def pull(request: Request) -> Response:
 
 
 def _pull_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
+    body = load_object(raw)
     name = body.get("model") or body.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequest("model: the name of the model to pull is required", param="model")
