@@ -82,13 +82,15 @@ def process_factory(settings: Settings) -> ProcessFactory:
 
 
 def probe_targets(registry: ModelRegistry, scheduler: Scheduler) -> list[tuple[ModelSpec, str]]:
-    """The vLLM and TGI servers to probe now: external ones, and ours while they run."""
+    """The vLLM, TGI and Ollama servers to probe now: external ones (Ollama whether or not
+    the model is loaded), and ours while they run."""
     specs = [spec for spec in registry.all() if spec.backend in PROBED]
-    return [
-        (spec, st.base_url)
-        for spec, st in zip(specs, scheduler.status(specs), strict=True)
-        if st.base_url
-    ]
+    out = []
+    for spec, st in zip(specs, scheduler.status(specs), strict=True):
+        url = st.base_url or (spec.url if spec.backend == "ollama" else None)
+        if url:
+            out.append((spec, url.rstrip("/")))
+    return out
 
 
 @dataclass

@@ -6,6 +6,9 @@ gateway uses (Ollama API docs: "Generate a completion" incl. "Load a model" / "U
   "response": "", "done": true}`); with `keep_alive: 0` it unloads it (`"done_reason": "unload"`);
   an unknown model is 404 `{"error": "model \"x\" not found, try pulling it first"}`.
 - GET /api/ps lists loaded models (`{"models": [{"name", "model", "size", "size_vram", ...}]}`).
+- GET /api/tags ("List Local Models") lists the pulled models (`{"models": [{"name", "model",
+  "modified_at", "size", "digest", "details": {"format", "family", "parameter_size",
+  "quantization_level", ...}}]}`).
 - POST /v1/chat/completions answers an OpenAI chat completion and loads the model, as Ollama does.
 - POST /api/pull ("Pull a Model") `{"model", "insecure"?, "stream"?}`: streamed NDJSON progress
   (`{"status": "pulling manifest"}`, `{"status": "pulling <digest>", "digest", "total",
@@ -53,6 +56,7 @@ class FakeOllama:
         app = web.Application()
         app.router.add_post("/api/generate", self._generate)
         app.router.add_get("/api/ps", self._ps)
+        app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/api/pull", self._pull)
         self._runner = web.AppRunner(app)
@@ -126,6 +130,28 @@ class FakeOllama:
             )
         self.loaded[model] = time.time()
         return web.json_response({"model": model, "created_at": now, "response": "", "done": True})
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        details = {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "3.2B",
+            "quantization_level": "Q4_K_M",
+        }
+        models = [
+            {
+                "name": m,
+                "model": m,
+                "modified_at": "2026-11-01T10:00:00.000000+00:00",
+                "size": 2_019_393_189,
+                "digest": "a80c4f17acd5" + "0" * 52,
+                "details": details,
+            }
+            for m in sorted(self.available)
+        ]
+        return web.json_response({"models": models})
 
     async def _ps(self, request: web.Request) -> web.Response:
         models = [

@@ -5,7 +5,8 @@ Ollama cannot run here: `fake_ollama.FakeOllama` speaks its documented wire form
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,36 @@ def test_unload_all_reaches_ollama_and_errors_are_clear(
         json={"model": "missing", "messages": [{"role": "user", "content": "x"}]},
     )
     assert resp.status_code == 502 and "not found" in resp.json()["error"]["message"]
+
+
+def test_backends_show_what_ollama_holds(
+    gateway_factory: GatewayFactory, ollama: FakeOllama
+) -> None:
+    """GET /backends reads Ollama's /api/tags (is the model pulled) and /api/ps (is it loaded,
+    in how much VRAM)."""
+    gw = gateway_factory(
+        demo_model=False,
+        models=[
+            {"name": "llama", "url": ollama.url, "backend": "ollama", "remote_model": REMOTE},
+            {"name": "gone", "url": ollama.url, "backend": "ollama", "remote_model": "nope:1b"},
+        ],
+    )
+
+    def backends() -> dict[str, Any]:
+        return {b["model"]: b for b in gw.http.get("/backends").json()["data"]}
+
+    def wait(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            seen = backends()
+            if check(seen):
+                return seen
+            time.sleep(0.1)
+        raise AssertionError(f"/backends never showed it: {seen}")
+
+    seen = wait(lambda s: "probe" in s["llama"] and "probe" in s["gone"])
+    assert seen["llama"]["probe"]["loaded"] is False and seen["llama"]["healthy"]
+    assert seen["gone"]["healthy"] is False and "POST /api/pull" in seen["gone"]["probe"]["error"]
+    gw.client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}])
+    seen = wait(lambda s: s["llama"]["probe"]["loaded"])
+    assert seen["llama"]["probe"]["vram_bytes"] == 2_000_000_000

@@ -154,6 +154,11 @@ def _probe_json(svc: Services, name: str) -> dict[str, Any]:
             "age_s": round(svc.probes.age_s(probe), 3),
             "error": probe.error,
             "model_id": probe.model_id,
+            **(
+                {}
+                if probe.loaded is None
+                else {"loaded": probe.loaded, "vram_bytes": probe.vram_bytes}
+            ),
             "load": None
             if load is None
             else {

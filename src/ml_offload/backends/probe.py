@@ -1,5 +1,6 @@
 """Background probes of the servers we do not run ourselves: vLLM's `/metrics` (its running and
-waiting requests and KV cache use, for load-aware routing) and TGI's `/info` (model id, health).
+waiting requests and KV cache use, for load-aware routing), TGI's `/info` (model id, health) and
+Ollama's `/api/tags` and `/api/ps` (is the model pulled, is it loaded and in how much VRAM).
 
 One task probes every target each `interval_s`, each probe bounded by a timeout so a hung
 server cannot stall the others. A probe older than `stale_after` intervals, or a failed one, is
@@ -24,7 +25,7 @@ from ml_offload.wire.vllm import VllmLoad, parse_metrics
 
 log = logging.getLogger(__name__)
 
-PROBED = ("vllm", "tgi")
+PROBED = ("vllm", "tgi", "ollama")
 Targets = Callable[[], Iterable[tuple[ModelSpec, str]]]  # (spec, base URL) to probe now
 
 
@@ -35,6 +36,8 @@ class Probe:
     load: VllmLoad | None = None
     model_id: str | None = None
     error: str | None = None
+    loaded: bool | None = None  # Ollama: the model is in its memory now
+    vram_bytes: int | None = None  # Ollama: how much of it is in GPU memory
 
 
 class BackendMonitor:
@@ -89,16 +92,13 @@ class BackendMonitor:
             self._probes[spec.name] = probe
 
     async def _probe(self, spec: ModelSpec, base_url: str) -> Probe:
+        if spec.backend == "ollama":
+            return await self._probe_ollama(spec, base_url)
         path = "/metrics" if spec.backend == "vllm" else "/info"
-        try:
-            async with asyncio.timeout(max(1.0, self.interval_s)):
-                status, body = await self._upstream.get_json_bytes(base_url + path)
-        except TimeoutError:
-            return Probe(self._clock(), False, error=f"{base_url}{path} did not answer in time")
-        except EngineError as exc:
-            return Probe(self._clock(), False, error=exc.message)
-        if status != 200:
-            return Probe(self._clock(), False, error=f"{base_url}{path} answered {status}")
+        body_or_error = await self._get(base_url + path)
+        if isinstance(body_or_error, Probe):
+            return body_or_error
+        body = body_or_error
         try:
             if spec.backend == "vllm":
                 return Probe(self._clock(), True, load=parse_metrics(body.decode()))
@@ -106,3 +106,53 @@ class BackendMonitor:
         except (ValueError, AttributeError) as exc:
             return Probe(self._clock(), False, error=f"{base_url}{path}: unreadable ({exc})")
         return Probe(self._clock(), True, model_id=str(model_id) if model_id else None)
+
+    async def _probe_ollama(self, spec: ModelSpec, base_url: str) -> Probe:
+        tags = await self._get(base_url + "/api/tags")
+        ps = tags if isinstance(tags, Probe) else await self._get(base_url + "/api/ps")
+        if isinstance(ps, Probe):
+            return ps
+        assert isinstance(tags, bytes)
+        name = spec.remote_model or spec.name
+        try:
+            present = _ollama_entry(orjson.loads(tags), name) is not None
+            running = _ollama_entry(orjson.loads(ps), name)
+        except (ValueError, AttributeError, TypeError) as exc:
+            return Probe(self._clock(), False, error=f"{base_url}: unreadable answer ({exc})")
+        if not present:
+            error = f"model {name!r} is not in Ollama at {base_url}; pull it (POST /api/pull)"
+            return Probe(self._clock(), False, error=error, loaded=False)
+        vram = running.get("size_vram") if running else None
+        return Probe(
+            self._clock(),
+            True,
+            model_id=name,
+            loaded=running is not None,
+            vram_bytes=vram if isinstance(vram, int) else None,
+        )
+
+    async def _get(self, url: str) -> bytes | Probe:
+        """The body of a 200 answer, or the failed probe saying why there is none."""
+        try:
+            async with asyncio.timeout(max(1.0, self.interval_s)):
+                status, body = await self._upstream.get_json_bytes(url)
+        except TimeoutError:
+            return Probe(self._clock(), False, error=f"{url} did not answer in time")
+        except EngineError as exc:
+            return Probe(self._clock(), False, error=exc.message)
+        if status != 200:
+            return Probe(self._clock(), False, error=f"{url} answered {status}")
+        return body
+
+
+def _ollama_entry(listing: dict[str, object], name: str) -> dict[str, object] | None:
+    """The entry for `name` in an Ollama `{"models": [...]}` listing (`x` is `x:latest`)."""
+    wanted = {name, name if ":" in name else f"{name}:latest"}
+    models = listing.get("models") or []
+    assert isinstance(models, list)
+    for entry in models:
+        if isinstance(entry, dict) and (
+            entry.get("name") in wanted or entry.get("model") in wanted
+        ):
+            return entry
+    return None
