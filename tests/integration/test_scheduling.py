@@ -165,6 +165,8 @@ def test_metrics_and_health(gateway_factory: GatewayFactory, smollm_path: Path) 
         assert family in text, family
     health = gw.http.get("/health").json()
     assert health["status"] == "ok" and health["models"]["loaded"] == 1
+    head = gw.http.head("/health")  # what load balancers send
+    assert head.status_code == 200 and head.content == b""
     vram = gw.http.get("/vram/status").json()
     assert vram["monitor"] == "none" and vram["models"][0]["estimate_bytes"] > 90 * 2**20
 

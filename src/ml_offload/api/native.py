@@ -28,7 +28,7 @@ from ml_offload.wire.openai import Kind, error_body
 router = APIRouter()
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancer checks
 async def health(request: Request) -> Response:
     svc = services(request)
     loaded = svc.scheduler.loaded()
