@@ -28,7 +28,8 @@ from ml_offload.wire.openai import Kind, error_body
 router = APIRouter()
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancer checks
+@router.get("/health")
+@router.head("/health", include_in_schema=False)  # what load balancers send
 async def health(request: Request) -> Response:
     svc = services(request)
     loaded = svc.scheduler.loaded()
