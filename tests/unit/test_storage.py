@@ -131,6 +131,8 @@ async def test_sqlite_folder_is_created(tmp_path: Path) -> None:
     assert db.dialect == "sqlite"
     await db.close()
     assert path.is_file()
+    # private from the start: keys' hashes live here (`mlo security-audit` checks it too)
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
 
 
 @pytest.mark.parametrize(

@@ -237,7 +237,7 @@ def check_keys(settings: Settings, keys: Sequence[ApiKey] | None, now: float) ->
             Finding(
                 "medium",
                 "key-without-limits",
-                f"{_names(unlimited)} may send without a rate limit; give them --rpm/--tpm, or "
+                f"{_names(unlimited)} may send without a rate limit; give keys --rpm/--tpm, or "
                 "set security.limits.default_rpm and default_tpm",
             )
         )
@@ -247,7 +247,8 @@ def check_keys(settings: Settings, keys: Sequence[ApiKey] | None, now: float) ->
             Finding(
                 "low",
                 "key-without-expiry",
-                f"{_names(forever)} never expire; give keys an expiry and rotate them",
+                f"{_names(forever)} {_verb(forever, 'never expires', 'never expire')}; give keys "
+                "an expiry and rotate them",
             )
         )
     bound = [k for k in live if k.cert_subject]
@@ -256,8 +257,9 @@ def check_keys(settings: Settings, keys: Sequence[ApiKey] | None, now: float) ->
             Finding(
                 "medium",
                 "binding-without-mtls",
-                f"{_names(bound)} are bound to a certificate subject but mutual TLS is off, so "
-                "no request can use them; set security.tls.client_ca_file (--tls-client-ca)",
+                f"{_names(bound)} {_verb(bound, 'is', 'are')} bound to a certificate subject "
+                "but mutual TLS is off, so no request can use them; set "
+                "security.tls.client_ca_file (--tls-client-ca)",
             )
         )
     return found
@@ -267,6 +269,10 @@ def _names(keys: Sequence[ApiKey]) -> str:
     names = ", ".join(repr(k.name) for k in keys[:_LISTED])
     more = f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else ""
     return f"key{'s' if len(keys) > 1 else ''} {names}{more}"
+
+
+def _verb(keys: Sequence[ApiKey], one: str, many: str) -> str:
+    return one if len(keys) == 1 else many
 
 
 def leaves_machine(url: str) -> bool:

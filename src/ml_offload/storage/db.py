@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -143,12 +144,15 @@ def _make_parent(url: sa.URL) -> None:
         return
     if database.startswith("file:"):
         return
-    folder = Path(database).expanduser().parent
+    path = Path(database).expanduser()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Private from the start (keys' hashes, the registry); SQLite gives its -wal and -shm
+        # files the database file's permissions.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
     except OSError as exc:
         raise ConfigError(
-            f"cannot create {folder} for the database: {exc.strerror}; "
+            f"cannot create {path} for the database: {exc.strerror}; "
             "set storage.data_dir or storage.database_url"
         ) from None
 
