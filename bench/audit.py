@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procs
 
 from ml_offload.config import AuditSettings
-from ml_offload.security.audit import AuditLog, verify
+from ml_offload.security.audit import AuditLog
+from ml_offload.security.audit_read import verify
 
 
 def event(i: int) -> dict[str, Any]:

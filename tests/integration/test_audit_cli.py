@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from ml_offload.config import AuditSettings
-from ml_offload.security.audit import AuditLog, head_path, verify
+from ml_offload.security.audit import AuditLog, head_path
+from ml_offload.security.audit_read import verify
 from tests.integration.conftest import GatewayFactory, stop
 from tests.integration.fake_upstream import Reply, fake_openai
 

@@ -18,16 +18,8 @@ from rich.table import Table
 
 from ml_offload.cli.client import CliError
 from ml_offload.cli.common import ConfigOpt, JsonOpt, out, settings_for
-from ml_offload.security.audit import (
-    Entry,
-    audit_path,
-    export,
-    follow,
-    iso_time,
-    tail,
-    to_json,
-    verify,
-)
+from ml_offload.security.audit import Entry, audit_path, iso_time, to_json
+from ml_offload.security.audit_read import export, follow, tail, verify
 
 app = typer.Typer(
     help="The tamper-evident audit log (read from disk; the gateway may be down).",

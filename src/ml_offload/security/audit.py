@@ -35,8 +35,9 @@ One writer per file: `start()` takes an exclusive lock on `<log>.lock` and refus
 process, because two writers would fork the chain. Several gateways each write their own file
 (the default path is under their own `storage.data_dir`); verify each file on its own.
 
-The file format, its writer and its readers (verify, tail, export) live in this one module so
-that the format is defined in one place.
+The file format (encoding and parsing one entry, the head file) and its writer live here; the
+readers (verify, tail, follow, export) are in `audit_read.py` and parse through this module, so
+the format is defined in one place.
 
 Limits: without a secret, a chain detects edits, not a forger who rewrites every hash from the
 edit to the end and the head file too; anchor the log by copying the last hash `mlo audit verify`
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import fcntl
 import hashlib
 import json
@@ -58,12 +58,12 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
 import orjson
 
@@ -73,9 +73,9 @@ from ml_offload.errors import ConfigError
 log = logging.getLogger("ml_offload.audit")
 
 GENESIS = "0" * 64
-_SUFFIX_LEN = 75  # ,"hash":"<64 hex>"}
-_HASH_KEY = b',"hash":"'
-_SEQ_RE = re.compile(rb'^\{"seq":(\d+),')
+SUFFIX_LEN = 75  # ,"hash":"<64 hex>"}
+HASH_KEY = b',"hash":"'
+SEQ_RE = re.compile(rb'^\{"seq":(\d+),')
 _BLOCK = 64 * 1024
 _BATCHES_PER_SYNC = 16
 _ERROR_LOG_EVERY_S = 60.0
@@ -110,7 +110,7 @@ def encode_entry(seq: int, prev: str, event_json: bytes) -> tuple[bytes, str]:
     """One log line (with its newline) and its hash."""
     body = b'{"seq":%d,"prev":"%s","event":%s' % (seq, prev.encode("ascii"), event_json)
     digest = hashlib.sha256(body).hexdigest()
-    return body + _HASH_KEY + digest.encode("ascii") + b'"}\n', digest
+    return body + HASH_KEY + digest.encode("ascii") + b'"}\n', digest
 
 
 def to_json(value: Any, *, sort: bool = False) -> bytes:
@@ -388,12 +388,12 @@ def _lock(path: Path) -> int:
 def _resume(fd: int, path: Path) -> tuple[int, str, int]:
     """(last seq, last hash, bytes cut): cut an incomplete last line, find the last valid entry."""
     size = os.fstat(fd).st_size
-    end = _complete_end(fd, size)
+    end = complete_end(fd, size)
     if end < size:
         os.ftruncate(fd, end)
         log.warning("audit log %s: cut an incomplete last line (%d bytes)", path, size - end)
     seq, prev = 0, GENESIS
-    for skipped, (_, raw) in enumerate(_lines_backward(fd, end)):
+    for skipped, (_, raw) in enumerate(lines_backward(fd, end)):
         entry = parse_line(raw, 0)
         if isinstance(entry, Entry):
             seq, prev = entry.seq, entry.hash
@@ -408,7 +408,7 @@ def _resume(fd: int, path: Path) -> tuple[int, str, int]:
     return seq, prev, size - end
 
 
-def _complete_end(fd: int, size: int) -> int:
+def complete_end(fd: int, size: int) -> int:
     """The offset just after the last newline (0 when there is none)."""
     pos = size
     while pos > 0:
@@ -421,7 +421,7 @@ def _complete_end(fd: int, size: int) -> int:
     return 0
 
 
-def _lines_backward(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
+def lines_backward(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
     """(offset, line without its newline) of the lines before `end`, last first."""
     buf, pos = b"", end
     while True:
@@ -466,7 +466,13 @@ def read_head(path: Path) -> tuple[int, str] | str | None:
     return seq, digest
 
 
-# --------------------------------------------------------------------------- reading
+def iso_time(t: Any) -> str | None:
+    if not isinstance(t, int | float):
+        return None if t is None else str(t)
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,228 +503,32 @@ class Broken:
         return f"line {self.line}{seq}: {self.reason.replace('_', ' ')}: {self.detail}"
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    ok: bool
-    entries: int  # entries checked and found good
-    last_seq: int
-    last_hash: str
-    broken: Broken | None = None
-    torn_bytes: int = 0  # an incomplete last line (a crash mid-write); cut on the next start
-    head_seq: int | None = None  # what the head file records (None: no head file)
-
-
 def parse_line(raw: bytes, line: int) -> Entry | Broken:
     """An entry whose own hash matches, or why not. `raw` has no newline."""
     if (
-        len(raw) <= _SUFFIX_LEN
-        or raw[-_SUFFIX_LEN : -_SUFFIX_LEN + len(_HASH_KEY)] != _HASH_KEY
+        len(raw) <= SUFFIX_LEN
+        or raw[-SUFFIX_LEN : -SUFFIX_LEN + len(HASH_KEY)] != HASH_KEY
         or raw[-2:] != b'"}'
     ):
-        return Broken(line, _seq_hint(raw), "malformed", "not an audit entry (no hash at its end)")
+        return Broken(line, seq_hint(raw), "malformed", "not an audit entry (no hash at its end)")
     digest = raw[-66:-2].decode("ascii", "replace")
-    if hashlib.sha256(raw[:-_SUFFIX_LEN]).hexdigest() != digest:
-        return Broken(line, _seq_hint(raw), "edited", "its content does not match its hash")
+    if hashlib.sha256(raw[:-SUFFIX_LEN]).hexdigest() != digest:
+        return Broken(line, seq_hint(raw), "edited", "its content does not match its hash")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         try:  # the stdlib also reads escaped lone surrogates, which the writer may have written
             data = json.loads(raw)
         except ValueError:
-            return Broken(line, _seq_hint(raw), "malformed", "not valid JSON")
+            return Broken(line, seq_hint(raw), "malformed", "not valid JSON")
     if not isinstance(data, dict):
-        return Broken(line, _seq_hint(raw), "malformed", "not a JSON object")
+        return Broken(line, seq_hint(raw), "malformed", "not a JSON object")
     seq, prev, event = data.get("seq"), data.get("prev"), data.get("event")
     if type(seq) is not int or not isinstance(prev, str) or not isinstance(event, dict):
-        return Broken(line, _seq_hint(raw), "malformed", "missing seq, prev or event")
+        return Broken(line, seq_hint(raw), "malformed", "missing seq, prev or event")
     return Entry(line, seq, prev, digest, event)
 
 
-def _seq_hint(raw: bytes) -> int | None:
-    m = _SEQ_RE.match(raw)
+def seq_hint(raw: bytes) -> int | None:
+    m = SEQ_RE.match(raw)
     return int(m.group(1)) if m else None
-
-
-def verify(path: Path) -> VerifyResult:
-    """Check the chain from the first entry to the last, and the last against the head file.
-
-    Stops at the first broken entry. Raises FileNotFoundError when neither log nor head exists."""
-    head = read_head(path)
-    if not path.exists():
-        if isinstance(head, tuple):
-            why = f"the log is gone but {head_path(path).name} records seq {head[0]}"
-            return VerifyResult(False, 0, 0, GENESIS, Broken(1, 1, "missing", why), 0, head[0])
-        raise FileNotFoundError(path)
-    head_seq = head[0] if isinstance(head, tuple) else None
-    seq, prev, n, line, torn = 0, GENESIS, 0, 0, 0
-    pinned: Entry | None = None  # the entry the head names
-    with path.open("rb") as f:
-        for raw in f:
-            line += 1
-            if not raw.endswith(b"\n"):
-                torn = len(raw)
-                break
-            entry = parse_line(raw[:-1], line)
-            if isinstance(entry, Entry) and entry.seq != seq + 1:
-                entry = _misplaced(entry, seq + 1, f)
-            elif isinstance(entry, Entry) and entry.prev != prev:
-                why = f"its prev does not match the hash of line {line - 1} (one was rewritten)"
-                entry = Broken(line, entry.seq, "chain", why)
-            if isinstance(entry, Broken):
-                return VerifyResult(False, n, seq, prev, entry, 0, head_seq)
-            seq, prev, n = entry.seq, entry.hash, n + 1
-            if entry.seq == head_seq:
-                pinned = entry
-    broken = _check_head(path, head, seq, pinned, line + (0 if torn else 1))
-    return VerifyResult(broken is None, n, seq, prev, broken, torn, head_seq)
-
-
-def _misplaced(entry: Entry, expected: int, rest: Iterable[bytes]) -> Broken:
-    """Why `entry` is not seq `expected`: removed entries, or entries moved (looks ahead)."""
-    for offset, raw in enumerate(rest, start=1):
-        if _seq_hint(raw) == expected:
-            why = f"expected seq {expected} here, but it is at line {entry.line + offset}"
-            return Broken(entry.line, entry.seq, "out_of_order", why)
-    if entry.seq > expected:
-        last = entry.seq - 1
-        gone = f"seq {expected}" if last == expected else f"seqs {expected} to {last}"
-        return Broken(entry.line, entry.seq, "missing", f"{gone} removed before this line")
-    why = f"seq {entry.seq} comes after seq {expected - 1} (moved or duplicated)"
-    return Broken(entry.line, entry.seq, "out_of_order", why)
-
-
-def _check_head(
-    path: Path, head: tuple[int, str] | str | None, seq: int, pinned: Entry | None, line: int
-) -> Broken | None:
-    name = head_path(path).name
-    if isinstance(head, str):
-        return Broken(line, None, "head", head)
-    if head is None:
-        return None  # a log written before its first head, or one whose head was removed
-    if head[0] > seq:
-        why = f"the log ends at seq {seq} but {name} records seq {head[0]}: entries removed"
-        return Broken(line, seq + 1, "missing", why)
-    if head[0] > 0 and (pinned is None or pinned.hash != head[1]):
-        where = pinned.line if pinned is not None else line
-        return Broken(where, head[0], "head", f"the entry differs from the one {name} records")
-    return None
-
-
-def iter_entries(path: Path, since: float | None = None) -> Iterator[Entry]:
-    """Entries whose own hash matches (others skipped; `verify` reports them), in file order."""
-    with path.open("rb") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                return
-            entry = parse_line(raw[:-1], line)
-            if isinstance(entry, Entry) and (since is None or _time(entry) >= since):
-                yield entry
-
-
-def tail(path: Path, n: int) -> tuple[list[Entry], int]:
-    """The last `n` valid entries (oldest first) and the offset to follow the file from."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        end = _complete_end(fd, os.fstat(fd).st_size)
-        found: list[Entry] = []
-        for _, raw in _lines_backward(fd, end):
-            if len(found) >= n:
-                break
-            entry = parse_line(raw, 0)
-            if isinstance(entry, Entry):
-                found.append(entry)
-    finally:
-        os.close(fd)
-    return found[::-1], end
-
-
-def follow(path: Path, offset: int, poll_s: float = 0.5) -> Iterator[Entry]:
-    """Entries appended after `offset`, forever (a restart that cuts a torn tail is followed)."""
-    pending = b""
-    while True:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size < offset:
-            offset, pending = size, b""
-        if size == offset:
-            time.sleep(poll_s)
-            continue
-        with path.open("rb") as f:
-            f.seek(offset)
-            data = pending + f.read(size - offset)
-        offset = size
-        *lines, pending = data.split(b"\n")
-        for raw in lines:
-            entry = parse_line(raw, 0)
-            if isinstance(entry, Entry):
-                yield entry
-
-
-def _time(entry: Entry) -> float:
-    """The event's unix time, from a number or an ISO 8601 string (UTC unless it has an offset)."""
-    t = entry.event.get("time")
-    if isinstance(t, int | float):
-        return float(t)
-    try:
-        when = datetime.fromisoformat(str(t))
-    except ValueError:
-        return 0.0
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-
-
-# --------------------------------------------------------------------------- export
-
-# fmt: off
-CSV_FIELDS = (
-    "seq", "time", "request_id", "key_id", "key_name", "client", "cert_subject", "method",
-    "path", "model", "backend", "status", "prompt_tokens", "completion_tokens", "latency_ms",
-    "prompt_sha256", "redactions", "prompt", "extra", "hash",
-)
-# fmt: on
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def export(
-    path: Path, out: TextIO, fmt: Literal["jsonl", "csv"], since: float | None = None
-) -> int:
-    """Write the entries (the event with seq and hash) as JSON lines or CSV; the count written.
-
-    CSV: `time` as ISO 8601 UTC, keys outside CSV_FIELDS in `extra` (JSON), and a text cell that
-    a spreadsheet would run as a formula is prefixed with `'`."""
-    n = 0
-    if fmt == "jsonl":
-        for entry in iter_entries(path, since):
-            out.write(to_json(entry.flat()).decode() + "\n")
-            n += 1
-        return n
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for entry in iter_entries(path, since):
-        writer.writerow(csv_row(entry))
-        n += 1
-    return n
-
-
-def csv_row(entry: Entry) -> list[str]:
-    flat = entry.flat()
-    extra = {k: v for k, v in flat.items() if k not in CSV_FIELDS}
-    flat["time"] = iso_time(flat.get("time"))
-    flat["extra"] = extra or None
-    return [_cell(flat.get(k)) for k in CSV_FIELDS]
-
-
-def iso_time(t: Any) -> str | None:
-    if not isinstance(t, int | float):
-        return None if t is None else str(t)
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool | int | float):
-        return json.dumps(value)
-    text = value if isinstance(value, str) else to_json(value, sort=True).decode()
-    return "'" + text if text.startswith(_FORMULA_START) else text
