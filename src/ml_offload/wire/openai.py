@@ -10,9 +10,10 @@ import time
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ml_offload.errors import InvalidRequest, MloError
+from ml_offload.errors import MloError
+from ml_offload.wire.body import load_object, validate
 
 
 class _Body(BaseModel):
@@ -68,20 +69,8 @@ _SCHEMAS: dict[Kind, type[BaseModel]] = {
 
 def parse_request(kind: Kind, raw: bytes) -> tuple[BaseModel, dict[str, Any]]:
     """Validate a request body; return the typed view and the plain dict to forward."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        return _SCHEMAS[kind].model_validate(data), data
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise InvalidRequest(
-            f"{param}: {err['msg']}" if param else err["msg"], param=param
-        ) from None
+    data = load_object(raw)
+    return validate(_SCHEMAS[kind], data), data
 
 
 # -- responses ---------------------------------------------------------------------------
