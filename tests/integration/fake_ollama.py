@@ -82,10 +82,10 @@ class FakeOllama:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         for line in self._progress(model, known):
+            if line.get("status") == "success":
+                self.available.add(model)  # stored before Ollama says so
             await resp.write(json.dumps(line).encode() + b"\n")
         await resp.write_eof()
-        if known:
-            self.available.add(model)
         return resp
 
     def _progress(self, model: str, known: bool) -> list[dict[str, Any]]:

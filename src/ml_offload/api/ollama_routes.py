@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -161,27 +160,10 @@ async def pull(request: Request) -> Response:
     except ModelNotFound:
         spec = None
     base_url, remote = ollama_backend.pull_target(svc.registry.all(), spec, name)
-    stream = body.get("stream", True) is not False
-    upstream = await svc.upstream.open(
-        base_url + "/api/pull", orjson.dumps({**body, "model": remote, "stream": stream})
-    )
-    if upstream.status != 200 or not stream:
-        try:
-            raw = await upstream.read()
-        finally:
-            upstream.close()
-        if upstream.status != 200:
-            raise ollama_backend.pull_error(upstream.status, raw)
-        return Response(raw, media_type="application/json")
-
-    async def lines() -> AsyncIterator[bytes]:
-        async for line in upstream.content:
-            yield line
-
-    async def close() -> None:
-        upstream.close()
-
-    return EventStreamResponse(lines(), close, NDJSON_HEADERS)
+    answer = await ollama_backend.pull(svc.upstream, base_url, remote, body)
+    if isinstance(answer, bytes):
+        return Response(answer, media_type="application/json")
+    return EventStreamResponse(answer.lines(), answer.aclose, NDJSON_HEADERS)
 
 
 def _pull_body(raw: bytes) -> dict[str, Any]:

@@ -8,10 +8,14 @@ API (`/v1/...`). Wire format: Ollama's API docs, "Load a model" and "Unload a mo
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import aiohttp
 import orjson
 
 from ml_offload.backends.base import Launch
+from ml_offload.backends.http import Upstream, translate
 from ml_offload.domain import ModelSpec, ModelState
 from ml_offload.errors import EngineError, MloError, NotFound, UpstreamClientError
 
@@ -111,6 +115,41 @@ def pull_target(specs: list[ModelSpec], spec: ModelSpec | None, name: str) -> tu
         f"cannot pull {name!r}: {len(servers)} Ollama servers are configured; name a model "
         "declared on the one to pull to"
     )
+
+
+class PullProgress:
+    """Ollama's NDJSON progress lines as they come; `aclose()` gives the connection back."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, url: str) -> None:
+        self._resp, self._url = resp, url
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        try:
+            async for line in self._resp.content:
+                yield line
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, self._url) from None
+
+    async def aclose(self) -> None:
+        self._resp.close()
+
+
+async def pull(
+    upstream: Upstream, base_url: str, remote: str, body: dict[str, Any]
+) -> bytes | PullProgress:
+    """Ask Ollama to pull `remote`: its one JSON answer (`"stream": false`), or its progress."""
+    stream = body.get("stream", True) is not False
+    url = base_url + "/api/pull"
+    resp = await upstream.open(url, orjson.dumps({**body, "model": remote, "stream": stream}))
+    if resp.status == 200 and stream:
+        return PullProgress(resp, url)
+    try:
+        raw = await resp.read()
+    finally:
+        resp.close()
+    if resp.status != 200:
+        raise pull_error(resp.status, raw)
+    return raw
 
 
 def pull_error(status: int, raw: bytes) -> MloError:
