@@ -52,7 +52,7 @@ async def main(args: argparse.Namespace) -> None:
             "limits": {"default_rpm": 10**9, "default_tpm": 10**12},
         }
     )
-    guard = Guard(settings, lambda name: ModelSpec(name=name, url="http://x"), db, folder)
+    guard = Guard(settings, lambda name: ModelSpec(name=name, url="http://x"), db)
     await guard.start()
     headers = {"authorization": f"Bearer {token}"}
 

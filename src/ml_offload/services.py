@@ -29,6 +29,7 @@ from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry
 from ml_offload.router import Router, deployment_load
 from ml_offload.scheduler import Scheduler
+from ml_offload.security.audit import audit_path
 from ml_offload.security.guard import Guard
 from ml_offload.security.posture import insecure_bind
 from ml_offload.storage.db import Database
@@ -105,8 +106,8 @@ class Services:
     inference: InferenceService
     monitor: GpuMonitor
     guard: Guard
+    probes: BackendMonitor  # vLLM /metrics, TGI /info, Ollama /api/tags and /api/ps
     started_at: float = field(default_factory=time.time)
-    probes: BackendMonitor | None = None  # vLLM /metrics and TGI /info, in the background
 
     @classmethod
     async def start(cls, settings: Settings, factory: ProcessFactory | None = None) -> Services:
@@ -136,13 +137,22 @@ class Services:
             cooldown_s=settings.router.cooldown_s,
             load_of=deployment_load(scheduler, probes),
         )
-        guard = Guard(settings.security, registry.resolve, db, settings.storage.data_dir)
+        guard = Guard(settings.security, registry.resolve, db, audit_path(settings))
         await guard.start()
         inference = InferenceService(router, scheduler, upstream, metrics, guard)
         services = cls(
-            settings, metrics, db, registry, scheduler, upstream, router, inference, monitor, guard
+            settings,
+            metrics,
+            db,
+            registry,
+            scheduler,
+            upstream,
+            router,
+            inference,
+            monitor,
+            guard,
+            probes,
         )
-        services.probes = probes
         refusal = insecure_bind(settings, guard.auth_on)
         if refusal is not None:
             await services.close()
@@ -151,8 +161,7 @@ class Services:
         return services
 
     async def close(self) -> None:
-        if self.probes is not None:
-            await self.probes.close()
+        await self.probes.close()
         await self.guard.close()
         await self.scheduler.close()
         self.monitor.close()

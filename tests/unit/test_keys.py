@@ -231,7 +231,7 @@ def test_downgrade_and_upgrade_the_keys_table(tmp_path: Path) -> None:
 
 def guard_for(db: Database | None, tmp_path: Path, **security: Any) -> Guard:
     settings = SecuritySettings.model_validate({"audit": {"enabled": False}, **security})
-    return Guard(settings, resolve, db, tmp_path)
+    return Guard(settings, resolve, db)
 
 
 async def ask(
@@ -349,7 +349,7 @@ async def test_refused_and_answered_requests_are_audited(
     store: KeyStore, db: Database, tmp_path: Path
 ) -> None:
     settings = SecuritySettings.model_validate({"auth": "required", "audit": {"log_prompts": True}})
-    guard = Guard(settings, resolve, db, tmp_path)
+    guard = Guard(settings, resolve, db, tmp_path / "audit" / "audit.jsonl")
     await guard.start()
     created = await store.create("ci")
     with pytest.raises(AuthError):

@@ -143,8 +143,8 @@ async def backends(request: Request) -> Response:
 
 def _probe_json(svc: Services, name: str) -> dict[str, Any]:
     """What the background probe last saw (vLLM's load, TGI's model id), when it probes."""
-    probe = svc.probes.get(name) if svc.probes is not None else None
-    if probe is None or svc.probes is None:
+    probe = svc.probes.get(name)
+    if probe is None:
         return {}
     load = probe.load
     unhealthy = {} if probe.ok else {"healthy": False}  # unreachable or broken: not healthy

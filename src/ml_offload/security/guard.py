@@ -58,8 +58,10 @@ class Guard:
         settings: SecuritySettings,
         resolve: Callable[[str], ModelSpec],
         db: Database | None = None,
-        data_dir: Path | None = None,
+        audit_file: Path | None = None,
     ) -> None:
+        """`audit_file`: where the audit log goes (`audit.audit_path(settings)`); needed when
+        the audit log is on and `settings.audit.path` is not set."""
         self._settings = settings
         self._resolve = resolve  # a model name or alias to its spec (scopes by provider)
         self.keys: KeyStore | None = KeyStore(KeyRepository(db)) if db is not None else None
@@ -73,7 +75,9 @@ class Guard:
         self._audit: AuditLog | None = None
         audit = settings.audit
         if audit.enabled:
-            where = audit.path or (data_dir or Path(".")) / "audit" / "audit.jsonl"
+            where = audit.path or audit_file
+            if where is None:
+                raise ValueError("the audit log is on but has no file: pass audit_file")
             self._audit = AuditLog(audit, where)
         red = settings.redaction
         self._redactor = Redactor(red) if (red.secrets or red.emails or red.phones) else None
