@@ -10,7 +10,6 @@ from starlette.responses import Response
 
 from ml_offload.api.security import context_of
 from ml_offload.domain import RequestContext
-from ml_offload.errors import InvalidRequest
 from ml_offload.services import Services
 
 
@@ -25,21 +24,9 @@ def request_context(request: Request) -> RequestContext | None:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 past `server.max_body_bytes`."""
-    limit = services(request).settings.server.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = await request.body()
-    if len(body) > limit:
-        raise _too_large(limit)
-    return body
-
-
-def _too_large(limit: int) -> InvalidRequest:
-    err = InvalidRequest(f"request body is larger than {limit} bytes (server.max_body_bytes)")
-    err.status = 413
-    return err
+    """The request body; `server.max_body_bytes` is enforced before any route runs (413, in
+    api/headers.py), declared or chunked."""
+    return await request.body()
 
 
 def json_response(data: Any, status: int = 200) -> Response:
