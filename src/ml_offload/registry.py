@@ -83,6 +83,10 @@ class ModelRegistry:
     def all(self) -> list[ModelSpec]:
         return list(self._models)
 
+    async def stored(self) -> list[ModelSpec]:
+        """The models as last recorded in the database (no scan: for readers like `mlo ls`)."""
+        return await self._repo.list_all()
+
     async def _collect(self) -> _Found:
         settings, found = self._settings, _Found()
         for config in settings.models:

@@ -1,7 +1,11 @@
 """The composition root: picks concrete implementations from settings and wires them.
 
 Nothing does work at import time; `Services.start()` opens the database, scans models and starts
-the scheduler; `close()` stops every engine.
+the scheduler; `close()` stops every engine. Each part is entered on one `AsyncExitStack`, so a
+start that fails part-way closes what it had opened, in reverse order.
+
+The CLI opens the parts it needs here too (`open_database`, `open_registry`, `open_key_store`),
+rather than each command opening the database itself.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 from ml_offload.backends import command
@@ -31,8 +37,10 @@ from ml_offload.router import Router, deployment_load
 from ml_offload.scheduler import Scheduler
 from ml_offload.security.audit import audit_path
 from ml_offload.security.guard import Guard
+from ml_offload.security.keys import KeyStore
 from ml_offload.security.posture import insecure_bind
 from ml_offload.storage.db import Database
+from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.models_repo import ModelRepository
 from ml_offload.vram import coarse_estimate, estimate_memory
 
@@ -94,6 +102,38 @@ def probe_targets(registry: ModelRegistry, scheduler: Scheduler) -> list[tuple[M
     return out
 
 
+@asynccontextmanager
+async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Database]:
+    """The configured database, closed on exit; `migrate=False` for checks that write nothing."""
+    db = await Database.open(settings.storage.db_url, migrate=migrate)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+@asynccontextmanager
+async def open_registry(settings: Settings, *, scan: bool = True) -> AsyncIterator[ModelRegistry]:
+    """The model registry on the configured database; `scan` refreshes it from the model
+    folder and the config first (otherwise `registry.stored()` reads what is recorded)."""
+    async with open_database(settings) as db:
+        registry = ModelRegistry(settings, ModelRepository(db))
+        if scan:
+            await registry.refresh()
+        yield registry
+
+
+@asynccontextmanager
+async def open_key_store(settings: Settings, *, migrate: bool = True) -> AsyncIterator[KeyStore]:
+    """The API keys in the configured database (`mlo keys`, `mlo security-audit`)."""
+    async with open_database(settings, migrate=migrate) as db:
+        store = KeyStore(KeyRepository(db))
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -107,16 +147,32 @@ class Services:
     monitor: GpuMonitor
     guard: Guard
     probes: BackendMonitor  # vLLM /metrics, TGI /info, Ollama /api/tags and /api/ps
+    stack: AsyncExitStack = field(repr=False)  # closes every part, last opened first
     started_at: float = field(default_factory=time.time)
 
     @classmethod
     async def start(cls, settings: Settings, factory: ProcessFactory | None = None) -> Services:
+        async with AsyncExitStack() as stack:
+            services = await cls._open(stack, settings, factory)
+            refusal = insecure_bind(settings, services.guard.auth_on)
+            if refusal is not None:
+                raise ConfigError(refusal)
+            services.stack = stack.pop_all()  # started: `close()` owns them now
+        log.info("ml-offload ready with %d models", len(services.registry.all()))
+        return services
+
+    @classmethod
+    async def _open(
+        cls, stack: AsyncExitStack, settings: Settings, factory: ProcessFactory | None
+    ) -> Services:
+        """Open each part, registering its close on `stack` as soon as it is open."""
         settings.storage.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private
         metrics = Metrics()
-        db = await Database.open(settings.storage.db_url)
+        db = await stack.enter_async_context(open_database(settings))
         registry = ModelRegistry(settings, ModelRepository(db))
         await registry.refresh()
         monitor = open_monitor(settings.gpu)
+        stack.callback(monitor.close)
         scheduler = Scheduler(
             settings.scheduler,
             factory or process_factory(settings),
@@ -127,9 +183,12 @@ class Services:
             reserve_bytes=settings.gpu.reserve_bytes,
         )
         upstream = Upstream(timeout_s=settings.server.upstream_timeout_s)
+        stack.push_async_callback(upstream.close)
         await upstream.start()
+        stack.push_async_callback(scheduler.close)
         await scheduler.start()
         probes = BackendMonitor(upstream, lambda: probe_targets(registry, scheduler))
+        stack.push_async_callback(probes.close)
         await probes.start()
         router = Router(
             registry.resolve,
@@ -138,9 +197,10 @@ class Services:
             load_of=deployment_load(scheduler, probes),
         )
         guard = Guard(settings.security, registry.resolve, db, audit_path(settings))
+        stack.push_async_callback(guard.close)
         await guard.start()
         inference = InferenceService(router, scheduler, upstream, metrics, guard)
-        services = cls(
+        return cls(
             settings,
             metrics,
             db,
@@ -152,18 +212,8 @@ class Services:
             monitor,
             guard,
             probes,
+            stack,
         )
-        refusal = insecure_bind(settings, guard.auth_on)
-        if refusal is not None:
-            await services.close()
-            raise ConfigError(refusal)
-        log.info("ml-offload ready with %d models", len(registry.all()))
-        return services
 
     async def close(self) -> None:
-        await self.probes.close()
-        await self.guard.close()
-        await self.scheduler.close()
-        self.monitor.close()
-        await self.upstream.close()
-        await self.db.close()
+        await self.stack.aclose()

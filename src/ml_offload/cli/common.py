@@ -66,20 +66,17 @@ def registry_paths(settings: Settings) -> set[Path] | None:
     if storage.database_url is None and not (storage.data_dir / "registry.db").exists():
         return None
     try:
-        specs = asyncio.run(_registry_specs(storage.db_url))
+        specs = asyncio.run(_registry_specs(settings))
     except MloError:
         return None
     return {Path(os.path.realpath(s.path)) for s in specs if s.path is not None}
 
 
-async def _registry_specs(url: str) -> list[Any]:
-    from ml_offload.storage import Database, ModelRepository
+async def _registry_specs(settings: Settings) -> list[Any]:
+    from ml_offload.services import open_registry
 
-    db = await Database.open(url)
-    try:
-        return await ModelRepository(db).list_all()
-    finally:
-        await db.close()
+    async with open_registry(settings, scan=False) as registry:
+        return await registry.stored()
 
 
 def device_summary(device: dict[str, Any]) -> tuple[str, str, str, str]:

@@ -30,18 +30,13 @@ app = typer.Typer(help="API keys: create, list, revoke (in the configured databa
 
 def _with_store(config: Path | None, action: Callable[[KeyStore], Awaitable[T]]) -> T:
     """Run `action(KeyStore)` on the database the config names."""
-    from ml_offload.security.keys import KeyStore
-    from ml_offload.storage.db import Database
-    from ml_offload.storage.keys_repo import KeyRepository
+    from ml_offload.services import open_key_store
 
     settings = settings_for(config)
 
     async def run() -> T:
-        db = await Database.open(settings.storage.db_url)
-        try:
-            return await action(KeyStore(KeyRepository(db)))
-        finally:
-            await db.close()
+        async with open_key_store(settings) as store:
+            return await action(store)
 
     return asyncio.run(run())
 

@@ -71,18 +71,12 @@ def _register(settings: Settings, path: Path) -> None:
 
 
 async def _refresh(settings: Settings, path: Path) -> str | None:
-    from ml_offload.registry import ModelRegistry
-    from ml_offload.storage import Database, ModelRepository
+    from ml_offload.services import open_registry
 
     settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    db = await Database.open(settings.storage.db_url)
-    try:
-        registry = ModelRegistry(settings, ModelRepository(db))
-        await registry.refresh()
+    async with open_registry(settings) as registry:
         real = path.resolve()
         return next((s.name for s in registry.all() if s.path and s.path.resolve() == real), None)
-    finally:
-        await db.close()
 
 
 def _print_catalogue() -> None:

@@ -1,0 +1,83 @@
+"""The composition root: a start that fails part-way closes what it opened; the CLI's openers."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml_offload.config import Settings
+from ml_offload.errors import ConfigError
+from ml_offload.security.audit import AuditLog, audit_path
+from ml_offload.services import Services, open_key_store, open_registry
+
+
+def _settings(tmp_path: Path, **extra: Any) -> Settings:
+    return Settings(  # type: ignore[arg-type]
+        storage={"data_dir": tmp_path}, gpu={"monitor": "none"}, scan_models_dir=False, **extra
+    )
+
+
+def _leftovers(threads_before: set[threading.Thread]) -> list[str]:
+    """Tasks and threads still running, and the 'Unclosed ...' reports of collected objects."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    threads = [
+        t
+        for t in threading.enumerate()
+        if t not in threads_before and t.is_alive() and not t.name.startswith("asyncio_")
+    ]  # (the loop's default executor, `asyncio_N`, is the loop's own)
+    return [repr(t) for t in tasks] + [t.name for t in threads]
+
+
+async def _assert_clean(threads_before: set[threading.Thread], caplog: Any) -> None:
+    gc.collect()
+    await asyncio.sleep(0)  # let the loop run the exception handlers of collected objects
+    assert _leftovers(threads_before) == []
+    unclosed = [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()]
+    assert unclosed == []
+
+
+async def test_a_start_refused_by_a_busy_audit_log_closes_what_it_opened(
+    tmp_path: Path, caplog: Any
+) -> None:
+    caplog.set_level(logging.ERROR)
+    settings = _settings(tmp_path)
+    async with AuditLog(settings.security.audit, audit_path(settings)):  # another writer
+        threads_before = set(threading.enumerate())
+        with pytest.raises(ConfigError, match="being written by another process"):
+            await Services.start(settings)
+        await _assert_clean(threads_before, caplog)
+
+
+async def test_an_insecure_bind_refusal_closes_what_it_opened(tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level(logging.ERROR)
+    settings = _settings(tmp_path, server={"host": "0.0.0.0"})
+    threads_before = set(threading.enumerate())
+    with pytest.raises(ConfigError, match="allow-insecure"):
+        await Services.start(settings)
+    await _assert_clean(threads_before, caplog)
+
+
+async def test_a_started_gateway_closes_everything(tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level(logging.ERROR)
+    threads_before = set(threading.enumerate())
+    services = await Services.start(_settings(tmp_path))
+    assert _leftovers(threads_before) != []  # the scheduler, probes and audit writer run
+    await services.close()
+    await _assert_clean(threads_before, caplog)
+
+
+async def test_the_cli_openers_share_one_database(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    async with open_key_store(settings) as store:
+        created = await store.create("ci")
+    async with open_key_store(settings, migrate=False) as store:
+        assert [k.id for k in await store.list()] == [created.key.id]
+    async with open_registry(settings) as registry:
+        names = {spec.name for spec in registry.all()}  # the demo model at least
+        assert names and names == {spec.name for spec in await registry.stored()}
