@@ -70,7 +70,39 @@ def diagnose(machine: Machine) -> list[Finding]:
         _xllamacpp_finding(machine),
         _llama_server_finding(machine),
         _engine_finding(machine),
+        _profile_finding(machine),
     ]
+
+
+# (what a GPU's name contains, the least memory it must have, the profile); first match wins
+_PROFILE_RULES: tuple[tuple[str, int, str], ...] = (
+    ("B200", 0, "b200"),
+    ("H100", 0, "h100"),
+    ("H200", 0, "h100"),
+    ("A100", 70 * 2**30, "a100-80g"),
+    ("4090", 0, "rtx4090"),
+)
+
+
+def suggest_profile(machine: Machine) -> str | None:
+    """The hardware profile (`config.PROFILES`) that fits this machine's GPUs, if one does."""
+    if not machine.gpus:
+        return "cpu"
+    gpu = machine.gpus[0]
+    for needle, min_bytes, profile in _PROFILE_RULES:
+        if needle in gpu.name.upper() and (gpu.memory_bytes or 0) >= min_bytes:
+            return profile
+    return None
+
+
+def _profile_finding(machine: Machine) -> Finding:
+    profile = suggest_profile(machine)
+    if profile is None:
+        return Finding("profile", "ok", "no named profile fits: the defaults apply")
+    where = f"{len(machine.gpus)}× {machine.gpus[0].name}" if machine.gpus else "no GPU"
+    return Finding(
+        "profile", "ok", f"{profile} ({where})", f'set profile = "{profile}" in the config file'
+    )
 
 
 def _run(args: list[str]) -> str | None:

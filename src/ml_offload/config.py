@@ -84,6 +84,7 @@ class EngineSettings(_Section):
     threads: int = Field(0, ge=0, description="0: the engine's default")
     default_ctx_size: int = Field(4096, ge=64)
     default_parallel: int = Field(8, ge=1)
+    flash_attn: Literal["auto", "on", "off"] = "auto"
     extra_args: list[str] = Field(default_factory=list)
 
 
@@ -185,6 +186,60 @@ class ServeProfile(_Section):
     extra_args: list[str] = Field(default_factory=list)
 
 
+class VllmSettings(_Section):
+    """Defaults for every model's `serve` (vLLM started by ml-offload); its own values win."""
+
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    quantization: str | None = None
+    max_model_len: int | None = Field(None, ge=64)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+
+
+ProfileName = Literal["b200", "h100", "a100-80g", "rtx4090", "cpu"]
+
+# Named hardware profiles: settings laid under the user's own (any key set explicitly wins).
+# `b200` is the original stack's `b200Optimized`: vLLM with tensor parallel 4 and FP8, llama.cpp
+# with flash attention and a 32,768-token context, GPU monitoring on.
+PROFILES: dict[str, dict[str, Any]] = {
+    "b200": {
+        "engine": {"flash_attn": "on", "default_ctx_size": 32768},
+        "vllm": {"tensor_parallel_size": 4, "quantization": "fp8", "gpu_memory_utilization": 0.9},
+        "gpu": {"monitor": "nvml"},
+    },
+    "h100": {
+        "engine": {"flash_attn": "on", "default_ctx_size": 16384},
+        "vllm": {"quantization": "fp8", "gpu_memory_utilization": 0.9},
+        "gpu": {"monitor": "nvml"},
+    },
+    "a100-80g": {  # Ampere has no FP8: vLLM keeps the checkpoint's own precision
+        "engine": {"flash_attn": "on", "default_ctx_size": 16384},
+        "vllm": {"gpu_memory_utilization": 0.9},
+        "gpu": {"monitor": "nvml"},
+    },
+    "rtx4090": {  # 24 GiB, also drives a display: leave more of it free
+        "engine": {"flash_attn": "on", "default_ctx_size": 8192},
+        "vllm": {"gpu_memory_utilization": 0.85, "max_model_len": 8192},
+        "gpu": {"monitor": "nvml", "reserve_bytes": 1024**3},
+    },
+    "cpu": {
+        "engine": {"default_ctx_size": 4096},
+        "gpu": {"monitor": "none"},
+    },
+}
+
+
+def _under(defaults: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
+    """`explicit` over `defaults`, section by section (a section given as a model object wins
+    whole)."""
+    merged = dict(defaults)
+    for key, value in explicit.items():
+        base = merged.get(key)
+        merged[key] = (
+            _under(base, value) if isinstance(base, dict) and isinstance(value, dict) else value
+        )
+    return merged
+
+
 class ModelConfig(_Section):
     """A model declared in config: a local GGUF `path`, an external server `url`, a server we
     start (`serve`, vLLM), or a cloud provider (`url` optional: each has a default)."""
@@ -252,11 +307,30 @@ class Settings(BaseSettings):
     gpu: GpuSettings = Field(default_factory=lambda: GpuSettings())
     router: RouterSettings = Field(default_factory=lambda: RouterSettings())
     security: SecuritySettings = Field(default_factory=lambda: SecuritySettings())
+    profile: ProfileName | None = Field(None, description="hardware profile (see PROFILES)")
+    vllm: VllmSettings = Field(default_factory=lambda: VllmSettings())
     models: list[ModelConfig] = Field(default_factory=list)
     demo_model: bool = Field(True, description="register the bundled SmolLM2 when installed")
     scan_models_dir: bool = True
     llamacpp_url: str | None = None
     hf_token: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data: Any) -> Any:
+        name = data.get("profile") if isinstance(data, dict) else None
+        if name is None or name not in PROFILES:
+            return data  # an unknown name is reported by the field's own validation
+        return _under(PROFILES[name], data)
+
+    @model_validator(mode="after")
+    def _vllm_defaults(self) -> Settings:
+        for m in self.models:
+            if m.serve is not None:
+                for key, value in self.vllm.model_dump(exclude_none=True).items():
+                    if getattr(m.serve, key) is None:
+                        setattr(m.serve, key, value)
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -75,6 +75,12 @@ class Metrics:
         self.gpu_used = Gauge("mlo_gpu_memory_used_bytes", "GPU memory in use", dev, registry=r)
         self.gpu_free = Gauge("mlo_gpu_memory_free_bytes", "GPU memory free", dev, registry=r)
         self.gpu_util = Gauge("mlo_gpu_utilization_ratio", "GPU utilization (0-1)", dev, registry=r)
+        disk = ["folder"]  # "data" (registry, logs, audit) or "models"
+        self.disk_free = Gauge("mlo_disk_free_bytes", "Free space on the disk", disk, registry=r)
+        self.disk_total = Gauge("mlo_disk_total_bytes", "Size of the disk", disk, registry=r)
+        self.disk_low = Gauge(
+            "mlo_disk_low", "1 when free space is below storage.low_disk_bytes", disk, registry=r
+        )
 
     def observe_devices(self, devices: Sequence[DeviceLike]) -> None:
         for d in devices:
@@ -84,6 +90,11 @@ class Metrics:
             self.gpu_free.labels(*labels).set(d.free_bytes)
             if d.utilization_pct is not None:
                 self.gpu_util.labels(*labels).set(d.utilization_pct / 100)
+
+    def observe_disk(self, folder: str, free_bytes: int, total_bytes: int, low: bool) -> None:
+        self.disk_free.labels(folder).set(free_bytes)
+        self.disk_total.labels(folder).set(total_bytes)
+        self.disk_low.labels(folder).set(int(low))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

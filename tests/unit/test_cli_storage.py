@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from ml_offload.cli.client import CliError
 from ml_offload.cli.main import app
 from tests.unit.test_gguf import write_gguf
 
@@ -52,6 +53,14 @@ def test_du(env: dict[str, str]) -> None:
     assert [m["model"] for m in data["models"]] == ["tiny-f32"]
     assert data["disk"]["free_bytes"] > 0
     assert "free:" in invoke(env, "du")
+
+
+def test_du_check_is_the_storage_monitor(env: dict[str, str]) -> None:
+    assert "free:" in invoke({**env, "MLO_STORAGE__LOW_DISK_BYTES": "1"}, "du", "--check")
+    low = {**env, "MLO_STORAGE__LOW_DISK_BYTES": str(2**62)}  # more than any disk has
+    result = CliRunner().invoke(app, ["du", "--check"], env=low)
+    assert isinstance(result.exception, CliError)
+    assert "low disk space" in str(result.exception) and "mlo clean-cache" in str(result.exception)
 
 
 def test_clean_cache(env: dict[str, str], tmp_path: Path) -> None:

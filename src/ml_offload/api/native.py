@@ -218,6 +218,10 @@ async def metrics(request: Request) -> Response:
     for s in statuses:
         m.queue_depth.labels(s.name).set(s.queued)
         m.in_flight.labels(s.name).set(s.in_flight)
+    storage = svc.settings.storage
+    for folder, path in (("data", storage.data_dir), ("models", storage.models_path)):
+        space = disk_space(path, storage.low_disk_bytes)
+        m.observe_disk(folder, space.free_bytes, space.total_bytes, space.low)
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -145,7 +145,10 @@ class ModelProcess:
             "tensor_split": list(self._launch.tensor_split),
             "threads": self._engine.threads,
             "embeddings": self.spec.embeddings,
-            "engine_params": _engine_params(self.spec.extra_args),
+            "engine_params": {
+                **_FLASH_PARAM[self._engine.flash_attn],
+                **_engine_params(self.spec.extra_args),
+            },
         }
         argv = [sys.executable, "-m", "ml_offload.backends.engine_child", json.dumps(cfg)]
         with self.log_path.open("ab") as log_file:
@@ -184,6 +187,8 @@ class ModelProcess:
             argv += ["--tensor-split", ",".join(f"{x:g}" for x in self._launch.tensor_split)]
         if self.spec.embeddings:
             argv += ["--embeddings", "--pooling", "mean"]
+        if self._engine.flash_attn != "auto":
+            argv += ["--flash-attn", self._engine.flash_attn]
         argv += [*self._engine.extra_args, *self.spec.extra_args]
         try:
             with self.log_path.open("ab") as log_file:
@@ -276,6 +281,14 @@ def _free_port() -> int:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+# engine.flash_attn as xllamacpp's CommonParams.flash_attn_type (llama_flash_attn_type)
+_FLASH_PARAM: dict[str, dict[str, object]] = {
+    "auto": {},
+    "on": {"flash_attn_type": 1},
+    "off": {"flash_attn_type": 0},
+}
 
 
 def _engine_params(extra_args: tuple[str, ...]) -> dict[str, object]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from ml_offload.cli.client import CliError
 from ml_offload.cli.common import (
     ConfigOpt,
     JsonOpt,
@@ -23,6 +24,9 @@ from ml_offload.cli.common import (
     state_dir,
 )
 from ml_offload.daemon import Daemon
+
+if TYPE_CHECKING:
+    from ml_offload.storage.disk import DiskSpace
 
 _DAY_S = 86_400.0
 
@@ -62,8 +66,20 @@ def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         out.print("IN REGISTRY ?: no registry yet; the gateway builds it on its first start")
 
 
-def du(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Show disk use by folder and by model, and the free space left."""
+def du(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Exit non-zero when free space is below storage.low_disk_bytes."
+        ),
+    ] = False,
+) -> None:
+    """Show disk use by folder and by model, and the free space left.
+
+    `--check` is the storage monitor (the systemd timer `ml-storage-monitor`).
+    """
     from ml_offload.storage.disk import disk_space, list_models, tree_size
 
     settings = settings_for(config)
@@ -92,7 +108,19 @@ def du(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     }
     if as_json:
         out.print_json(data={"folders": usage, "models": per_model, "disk": free})
-        return
+    else:
+        _print_du(usage, per_model, space, storage.models_path)
+    if check and space.low:
+        raise CliError(
+            f"low disk space: {human_bytes(space.free_bytes)} free on the disk of "
+            f"{storage.models_path} (storage.low_disk_bytes = "
+            f"{human_bytes(storage.low_disk_bytes)}); free some with `mlo clean-cache`"
+        )
+
+
+def _print_du(
+    usage: list[dict[str, Any]], per_model: list[dict[str, Any]], space: DiskSpace, models: Path
+) -> None:
     table = Table("WHAT", "SIZE", "PATH")
     for u in usage:
         table.add_row(u["what"], human_bytes(u["bytes"]), u["path"])
@@ -102,7 +130,7 @@ def du(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     low = " (LOW: below storage.low_disk_bytes)" if space.low else ""
     out.print(
         f"free: {human_bytes(space.free_bytes)} of {human_bytes(space.total_bytes)} "
-        f"on the disk of {storage.models_path}{low}"
+        f"on the disk of {models}{low}"
     )
 
 
