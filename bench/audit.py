@@ -7,7 +7,7 @@
     event the size of a gateway's; the CPU the process used per second beyond the pacing loop
     alone, i.e. what audit adds at that rate.
 (c) `verify` speed in entries/s on the log (a).
-Each with fsync off and on (the default). Temporary files only.
+Each with fsync off and on (the default), signed checkpoints on (the default). Temporary files only.
 
     python bench/audit.py [--n 200000] [--rate 1500] [--seconds 3] [--json]
 """
@@ -55,7 +55,8 @@ def event(i: int) -> dict[str, Any]:
 
 async def burst(path: Path, n: int, fsync: bool) -> dict[str, float]:
     events = [event(i) for i in range(n)]
-    audit = AuditLog(AuditSettings(fsync=fsync), path, max_pending=n + 1)
+    settings = AuditSettings(fsync=fsync, signing_key_file=path.with_suffix(".key"))
+    audit = AuditLog(settings, path, max_pending=n + 1)
     await audit.start()
     t0 = time.perf_counter()
     for i, ev in enumerate(events):
@@ -71,7 +72,8 @@ async def burst(path: Path, n: int, fsync: bool) -> dict[str, float]:
 
 async def paced(path: Path, rate: int, seconds: float, fsync: bool, audit_on: bool) -> float:
     """CPU seconds per wall second while recording `rate` events/s."""
-    audit = AuditLog(AuditSettings(fsync=fsync, enabled=audit_on), path)
+    key = path.with_suffix(".key")
+    audit = AuditLog(AuditSettings(fsync=fsync, enabled=audit_on, signing_key_file=key), path)
     await audit.start()
     tick_s, per_tick = 0.01, max(1, rate // 100)
     cpu0, t0 = time.process_time(), time.perf_counter()

@@ -129,6 +129,15 @@ class AuditSettings(_Section):
     sync_interval_s: float = Field(
         1.0, gt=0, description="fsync and head file at most this often (and at close)"
     )
+    sign: bool = Field(True, description="append Ed25519-signed checkpoints to the chain")
+    signing_key_file: Path | None = Field(
+        None, description="private key, created 0600; default: <log folder>-keys/<log name>.key"
+    )
+    checkpoint_every: int = Field(1000, ge=1, description="entries between signed checkpoints")
+    rotate_bytes: int | None = Field(
+        None, ge=4096, description="start a new file when the log would grow past this"
+    )
+    rotate_daily: bool = Field(False, description="start a new file on each new UTC day")
 
 
 class TlsSettings(_Section):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ml_offload.config import AuditSettings
-from ml_offload.security.audit import AuditLog, head_path
+from ml_offload.security.audit import GENESIS, AuditLog, encode_entry, head_path
 from ml_offload.security.audit_read import verify
 from tests.integration.conftest import GatewayFactory, stop
 from tests.integration.fake_upstream import Reply, fake_openai
@@ -44,8 +44,8 @@ def error_line(done: subprocess.CompletedProcess[str]) -> str:
     return line
 
 
-async def write_events(path: Path, start: int, n: int) -> None:
-    async with AuditLog(AuditSettings(fsync=False), path) as audit:
+async def write_events(path: Path, start: int, n: int, *, sign: bool = False) -> None:
+    async with AuditLog(AuditSettings(fsync=False, sign=sign, checkpoint_every=8), path) as audit:
         for i in range(start, start + n):
             audit.record(
                 {
@@ -132,6 +132,32 @@ def test_errors_are_one_line(tmp_path: Path, setup: tuple[Path, Path]) -> None:
     assert "no audit log at" in error_line(mlo(empty, "verify"))
     assert "unknown --format" in error_line(mlo(config, "export", "--format", "xml"))
     assert "cannot read --since" in error_line(mlo(config, "export", "--since", "yesterday"))
+
+
+def test_a_chain_rewritten_whole_fails_verify_with_the_public_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n')
+    log = tmp_path / "data" / "audit" / "audit.jsonl"
+    asyncio.run(write_events(log, 0, N, sign=True))
+    pem = tmp_path / "audit.pub"
+    done = mlo(config, "public-key", "--output", str(pem))
+    assert done.returncode == 0 and pem.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert not list(log.parent.glob("*.key"))  # the private key is not in the log's folder
+    done = mlo(config, "verify", "--public-key", str(pem))
+    assert done.stdout.startswith(f"ok: {N + 6} entries") and "6 signed checkpoints" in done.stdout
+    prev, out = GENESIS, []  # the forger: one status changed, every hash and the head rewritten
+    for seq, raw in enumerate(log.read_bytes().splitlines(), start=1):
+        event = json.loads(raw)["event"]
+        if event.get("request_id") == "r3":
+            event["status"] = 403
+        line, prev = encode_entry(seq, prev, json.dumps(event).encode())
+        out.append(line)
+    log.write_bytes(b"".join(out))
+    head_path(log).write_text(json.dumps({"seq": len(out), "hash": prev}))
+    assert mlo(config, "verify").returncode == 0  # the chain alone is fooled
+    line = error_line(mlo(config, "verify", "--public-key", str(pem)))
+    assert "line 10 (seq 10): signature: its signature does not match" in line
+    assert "not a PEM public key" in error_line(mlo(config, "verify", "--public-key", str(config)))
 
 
 def test_tail_follow_prints_new_entries(setup: tuple[Path, Path]) -> None:
@@ -232,6 +258,10 @@ def test_a_writer_killed_while_logging_leaves_a_log_that_verifies(
         child.wait()
     done = mlo(config, "verify")
     assert done.returncode == 0 and done.stdout.startswith("ok: "), done.stdout + done.stderr
+    pem = tmp_path / "audit.pub"
+    assert mlo(config, "public-key", "-o", str(pem)).returncode == 0
+    done = mlo(config, "verify", "--public-key", str(pem))  # the tail after the last checkpoint
+    assert done.returncode == 0 and "signed checkpoints verified" in done.stdout, done.stderr
     before = verify(log)
     assert before.ok and before.entries > 1000
     asyncio.run(write_events(log, 0, 50))  # a restart cuts a torn tail and continues the chain

@@ -24,7 +24,7 @@ from ml_offload.errors import ConfigError
 from ml_offload.security.audit import GENESIS, AuditLog, audit_path, head_path, prompt_sha256
 from ml_offload.security.audit_read import export, iter_entries, tail, verify
 
-QUIET = {"flush_interval_s": 60.0, "fsync": False}  # the writer only wakes on batch or flush
+QUIET = {"flush_interval_s": 60.0, "fsync": False, "sign": False}  # wakes on batch or flush
 
 
 def event(i: int, **extra: Any) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def event(i: int, **extra: Any) -> dict[str, Any]:
 
 
 async def write_log(path: Path, n: int, start: int = 0, **opts: Any) -> AuditLog:
-    audit = AuditLog(AuditSettings(**({"fsync": False} | opts)), path)
+    audit = AuditLog(AuditSettings(**({"fsync": False, "sign": False} | opts)), path)
     async with audit:
         for i in range(start, start + n):
             audit.record(event(i))
@@ -382,8 +382,8 @@ from ml_offload.security.audit import AuditLog
 async def main() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    audit = AuditLog(AuditSettings(flush_interval_s=60, batch_size=1000, fsync=False),
-                     Path(sys.argv[1]))
+    settings = AuditSettings(flush_interval_s=60, batch_size=1000, fsync=False, sign=False)
+    audit = AuditLog(settings, Path(sys.argv[1]))
     await audit.start()
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
     for i in range(300):

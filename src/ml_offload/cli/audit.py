@@ -20,6 +20,7 @@ from ml_offload.cli.client import CliError
 from ml_offload.cli.common import ConfigOpt, JsonOpt, out, settings_for
 from ml_offload.security.audit import Entry, audit_path, iso_time, to_json
 from ml_offload.security.audit_read import export, follow, tail, verify
+from ml_offload.security.audit_sign import load_public_key, public_pem, signing_key_path
 
 app = typer.Typer(
     help="The tamper-evident audit log (read from disk; the gateway may be down).",
@@ -69,10 +70,26 @@ def tail_cmd(
 
 
 @app.command("verify")
-def verify_cmd(config: ConfigOpt = None, file: FileOpt = None, as_json: JsonOpt = False) -> None:
+def verify_cmd(
+    public_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--public-key",
+            help="Check the signed checkpoints with this key (`mlo audit public-key`); repeat "
+            "for keys used before.",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    file: FileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Check the hash chain: exit 0 ("ok: N entries") or 1 naming the first broken entry."""
     path = _log_file(config, file)
-    result = verify(path)
+    try:
+        keys = [load_public_key(p) for p in public_key or []]
+    except ValueError as exc:
+        raise CliError(f"{exc}; give the file `mlo audit public-key` wrote") from None
+    result = verify(path, keys or None)
     if as_json:
         data = {
             "ok": result.ok,
@@ -80,6 +97,9 @@ def verify_cmd(config: ConfigOpt = None, file: FileOpt = None, as_json: JsonOpt 
             "last_seq": result.last_seq,
             "last_hash": result.last_hash,
             "torn_bytes": result.torn_bytes,
+            "checkpoints": result.checkpoints,
+            "signatures_checked": bool(keys),
+            "unsigned_tail": result.unsigned_tail,
             "broken": None if result.broken is None else str(result.broken),
         }
         sys.stdout.write(to_json(data).decode() + "\n")
@@ -94,7 +114,44 @@ def verify_cmd(config: ConfigOpt = None, file: FileOpt = None, as_json: JsonOpt 
         if result.torn_bytes
         else ""
     )
-    out.print(f"ok: {result.entries} entries, last hash {result.last_hash}{torn}")
+    signed = (
+        f"; {result.checkpoints} signed checkpoints verified"
+        if keys
+        else "; signatures not checked (give --public-key)"
+        if result.checkpoints
+        else ""
+    )
+    out.print(f"ok: {result.entries} entries, last hash {result.last_hash}{signed}{torn}")
+
+
+@app.command("public-key")
+def public_key_cmd(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the public key that verifies the log's signed checkpoints (PEM): keep a copy
+    away from the gateway's machine."""
+    settings = settings_for(config)
+    key_file = signing_key_path(settings.security.audit, audit_path(settings))
+    if not key_file.is_file():
+        raise CliError(
+            f"no audit signing key at {key_file}: the gateway creates it when it first starts "
+            "with security.audit.sign on (security.audit.signing_key_file sets where)"
+        )
+    try:
+        pem = public_pem(load_public_key(key_file)).decode("ascii")
+    except ValueError as exc:
+        raise CliError(f"{exc}; check security.audit.signing_key_file") from None
+    if output is None:
+        sys.stdout.write(pem)
+        return
+    try:
+        output.write_text(pem)
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror or exc}") from None
+    out.print(f"wrote the audit public key to {output}")
 
 
 @app.command("export")

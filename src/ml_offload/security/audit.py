@@ -39,10 +39,10 @@ The file format (encoding and parsing one entry, the head file) and its writer l
 readers (verify, tail, follow, export) are in `audit_read.py` and parse through this module, so
 the format is defined in one place.
 
-Limits: without a secret, a chain detects edits, not a forger who rewrites every hash from the
-edit to the end and the head file too; anchor the log by copying the last hash `mlo audit verify`
-prints somewhere else. There is no rotation: archive and start a new file with the gateway
-stopped (move the log and its head away together).
+Signed checkpoints (`sign`, on by default; `audit_sign.py`): every `checkpoint_every` entries,
+when the log starts empty and when it closes, the writer thread appends an Ed25519-signed
+checkpoint entry, so `mlo audit verify --public-key` catches a forger who rewrites every hash
+and the head. One signature per checkpoint: nothing is signed per request.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ import orjson
 
 from ml_offload.config import AuditSettings, Settings
 from ml_offload.errors import ConfigError
+from ml_offload.security.audit_sign import CHECKPOINT, Signer, load_or_create_key, signing_key_path
 
 log = logging.getLogger("ml_offload.audit")
 
@@ -81,7 +82,7 @@ _BATCHES_PER_SYNC = 16
 _ERROR_LOG_EVERY_S = 60.0
 _RESUME_SCAN_LINES = 10_000
 
-Reason = Literal["malformed", "edited", "missing", "out_of_order", "chain", "head"]
+Reason = Literal["malformed", "edited", "missing", "out_of_order", "chain", "head", "signature"]
 
 
 def audit_path(settings: Settings) -> Path:
@@ -154,7 +155,9 @@ class AuditLog:
         self._lock_fd = -1
         self._seq = 0
         self._prev = GENESIS
-        self._stalled: tuple[bytes, int, str, int] | None = None  # data, seq, hash, entries
+        self._stalled: Batch | None = None  # encoded, not yet appended
+        self._signer: Signer | None = None
+        self._unsigned = 0  # entries since the last checkpoint
         self._last_error_at = 0.0
         self.written = 0  # entries appended since start
         self.cut_bytes = 0  # torn tail cut at start
@@ -221,7 +224,9 @@ class AuditLog:
             await asyncio.to_thread(thread.join)
         if self._fd >= 0:
             await asyncio.to_thread(self._drain)  # events recorded while the thread stopped
-        lost = len(self._pending) + (self._stalled[3] if self._stalled else 0)
+        if self._fd >= 0 and self._signer is not None:
+            await asyncio.to_thread(self._seal)
+        lost = len(self._pending) + (self._stalled.events if self._stalled else 0)
         if lost:
             log.error(
                 "audit log %s closed with %d events unwritten (see errors above)", self.path, lost
@@ -286,15 +291,37 @@ class AuditLog:
         why = "the writer fell behind (slow or failing disk)"
         return {"time": time.time(), "audit": "dropped", "count": n, "why": why}
 
-    def _encode(self, events: list[bytes | dict[str, Any]]) -> tuple[bytes, int, str, int]:
-        seq, prev = self._seq, self._prev
+    def _seal(self) -> None:
+        """A last checkpoint over what is written (at close), and its sync."""
+        with self._io:
+            if self._unsigned and self._stalled is None:
+                self._stalled = self._encode([], seal=True)
+                if self._write_stalled():
+                    self._sync()
+
+    def _encode(self, events: list[bytes | dict[str, Any]], *, seal: bool = False) -> Batch:
+        """Chain `events` after the last entry, with a signed checkpoint wherever one is due."""
+        seq, prev, unsigned = self._seq, self._prev, self._unsigned
+        every = self._signer.every if self._signer is not None else 0
         lines = []
         for event in events:
             seq += 1
             payload = event if isinstance(event, bytes) else to_json(self._prepare(event))
             line, prev = encode_entry(seq, prev, payload)
             lines.append(line)
-        return b"".join(lines), seq, prev, len(events)
+            unsigned += 1
+            if unsigned == every:
+                seq, prev, unsigned = seq + 1, self._checkpoint(seq + 1, prev, lines), 0
+        if seal and (unsigned or seq == 0) and self._signer is not None:
+            seq, prev, unsigned = seq + 1, self._checkpoint(seq + 1, prev, lines), 0
+        return Batch(b"".join(lines), seq, prev, len(events), unsigned)
+
+    def _checkpoint(self, seq: int, prev: str, lines: list[bytes]) -> str:
+        assert self._signer is not None
+        event = self._signer.checkpoint(seq, prev, iso_time(time.time()))
+        line, digest = encode_entry(seq, prev, to_json(event))
+        lines.append(line)
+        return digest
 
     def _prepare(self, event: Any) -> Any:
         if not isinstance(event, dict):
@@ -311,7 +338,7 @@ class AuditLog:
 
     def _write_stalled(self) -> bool:
         assert self._stalled is not None
-        data, seq, digest, count = self._stalled
+        data = self._stalled.data
         start = os.fstat(self._fd).st_size
         try:
             view = memoryview(data)
@@ -322,8 +349,9 @@ class AuditLog:
                 os.ftruncate(self._fd, start)  # never leave half a batch in the chain
             self._report(f"cannot append to audit log {self.path}: {exc}; retrying")
             return False
-        self._seq, self._prev, self._stalled = seq, digest, None
-        self.written += count
+        batch, self._stalled = self._stalled, None
+        self._seq, self._prev, self._unsigned = batch.seq, batch.hash, batch.unsigned
+        self.written += batch.events
         return True
 
     def _sync(self) -> None:
@@ -352,6 +380,8 @@ class AuditLog:
             flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
             self._fd = os.open(self.path, flags, 0o600)
             self._seq, self._prev, self.cut_bytes = _resume(self._fd, self.path)
+            if self._settings.sign:
+                self._start_signing()
         except OSError as exc:
             self._close_fds()
             raise ConfigError(
@@ -362,11 +392,43 @@ class AuditLog:
             self._close_fds()
             raise
 
+    def _start_signing(self) -> None:
+        """Load (or create) the key; count the unsigned entries at the end; sign a new log."""
+        key = load_or_create_key(signing_key_path(self._settings, self.path))
+        self._signer = Signer(key, self._settings.checkpoint_every)
+        self._unsigned = _unsigned_at_end(self._fd, self._signer.every)
+        if self._seq == 0:  # a new log begins with a checkpoint: no stretch of it is unsigned
+            self._stalled = self._encode([], seal=True)
+
     def _close_fds(self) -> None:
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
         self._fd = self._lock_fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Entries encoded and chained, waiting to be appended (kept for a retry if that fails)."""
+
+    data: bytes
+    seq: int  # the last entry's
+    hash: str
+    events: int  # recorded events in it (not checkpoints)
+    unsigned: int  # entries after its last checkpoint
+
+
+def _unsigned_at_end(fd: int, every: int) -> int:
+    """How many entries follow the last checkpoint (at most `every`: then one is due)."""
+    count = 0
+    for _, raw in lines_backward(fd, os.fstat(fd).st_size):
+        if count >= every:
+            break
+        entry = parse_line(raw, 0)
+        if isinstance(entry, Entry) and entry.event.get("audit") == CHECKPOINT:
+            break
+        count += 1
+    return count
 
 
 def _lock(path: Path) -> int:

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from ml_offload.security.audit import (
     GENESIS,
     Broken,
@@ -28,6 +30,7 @@ from ml_offload.security.audit import (
     seq_hint,
     to_json,
 )
+from ml_offload.security.audit_sign import CHECKPOINT, check_checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +42,57 @@ class VerifyResult:
     broken: Broken | None = None
     torn_bytes: int = 0  # an incomplete last line (a crash mid-write); cut on the next start
     head_seq: int | None = None  # what the head file records (None: no head file)
+    checkpoints: int = 0  # signed checkpoints seen (their signatures checked with keys given)
+    unsigned_tail: int = 0  # entries after the last checkpoint
 
 
-def verify(path: Path) -> VerifyResult:
-    """Check the chain from the first entry to the last, and the last against the head file.
+class _Signatures:
+    """Checks checkpoints against public keys, and that no stretch longer than their interval
+    goes unsigned (a forger cannot make checkpoints, so dropping them must show)."""
+
+    def __init__(self, keys: list[Ed25519PublicKey] | None) -> None:
+        self.keys = keys
+        self.checkpoints = 0
+        self.unsigned = 0
+        self.every: int | None = None
+
+    def feed(self, entry: Entry) -> Broken | None:
+        if entry.event.get("audit") != CHECKPOINT:
+            self.unsigned += 1
+            return None
+        self.checkpoints += 1
+        if not self.keys:
+            self.unsigned = 0
+            return None
+        wrong = check_checkpoint(self.keys, entry.seq, entry.prev, entry.event)
+        if wrong is not None:
+            return Broken(entry.line, entry.seq, "signature", wrong)
+        self.every = entry.event["every"]
+        too_many = self._too_many(entry.line, entry.seq)
+        self.unsigned = 0
+        return too_many
+
+    def end(self, line: int, seq: int) -> Broken | None:
+        if not self.keys:
+            return None
+        if self.checkpoints == 0:
+            why = "no signed checkpoint: the log was not signed, or its checkpoints were removed"
+            return Broken(line, None, "signature", why)
+        return self._too_many(line, seq)
+
+    def _too_many(self, line: int, seq: int) -> Broken | None:
+        if self.every is None or self.unsigned <= self.every:
+            return None
+        why = (
+            f"{self.unsigned} entries before it are unsigned, more than the {self.every} between "
+            "checkpoints: checkpoints were removed"
+        )
+        return Broken(line, seq, "signature", why)
+
+
+def verify(path: Path, keys: list[Ed25519PublicKey] | None = None) -> VerifyResult:
+    """Check the chain from the first entry to the last, and the last against the head file;
+    with public `keys`, each checkpoint's signature and that none was removed.
 
     Stops at the first broken entry. Raises FileNotFoundError when neither log nor head exists."""
     head = read_head(path)
@@ -54,6 +104,12 @@ def verify(path: Path) -> VerifyResult:
     head_seq = head[0] if isinstance(head, tuple) else None
     seq, prev, n, line, torn = 0, GENESIS, 0, 0, 0
     pinned: Entry | None = None  # the entry the head names
+    signed = _Signatures(keys)
+
+    def result(broken: Broken | None, torn: int = 0) -> VerifyResult:
+        counts = (signed.checkpoints, signed.unsigned)
+        return VerifyResult(broken is None, n, seq, prev, broken, torn, head_seq, *counts)
+
     with path.open("rb") as f:
         for raw in f:
             line += 1
@@ -66,13 +122,16 @@ def verify(path: Path) -> VerifyResult:
             elif isinstance(entry, Entry) and entry.prev != prev:
                 why = f"its prev does not match the hash of line {line - 1} (one was rewritten)"
                 entry = Broken(line, entry.seq, "chain", why)
+            if isinstance(entry, Entry):
+                entry = signed.feed(entry) or entry
             if isinstance(entry, Broken):
-                return VerifyResult(False, n, seq, prev, entry, 0, head_seq)
+                return result(entry)
             seq, prev, n = entry.seq, entry.hash, n + 1
             if entry.seq == head_seq:
                 pinned = entry
-    broken = _check_head(path, head, seq, pinned, line + (0 if torn else 1))
-    return VerifyResult(broken is None, n, seq, prev, broken, torn, head_seq)
+    end_line = line + (0 if torn else 1)
+    broken = _check_head(path, head, seq, pinned, end_line) or signed.end(end_line, seq + 1)
+    return result(broken, torn)
 
 
 def _misplaced(entry: Entry, expected: int, rest: Iterable[bytes]) -> Broken:
