@@ -123,3 +123,10 @@ class UpstreamClientError(MloError):
 class EngineTimeout(EngineError):
     status = 504
     code = "engine_timeout"
+
+
+class AnalysisError(InvalidRequest):
+    """The code analyzer cannot start: the path is not a folder, an unknown language, a bad
+    revision. Single files that cannot be analysed are reported and skipped, not raised."""
+
+    code = "analysis_error"

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ml_offload.cli import audit, bootstrap, health, keys, pull, run, server, storage
+from ml_offload.cli import analyze, audit, bootstrap, health, keys, pull, run, server, storage
 from ml_offload.cli.client import CliError, GatewayClient, gateway_url
 from ml_offload.cli.common import human_bytes, human_secs, warn_if_low_disk
 from ml_offload.cli.hardening import (
@@ -198,6 +198,7 @@ app.command("clean-cache")(storage.clean_cache)
 app.command()(bootstrap.bootstrap)
 app.add_typer(audit.app, name="audit")  # issue 5: the audit log file
 app.command("security-audit")(security_audit)
+app.command("analyze")(analyze.analyze_command)  # issue 17: the code analyzer
 
 
 def main() -> None:
