@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gguf_shapes
 
-from ml_offload.gguf import demo_model_path, read_gguf_info
+from ml_offload.gguf import demo_model_path, host_repack_family, read_gguf_info, repack_bytes
 from ml_offload.vram import ReportedMemory, estimate_memory, parse_llama_log
 
 MIB = 2**20
@@ -153,8 +153,10 @@ def row(name: str, path: Path, case: Case) -> dict[str, object]:
         flash_attn=case.fa,
         ubatch=case.ubatch,
         embeddings=case.embeddings,
+        repack=repack_bytes(info, host_repack_family()),
     )
     weights = info.input_weight_bytes + info.output_weight_bytes + sum(info.layer_weight_bytes)
+    weights += sum(est.host_repack_bytes) - est.unmapped_bytes
     kv = sum(est.layer_bytes) - sum(info.layer_weight_bytes)
     estimated = {
         "model": weights,

@@ -15,8 +15,17 @@ from typing import Any
 import gguf
 import numpy as np
 
-_F16 = gguf.GGMLQuantizationType.F16
-_Q8_0 = gguf.GGMLQuantizationType.Q8_0
+Q = gguf.GGMLQuantizationType
+_F16 = Q.F16
+_Q8_0 = Q.Q8_0
+# llama.cpp's file type for a model quantized mostly to this type (`general.file_type`)
+_FILE_TYPES = {
+    Q.F16: gguf.LlamaFileType.MOSTLY_F16,
+    Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+    Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+    Q.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M,
+    Q.IQ4_NL: gguf.LlamaFileType.MOSTLY_IQ4_NL,
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class Shape:
     n_expert_used: int = 0
     n_ff_exp: int = 0
     qtype: gguf.GGMLQuantizationType = _F16
+    output_qtype: gguf.GGMLQuantizationType | None = None  # the head's, when not qtype's
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,16 +97,52 @@ SHAPES = (
         n_expert_used=4,
         n_ff_exp=256,
     ),
+    # CPU weight repacking (x86: Q4_0, Q4_K, IQ4_NL rows in eights): an untied Q4_0 head whose
+    # 32001 rows do not repack, a Q4_K_M-like model with a Q6_K head, a Q4_0 MoE
+    Shape("llama-q4_0-16L", "llama", 16, 768, 12, 4, 2048, 32001, qtype=Q.Q4_0),
+    Shape(
+        "llama-q4_k-12L",
+        "llama",
+        12,
+        1024,
+        16,
+        4,
+        2816,
+        32000,
+        qtype=Q.Q4_K,
+        output_qtype=Q.Q6_K,
+    ),
+    Shape(
+        "qwen3moe-q4_0-8L",
+        "qwen3moe",
+        8,
+        512,
+        8,
+        4,
+        1024,
+        32000,
+        head_dim=64,
+        n_expert=8,
+        n_expert_used=2,
+        n_ff_exp=512,
+        qtype=Q.Q4_0,
+        tied=True,
+    ),
 )
 
 
-def write_shape(shape: Shape, path: Path, seed: int = 0) -> Path:
-    """Write `shape` as a loadable GGUF file at `path` (random weights, a byte-level vocab)."""
-    rng = np.random.default_rng(seed)
+def write_shape(shape: Shape, path: Path, seed: int = 0, *, zeros: bool = False) -> Path:
+    """Write `shape` as a loadable GGUF file at `path` (random weights, a byte-level vocab).
+
+    `zeros`: every weight 0 (fast for files of several GiB; llama.cpp loads them the same).
+    Types that gguf-py cannot quantize (the K-quants, IQ4_NL) are always written as zeros.
+    """
+    rng = None if zeros else np.random.default_rng(seed)
     writer = gguf.GGUFWriter(path, shape.arch)
     _metadata(writer, shape)
     for name, dims in _tensors(shape):
-        _add_tensor(writer, name, dims, shape.qtype, rng)
+        head = name == "output.weight" and shape.output_qtype is not None
+        _add_tensor(writer, name, dims, shape.output_qtype if head else shape.qtype, rng)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -115,7 +161,7 @@ def _metadata(w: gguf.GGUFWriter, s: Shape) -> None:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
     w.add_vocab_size(s.n_vocab)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if s.qtype == _Q8_0 else 1)
+    w.add_file_type(_FILE_TYPES.get(s.qtype, gguf.LlamaFileType.GUESSED))
     if s.head_dim:
         w.add_key_length(s.head_dim)
         w.add_value_length(s.head_dim)
@@ -186,10 +232,15 @@ def _add_tensor(
     name: str,
     dims: tuple[int, ...],
     qtype: gguf.GGMLQuantizationType,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> None:
     if len(dims) == 1:
         w.add_tensor(name, np.ones(dims, dtype=np.float32))
+        return
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    if rng is None or qtype not in (_F16, _Q8_0, Q.Q4_0):
+        raw = np.zeros((*dims[:-1], dims[-1] // block * type_size), dtype=np.uint8)
+        w.add_tensor(name, raw, raw_dtype=qtype)
         return
     data = (rng.standard_normal(dims, dtype=np.float32) * 0.02).astype(np.float16)
     if qtype == _F16:

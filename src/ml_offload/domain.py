@@ -48,6 +48,10 @@ class GgufInfo:
     expert_count: int | None = None
     expert_used_count: int | None = None
     expert_feed_forward_length: int | None = None
+    # CPU weight repacking, for each of gguf.REPACK_FAMILIES in turn: the bytes of each block's
+    # repacked copies, the output head's, then the file bytes the mapped buffer stops spanning
+    # (read them with gguf.repack_bytes); () when no family repacks anything
+    repack_bytes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,13 @@ read a GGUF file (remote models only, or every file's metadata already in the re
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import importlib.util
 import math
 import mmap
+import platform
 import re
 import struct
 from collections import Counter
@@ -96,6 +98,22 @@ _SWA_PERIOD = {
 }
 _SWA_DEFAULT_WINDOW = {"gemma2": 4096}  # used by llama.cpp when the key is missing
 
+# CPU weight repacking (ggml-cpu's repack.cpp, `ggml_repack_get_optimal_repack_type`): on the
+# CPU, llama.cpp keeps the mapped file and adds an interleaved copy (same size, its CPU_REPACK
+# buffer) of each matrix-multiplication weight whose type the CPU's kernels repack, when its row
+# count (ggml's ne[1]) is a multiple of the number given. Input embeddings (a row lookup) are
+# never repacked; a tied output head is a copy of token_embd, and is. Keys: `repack_family`.
+_X86 = {"Q4_0": 8, "Q4_K": 8, "IQ4_NL": 8, "MXFP4": 8}
+REPACK_RULES: dict[str, dict[str, int]] = {
+    "avx2": _X86,
+    "avx512": {**_X86, "Q2_K": 8},
+    "neon": {
+        **{"Q4_0": 4, "IQ4_NL": 4, "MXFP4": 4, "Q8_0": 4, "Q1_0": 4},
+        **{"Q4_K": 8, "Q5_K": 8, "Q6_K": 8},
+    },
+}
+REPACK_FAMILIES = tuple(REPACK_RULES)
+
 
 @dataclass(frozen=True, slots=True)
 class _Tensor:
@@ -105,6 +123,8 @@ class _Tensor:
     ggml_type: int
     n_bytes: int
     end: int  # offset of the tensor's last byte + 1, relative to the data section
+    rows: int = 1  # ggml's ne[1]: the rows of a weight matrix (per expert for 3-D ones)
+    shard: int = 0  # which file of a split model holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +143,7 @@ def read_gguf_info(path: Path) -> GgufInfo:
     """Read a GGUF file's header (all shards of a split model); raise InvalidModelFile."""
     header = _read_header(path)
     headers = [header, *(_read_header(p) for p in _other_shards(path, header.fields))]
-    tensors = [t for h in headers for t in h.tensors]
+    tensors = [dataclasses.replace(t, shard=i) for i, h in enumerate(headers) for t in h.tensors]
     fields = {**header.array_lengths_as_fields(), **header.fields}
     return _info(path, fields, tensors, sum(h.size_bytes for h in headers))
 
@@ -271,11 +291,12 @@ class _Cursor:
         n_dims = int(self.take("I")[0])
         if n_dims > _MAX_DIMS:
             raise _Corrupt(f"a tensor has {n_dims} dimensions (at most {_MAX_DIMS})")
-        n_elements = math.prod(int(d) for d in self.take(f"{n_dims}Q"))
+        dims = [int(d) for d in self.take(f"{n_dims}Q")]
         ggml_type, offset = (int(v) for v in self.take("IQ"))
         block, type_size = _spec().GGML_QUANT_SIZES.get(ggml_type, (1, 0))
-        n_bytes = n_elements * type_size // block
-        return _Tensor(name, n_dims, n_elements, ggml_type, n_bytes, offset + n_bytes)
+        n_bytes = math.prod(dims) * type_size // block
+        rows = dims[1] if n_dims > 1 else 1
+        return _Tensor(name, n_dims, math.prod(dims), ggml_type, n_bytes, offset + n_bytes, rows)
 
 
 @functools.cache
@@ -359,7 +380,101 @@ def _memory_fields(arch: str, fields: dict[str, _Value], tensors: list[_Tensor])
         "expert_count": _int(fields, f"{arch}.expert_count"),
         "expert_used_count": _int(fields, f"{arch}.expert_used_count"),
         "expert_feed_forward_length": _int(fields, f"{arch}.expert_feed_forward_length"),
+        "repack_bytes": _repack_bytes(tensors, len(layers)),
     }
+
+
+def repack_family(machine: str, cpu_flags: frozenset[str]) -> str | None:
+    """The `REPACK_RULES` key for a CPU (`platform.machine()`, /proc/cpuinfo's flags)."""
+    if machine.lower() in ("x86_64", "amd64"):
+        if "avx512f" in cpu_flags:
+            return "avx512"
+        return "avx2" if "avx2" in cpu_flags else None
+    if machine.lower() in ("aarch64", "arm64"):
+        return "neon" if {"asimddp", "asimd"} & cpu_flags or not cpu_flags else None
+    return None
+
+
+def host_repack_family() -> str | None:
+    """This machine's repack family (reads /proc/cpuinfo once; None where unknown)."""
+    return _host_repack_family()
+
+
+@functools.cache
+def _host_repack_family() -> str | None:
+    flags: frozenset[str] = frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    flags = frozenset(line.partition(":")[2].split())
+                    break
+    except OSError:
+        pass
+    return repack_family(platform.machine(), flags)
+
+
+def repack_bytes(info: GgufInfo, family: str | None) -> tuple[int, ...]:
+    """`family`'s repacked copies: per block, then the output head, then the bytes at the
+    file's ends that the mapped buffer no longer spans (subtract them); () for none."""
+    if family not in REPACK_FAMILIES or not info.repack_bytes:
+        return ()
+    width = len(info.repack_bytes) // len(REPACK_FAMILIES)
+    start = REPACK_FAMILIES.index(family) * width
+    return info.repack_bytes[start : start + width]
+
+
+def _repack_bytes(tensors: list[_Tensor], n_layer: int) -> tuple[int, ...]:
+    """For each of REPACK_FAMILIES: n_layer + 2 values (see `repack_bytes`)."""
+    out: list[int] = []
+    for family in REPACK_FAMILIES:
+        rule = REPACK_RULES[family]
+        repacked = [not _embedding(t) and _repackable(t, rule) for t in tensors]
+        per_layer = [0] * (n_layer + 1)
+        for t, yes in zip(tensors, repacked, strict=True):
+            if yes:
+                index = _layer_index(t.name)
+                per_layer[n_layer if index is None or index >= n_layer else index] += t.n_bytes
+        if not any(t.name == "output.weight" for t in tensors):  # tied: a copy of token_embd
+            per_layer[n_layer] += sum(
+                t.n_bytes for t in tensors if t.name == "token_embd.weight" and _repackable(t, rule)
+            )
+        out += [*per_layer, _unmapped_ends(tensors, repacked)]
+    return tuple(out) if any(out) else ()
+
+
+def _repackable(t: _Tensor, rule: dict[str, int]) -> bool:
+    """A matrix (2-D, or 3-D experts) of a type the rule repacks, with rows to match."""
+    multiple = rule.get(_type_name(t.ggml_type))
+    return t.n_dims in (2, 3) and multiple is not None and t.rows % multiple == 0
+
+
+def _embedding(t: _Tensor) -> bool:
+    """Looked up by row, not multiplied: `token_embd`, `per_layer_token_embd`, `pos_embd`."""
+    return t.name.rpartition(".")[0].endswith("embd")
+
+
+def _unmapped_ends(tensors: list[_Tensor], repacked: list[bool]) -> int:
+    """Repacked tensors before the first and after the last kept one, in each file: llama.cpp
+    maps one range per file, from its first to its last tensor left in the mapped buffer."""
+    trimmed = 0
+    for shard in sorted({t.shard for t in tensors}):
+        ordered = sorted(
+            ((t, r) for t, r in zip(tensors, repacked, strict=True) if t.shard == shard),
+            key=lambda pair: pair[0].end,
+        )
+        kept = [i for i, (_, r) in enumerate(ordered) if not r]
+        if not kept:
+            trimmed += sum(t.n_bytes for t, _ in ordered)
+            continue
+        ends = ordered[: kept[0]] + ordered[kept[-1] + 1 :]
+        trimmed += sum(t.n_bytes for t, _ in ends)
+    return trimmed
+
+
+def _type_name(ggml_type: int) -> str:
+    known = _spec().GGMLQuantizationType._value2member_map_.get(ggml_type)
+    return known.name if known is not None else f"type{ggml_type}"
 
 
 def _layer_index(name: str) -> int | None:

@@ -40,6 +40,10 @@ class Estimate(Protocol):
 
     def cpu_total_bytes(self) -> int: ...
 
+    def host_bytes(self, n_layers: int) -> int:
+        """Host memory with `n_layers` offloaded."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class LoadedView:
@@ -114,10 +118,7 @@ def fit_layers(
 
 def host_bytes(est: Estimate, n_layers: int) -> int:
     """Host memory with `n_layers` offloaded: the blocks not offloaded stay on the CPU."""
-    if n_layers <= 0:
-        return est.cpu_total_bytes()
-    kept = len(est.layer_bytes) - (n_layers - 1)
-    return est.cpu_bytes + sum(est.layer_bytes[:kept])
+    return est.host_bytes(n_layers)
 
 
 def place(

@@ -27,6 +27,7 @@ from ml_offload.backends.probe import PROBED, BackendMonitor
 from ml_offload.config import Settings
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import ConfigError
+from ml_offload.gguf import host_repack_family, repack_bytes
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
 from ml_offload.inference import InferenceService
@@ -67,6 +68,7 @@ def spec_estimate(spec: ModelSpec) -> Estimate:
         parallel=spec.parallel,
         embeddings=spec.embeddings,
         flash_attn=True,  # llama.cpp's default `auto` turns it on for CPU and CUDA
+        repack=repack_bytes(spec.info, host_repack_family()),
     )
 
 

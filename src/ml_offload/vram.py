@@ -49,6 +49,9 @@ class MemoryEstimate:
     cpu_bytes: int  # in host memory at full offload: input embedding, host buffers
     host_compute_bytes: int = 0  # the part of cpu_bytes that is a compute buffer
     tied_output_bytes: int = 0  # the part of output_bytes copied from the input embedding
+    # CPU weight repacking: the copies a block (then the head, last) adds while in host memory
+    host_repack_bytes: tuple[int, ...] = ()
+    unmapped_bytes: int = 0  # file bytes the CPU mapping stops spanning when all is on the CPU
 
     @property
     def layers(self) -> int:
@@ -70,7 +73,16 @@ class MemoryEstimate:
         """Everything in host memory (`n_gpu_layers = 0`, or no GPU)."""
         output = self.output_bytes - self.tied_output_bytes
         host = self.cpu_bytes - self.host_compute_bytes
-        return sum(self.layer_bytes) + output + host + self.gpu_compute_bytes
+        repacked = sum(self.host_repack_bytes) - self.unmapped_bytes
+        return sum(self.layer_bytes) + output + host + self.gpu_compute_bytes + repacked
+
+    def host_bytes(self, n_layers: int) -> int:
+        """Host memory with `n_layers` offloaded: the blocks not offloaded stay on the CPU,
+        with their repacked copies."""
+        if n_layers <= 0:
+            return self.cpu_total_bytes()
+        kept = max(len(self.layer_bytes) - (n_layers - 1), 0)
+        return self.cpu_bytes + sum(self.layer_bytes[:kept]) + sum(self.host_repack_bytes[:kept])
 
     def full_offload_bytes(self) -> int:
         return self.gpu_bytes(self.layers)
@@ -102,12 +114,14 @@ def estimate_memory(
     ubatch: int = 512,
     embeddings: bool = False,
     kv_unified: bool = False,
+    repack: tuple[int, ...] = (),
 ) -> MemoryEstimate:
     """Estimate llama.cpp's buffers for `info` served with n_ctx = `ctx_tokens` (all slots).
 
     `embeddings`: the engine also serves embeddings (every token of a ubatch is an output, so
     the compute buffer holds ubatch × n_vocab logits). `flash_attn`: llama.cpp's `auto` turns
     it on wherever the backend supports it (CPU, CUDA); False is the larger, safe estimate.
+    `repack`: the host CPU's weight repacking, `gguf.repack_bytes(info, family)`.
     """
     shape = _shape(info)
     streams = 1 if kv_unified else max(parallel, 1)
@@ -123,13 +137,17 @@ def estimate_memory(
     tied = info.input_weight_bytes if info.output_tied else 0
     output_buffer = max(parallel, 1) * (shape.n_vocab + (shape.n_embd if embeddings else 0)) * F32
     host_compute = ubatch * F32 * (shape.n_embd + sum(sizes))
+    # llama.cpp caps the micro-batch by the whole context (n_ctx), not by a slot's share
+    graph_tokens = min(ubatch, base * streams)
     return MemoryEstimate(
         layer_bytes=tuple(w + k for w, k in zip(weights, kv, strict=True)),
         output_bytes=info.output_weight_bytes + tied,
-        gpu_compute_bytes=_compute_bytes(shape, sizes, min(ubatch, base), n_outputs, flash_attn),
+        gpu_compute_bytes=_compute_bytes(shape, sizes, graph_tokens, n_outputs, flash_attn),
         cpu_bytes=info.input_weight_bytes + output_buffer + host_compute,
         host_compute_bytes=host_compute,
         tied_output_bytes=tied,
+        host_repack_bytes=repack[: shape.n_layer + 1],
+        unmapped_bytes=repack[shape.n_layer + 1] if len(repack) > shape.n_layer + 1 else 0,
     )
 
 

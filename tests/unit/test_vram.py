@@ -14,7 +14,7 @@ import pytest
 from bench import gguf_shapes
 
 from ml_offload.domain import GgufInfo
-from ml_offload.gguf import read_gguf_info
+from ml_offload.gguf import read_gguf_info, repack_bytes, repack_family
 from ml_offload.vram import (
     MemoryEstimate,
     estimate_bytes,
@@ -208,12 +208,14 @@ def test_parse_llama_log() -> None:
 
 
 def small(shape: gguf_shapes.Shape) -> gguf_shapes.Shape:
-    """The bench's shape with small dimensions (same layers, heads, pattern, experts)."""
+    """The bench's shape with small dimensions (same layers, heads, pattern, experts); rows
+    of 256 values for the K-quants' blocks."""
+    k_quant = gguf.GGML_QUANT_SIZES[shape.qtype][0] == 256
     return dataclasses.replace(
         shape,
-        n_embd=64,
+        n_embd=256 if k_quant else 64,
         n_head=4,
-        n_ff=96,
+        n_ff=256 if k_quant else 96,
         n_vocab=300,
         head_dim=32 if shape.head_dim else None,
         n_ff_exp=32 if shape.n_expert else 0,
@@ -236,7 +238,8 @@ def test_generated_shapes_read_back(tmp_path: Path, shape: gguf_shapes.Shape) ->
     total = sum(int(t.n_bytes) for t in reader.tensors)
     assert info.input_weight_bytes + info.output_weight_bytes + sum(by_layer) == total
     assert (info.block_count, info.vocab_size, info.output_tied) == (s.n_layer, 300, s.tied)
-    assert (info.head_count, info.head_count_kv, info.feed_forward_length) == (4, s.n_head_kv, 96)
+    assert (info.head_count, info.head_count_kv) == (4, s.n_head_kv)
+    assert info.feed_forward_length == s.n_ff
     assert info.key_length == info.value_length == s.head_dim
     assert info.expert_count == (s.n_expert or None)
     assert info.expert_used_count == (s.n_expert_used or None)
@@ -244,3 +247,65 @@ def test_generated_shapes_read_back(tmp_path: Path, shape: gguf_shapes.Shape) ->
     expected = tuple(i % period < period - 1 for i in range(s.n_layer)) if period else ()
     assert info.swa_layers == expected
     assert info.sliding_window == s.sliding_window
+
+
+def test_compute_buffer_micro_batch_is_capped_by_the_whole_context() -> None:
+    """4 slots of 256 tokens: llama.cpp still runs 512-token micro-batches (n_ctx is 1024)."""
+    four = estimate_memory(BASE, ctx_tokens=1024, parallel=4, flash_attn=True)
+    one = estimate_memory(BASE, ctx_tokens=1024, parallel=1, flash_attn=True)
+    masks_one, masks_four = 1024 * 512 * 2, 256 * 512 * 2
+    assert four.gpu_compute_bytes - masks_four == one.gpu_compute_bytes - masks_one
+    tiny = estimate_memory(BASE, ctx_tokens=256, flash_attn=True)  # n_ctx below n_ubatch
+    assert tiny.gpu_compute_bytes == 256 * (3 * 1024 + 5 * 512) * 4 + 256 * 256 * 2
+
+
+def test_repack_families() -> None:
+    avx512 = frozenset({"avx2", "avx512f"})
+    assert repack_family("x86_64", avx512) == "avx512"
+    assert repack_family("x86_64", frozenset({"avx2"})) == "avx2"
+    assert repack_family("x86_64", frozenset({"sse4_2"})) is None
+    assert repack_family("aarch64", frozenset({"asimd", "asimddp"})) == "neon"
+    assert repack_family("riscv64", frozenset()) is None
+
+
+Q4 = gguf_shapes.Shape("q4", "llama", 2, 64, 4, 2, 96, 300, qtype=gguf.GGMLQuantizationType.Q4_0)
+
+
+def tensor_bytes(path: Path) -> dict[str, int]:
+    return {t.name: int(t.n_bytes) for t in gguf.GGUFReader(path).tensors}
+
+
+def test_q4_0_matrices_repack_when_their_rows_come_in_eights(tmp_path: Path) -> None:
+    path = gguf_shapes.write_shape(Q4, tmp_path / "q4.gguf")
+    info, sizes = read_gguf_info(path), tensor_bytes(path)
+    per_block = sum(sizes[f"blk.0.{n}.weight"] for n in ("attn_q", "attn_k", "attn_v"))
+    per_block += sum(sizes[f"blk.0.{n}.weight"] for n in ("attn_output", "ffn_gate", "ffn_up"))
+    per_block += sizes["blk.0.ffn_down.weight"]  # every block matrix has 64 or 96 rows
+    # the head's 300 rows are not a multiple of 8 (x86) but are of 4 (ARM); it is the file's
+    # last tensor, so once repacked the mapped range stops before it
+    assert repack_bytes(info, "avx2") == (per_block, per_block, 0, 0)
+    head = sizes["output.weight"]
+    assert repack_bytes(info, "neon") == (per_block, per_block, head, head)
+    assert repack_bytes(info, None) == repack_bytes(info, "sparc") == ()
+
+
+def test_tied_head_repacks_a_copy_of_the_embedding(tmp_path: Path) -> None:
+    shape = dataclasses.replace(Q4, tied=True, n_vocab=304)
+    path = gguf_shapes.write_shape(shape, tmp_path / "tied.gguf")
+    info, sizes = read_gguf_info(path), tensor_bytes(path)
+    assert repack_bytes(info, "avx2")[2:] == (sizes["token_embd.weight"], 0)
+    f16 = gguf_shapes.write_shape(
+        dataclasses.replace(shape, qtype=gguf.GGMLQuantizationType.F16), tmp_path / "f16.gguf"
+    )
+    assert read_gguf_info(f16).repack_bytes == ()
+
+
+def test_repacked_copies_count_on_the_host_only() -> None:
+    info = dataclasses.replace(BASE, repack_bytes=(5, 6, 7, 8, 100, 50) * 3)
+    plain = estimate_memory(BASE, ctx_tokens=1024)
+    est = estimate_memory(info, ctx_tokens=1024, repack=repack_bytes(info, "avx2"))
+    assert est.cpu_total_bytes() == plain.cpu_total_bytes() + 5 + 6 + 7 + 8 + 100 - 50
+    assert est.full_offload_bytes() == plain.full_offload_bytes()
+    # 2 layers offloaded (the head and block 3): blocks 0-2 and their copies stay on the host
+    assert est.host_bytes(2) == plain.host_bytes(2) + 5 + 6 + 7
+    assert est.host_bytes(0) == est.cpu_total_bytes()
