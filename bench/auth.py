@@ -18,7 +18,7 @@ from pathlib import Path
 import uvloop
 
 from ml_offload.config import SecuritySettings
-from ml_offload.domain import ModelSpec
+from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.security.guard import Guard
 from ml_offload.security.keys import KeyStore, split_key
 from ml_offload.storage.db import Database
@@ -52,7 +52,9 @@ async def main(args: argparse.Namespace) -> None:
             "limits": {"default_rpm": 10**9, "default_tpm": 10**12},
         }
     )
-    guard = Guard(settings, lambda name: ModelSpec(name=name, url="http://x"), db)
+    guard = Guard(
+        settings, lambda name: ModelSpec(name=name, kind=DeploymentKind.REMOTE, url="http://x"), db
+    )
     await guard.start()
     headers = {"authorization": f"Bearer {token}"}
 

@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -276,7 +284,18 @@ class ModelConfig(_Section):
     )
     ctx_size: int | None = Field(None, ge=64)
     parallel: int | None = Field(None, ge=1)
-    gpu_layers: int = -1
+    max_gpu_layers: int = Field(
+        -1,
+        ge=-1,
+        validation_alias=AliasChoices("max_gpu_layers", "gpu_layers"),
+        description="most layers to offload to GPUs (-1: as many as fit); old name gpu_layers",
+    )
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="requests sent at once; default: the engine's slots (`parallel`) for models "
+        "run here, no limit for remote servers and cloud providers",
+    )
     ttl_s: float | None = Field(None, ge=0)
     extra_args: list[str] = Field(default_factory=list)
     pinned: bool = False

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -17,6 +19,42 @@ class ModelState(enum.StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+
+
+class DeploymentKind(enum.StrEnum):
+    """What a deployment is, set once by the registry and read everywhere else (the process
+    factory table in `services.py`, the scheduler, keys, redaction, status views)."""
+
+    LLAMACPP = "llamacpp"  # a local GGUF file run by our llama.cpp engine
+    MANAGED = "managed"  # a server command we start and stop (`vllm serve ...`)
+    REMOTE = "remote"  # a server that runs elsewhere (OpenAI-compatible, vLLM, TGI)
+    OLLAMA = "ollama"  # a model held by an external Ollama, which we load and unload
+    CLOUD = "cloud"  # a cloud provider (OpenAI, DeepSeek, Anthropic) on its default URL
+
+    @property
+    def runs_here(self) -> bool:
+        """A process we start, whose memory we place: our engine or a managed command."""
+        return self in (DeploymentKind.LLAMACPP, DeploymentKind.MANAGED)
+
+    @property
+    def holds_memory(self) -> bool:
+        """Loaded and unloaded by us: our processes, and models in an external Ollama."""
+        return self.runs_here or self is DeploymentKind.OLLAMA
+
+
+def leaves_machine(url: str | None) -> bool:
+    """The redaction rule, for every way a deployment's address is given (config `url`, a
+    provider's default URL, `LLAMACPP_URL`): prompts sent to `url` leave this machine unless
+    its host is `localhost` or a loopback address (any other name is assumed to be elsewhere)."""
+    if url is None:
+        return False
+    host = (urlsplit(url).hostname or "").strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,39 +94,55 @@ class GgufInfo:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """One servable model: a local GGUF file run by the engine, or an external server (`url`)."""
+    """One servable model (a deployment): what it is (`kind`), where it is (`path` or `url`,
+    or `command` for a server we start) and how it is run and spoken to."""
 
     name: str
+    kind: DeploymentKind = DeploymentKind.LLAMACPP
     path: Path | None = None
     url: str | None = None
     aliases: tuple[str, ...] = ()
     ctx_size: int = 4096
-    parallel: int = 8
-    gpu_layers: int = -1
+    parallel: int = 8  # the engine's slots (ours); see `concurrency` for what we send at once
+    max_gpu_layers: int | None = None  # the configured cap; None: as many as fit
+    max_concurrency: int | None = None  # requests sent at once; None: see `concurrency`
     ttl_s: float = 300.0
     extra_args: tuple[str, ...] = ()
     pinned: bool = False
     embeddings: bool = True
     info: GgufInfo | None = None
     source: str = "config"  # "config", "scan", "demo", "env"
-    # how it is spoken to: "openai" (OpenAI-compatible: llama.cpp, OpenAI), "ollama", "vllm",
-    # "tgi", "deepseek" or "anthropic"
+    # the upstream's protocol: "openai" (OpenAI-compatible: llama.cpp, OpenAI), "ollama",
+    # "vllm", "tgi", "deepseek" or "anthropic"
     backend: str = "openai"
     remote_model: str | None = None  # the model's name on that server, when it differs
     fallbacks: tuple[str, ...] = ()  # models that answer instead when this one fails
-    redact: bool = False  # mask secrets in prompts before they leave (cloud providers)
+    redact: bool = False  # mask secrets in prompts before they leave (see `leaves_machine`)
     # the upstream's key; never shown (not in repr, /models or /backends)
     api_key: SecretStr | None = field(default=None, repr=False, compare=False)
     command: tuple[str, ...] = ()  # a server we start (`vllm serve ...`); host/port added
 
     @property
     def is_local(self) -> bool:
-        return self.url is None
+        """A process we run here (see `DeploymentKind.runs_here`)."""
+        return self.kind.runs_here
 
     @property
     def holds_memory(self) -> bool:
-        """Loaded and unloaded by us: a local engine, or a model in an external Ollama."""
-        return self.url is None or self.backend == "ollama"
+        return self.kind.holds_memory
+
+    @property
+    def upstream_model(self) -> str:
+        """The model's name on the server that answers for it."""
+        return self.remote_model or self.name
+
+    @property
+    def concurrency(self) -> int | None:
+        """Requests sent at once: the configured cap, else our engine's slots; None: no cap
+        (a remote server or cloud provider queues or refuses on its own)."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        return self.parallel if self.kind.runs_here else None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -103,7 +157,7 @@ class ModelStatus:
     state: ModelState
     in_flight: int = 0
     queued: int = 0
-    slots: int = 0
+    slots: int | None = 0  # None: no limit of ours (a remote server queues on its own)
     pid: int | None = None
     base_url: str | None = None
     idle_s: float | None = None

@@ -1,7 +1,7 @@
 """The inference service: resolve a model, hold a slot, forward to its engine, normalise.
 
 How each deployment is spoken to (paths, headers, body, answer and stream translation) is its
-dialect (`backends/dialect.py`), chosen by `spec.backend`. Streams are opened eagerly (slot
+protocol (`backends/protocol.py`), chosen by `spec.backend`. Streams are opened eagerly (slot
 held, upstream status checked) so that errors before the first byte reach the caller as a
 proper HTTP error; after that, errors arrive as stream events.
 """
@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from ml_offload.backends.dialect import Dialect, dialect_for
 from ml_offload.backends.http import Upstream
+from ml_offload.backends.protocol import UpstreamProtocol, protocol_for
 from ml_offload.domain import ModelSpec, RequestContext
 from ml_offload.errors import EngineError, MloError, UpstreamClientError
 from ml_offload.metrics import Metrics
@@ -98,15 +98,15 @@ class InferenceService:
         outbound = self._guard.outbound(spec, data, ctx)
         if ctx is not None:
             ctx.backend = spec.name
-        dialect = dialect_for(spec)
+        protocol = protocol_for(spec)
         try:
-            request = dialect.body(spec, kind, outbound)
+            request = protocol.body(spec, kind, outbound)
             async with self._scheduler.lease(spec) as base_url:
                 code, body = await self._upstream.post(
-                    dialect.url(base_url, kind, False), request, dialect.headers(spec)
+                    protocol.url(base_url, kind, False), request, protocol.headers(spec)
                 )
             _raise_for_status(code, body)
-            out = NORMALIZERS[kind](dialect.answer(kind, body), model)
+            out = NORMALIZERS[kind](protocol.answer(kind, body), model)
             self._count_tokens(spec.name, out.get("usage"))
             if ctx is not None:
                 ctx.record_usage(out.get("usage"))
@@ -130,13 +130,13 @@ class InferenceService:
         data = self._guard.outbound(spec, data, ctx)
         if ctx is not None:
             ctx.backend = spec.name
-        dialect = dialect_for(spec)
+        protocol = protocol_for(spec)
         stack = contextlib.AsyncExitStack()
         try:
-            request = dialect.body(spec, kind, data)
+            request = protocol.body(spec, kind, data)
             base_url = await stack.enter_async_context(self._scheduler.lease(spec))
-            url = dialect.url(base_url, kind, True)
-            resp = await self._upstream.open(url, request, dialect.headers(spec))
+            url = protocol.url(base_url, kind, True)
+            resp = await self._upstream.open(url, request, protocol.headers(spec))
             stack.callback(resp.close)
             if resp.status != 200:
                 _raise_for_status(resp.status, await resp.read())
@@ -150,7 +150,7 @@ class InferenceService:
             raise
         count = self._count_tokens if ctx is None else partial(self._count_and_record, ctx)
         return EngineStream(
-            kind, model, spec.name, url, resp, stack, self._metrics, want_usage, count, dialect
+            kind, model, spec.name, url, resp, stack, self._metrics, want_usage, count, protocol
         )
 
     def _count_and_record(self, ctx: RequestContext, name: str, usage: Any) -> None:
@@ -177,10 +177,10 @@ class EngineStream:
         metrics: Metrics,
         want_usage: bool,
         count_tokens: Callable[[str, Any], None],
-        dialect: Dialect,
+        protocol: UpstreamProtocol,
     ) -> None:
         self._kind, self._model, self._name, self._url = kind, model, name, url
-        self._dialect = dialect
+        self._protocol = protocol
         self._resp, self._stack, self._metrics = resp, stack, metrics
         self._want_usage, self._count_tokens = want_usage, count_tokens
         self._started = time.perf_counter()
@@ -191,7 +191,7 @@ class EngineStream:
         normalize = STREAM_NORMALIZERS[self._kind]
         first = True
         try:
-            async for obj in self._dialect.chunks(self._kind, self._resp, self._url, self._model):
+            async for obj in self._protocol.chunks(self._kind, self._resp, self._url, self._model):
                 if first and obj.get("choices"):
                     first = False
                     self._metrics.ttft.labels(self._name).observe(

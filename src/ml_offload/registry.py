@@ -1,7 +1,9 @@
-"""The model registry: every servable model by name and alias.
+"""The model registry: every servable model by name and alias, and what each one is.
 
-Sources, first claim on a name wins: config `[[models]]`, `LLAMACPP_URL` (external model
-`llamacpp`), `*.gguf` files in the model folder, the bundled SmolLM2 demo model. `refresh`
+Sources, first claim on a name wins: config `[[models]]`, `LLAMACPP_URL` (remote model
+`llamacpp`), `*.gguf` files in the model folder, the bundled SmolLM2 demo model. The registry
+sets each deployment's kind (`DeploymentKind`), and its redaction default from its address
+(`leaves_machine`, applied in `_remote` for every way an address is given). `refresh`
 rebuilds the list (reading GGUF headers only for new or changed files) and stores it;
 `resolve` is a dict lookup on the request path and never touches the database.
 """
@@ -9,18 +11,16 @@ rebuilds the list (reading GGUF headers only for new or changed files) and store
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from ml_offload.backends.dialect import DEFAULT_KEY_ENV, DEFAULT_URLS
+from ml_offload.backends.protocol import DEFAULT_KEY_ENV, DEFAULT_URLS
 from ml_offload.config import ModelConfig, Settings
-from ml_offload.domain import GgufInfo, ModelSpec
+from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec, leaves_machine
 from ml_offload.errors import InvalidModelFile, ModelNotFound, Unavailable
 from ml_offload.gguf import demo_model_path, read_gguf_info, split_shard
 from ml_offload.storage import FileStamp, ModelRepository
@@ -92,7 +92,8 @@ class ModelRegistry:
         for config in settings.models:
             await self._add_config(found, config)
         if settings.llamacpp_url:
-            found.add(self._external(ENV_MODEL_NAME, settings.llamacpp_url, "env"))
+            url = settings.llamacpp_url
+            found.add(self._remote(ENV_MODEL_NAME, DeploymentKind.REMOTE, url, "env"))
         if settings.scan_models_dir:
             for name, path in _scan(settings.storage.models_path):
                 if _identity(path) in found.files:
@@ -108,10 +109,12 @@ class ModelRegistry:
 
     async def _add_config(self, found: _Found, config: ModelConfig) -> None:
         if config.serve is not None:  # a server we start: local, like our engines
-            found.add(_apply(self._external(config.name, None, "config"), config))
+            spec = self._remote(config.name, DeploymentKind.MANAGED, None, "config")
+            found.add(_apply(spec, config))
         elif config.path is None:  # a server elsewhere, or a cloud provider's default URL
             url = config.url or DEFAULT_URLS[config.backend]
-            found.add(_apply(self._external(config.name, url, "config"), config))
+            spec = self._remote(config.name, _remote_kind(config), url, "config")
+            found.add(_apply(spec, config))
         else:
             path = self._settings.storage.models_path / config.path.expanduser()
             await self._add_local(found, config.name, path.absolute(), "config", config)
@@ -126,6 +129,7 @@ class ModelRegistry:
         info, stamp = read or (None, None)
         spec = ModelSpec(
             name=name,
+            kind=DeploymentKind.LLAMACPP,
             path=path,
             ctx_size=self._default_ctx_size(info),
             parallel=self._settings.engine.default_parallel,
@@ -135,10 +139,13 @@ class ModelRegistry:
         )
         found.add(_apply(spec, config) if config else spec, stamp)
 
-    def _external(self, name: str, url: str | None, source: str) -> ModelSpec:
+    def _remote(self, name: str, kind: DeploymentKind, url: str | None, source: str) -> ModelSpec:
+        """A deployment that is no GGUF file of ours; redacted when `url` leaves the machine."""
         return ModelSpec(
             name=name,
+            kind=kind,
             url=url,
+            redact=leaves_machine(url),
             ctx_size=self._settings.engine.default_ctx_size,
             parallel=self._settings.engine.default_parallel,
             ttl_s=self._settings.scheduler.default_ttl_s,
@@ -206,37 +213,42 @@ class ModelRegistry:
         return f"model {name!r} not found; available: {listed}{more} (see GET /v1/models)"
 
 
+def _remote_kind(config: ModelConfig) -> DeploymentKind:
+    """What a `[[models]]` entry with no file and no command is."""
+    if config.backend == "ollama":
+        return DeploymentKind.OLLAMA
+    return DeploymentKind.REMOTE if config.url else DeploymentKind.CLOUD
+
+
 def _apply(spec: ModelSpec, config: ModelConfig) -> ModelSpec:
-    """Config values over the defaults in `spec`."""
-    return ModelSpec(
-        api_key=_api_key(config),
+    """Config values over the defaults in `spec` (its kind, address and file stay)."""
+    return replace(
+        spec,
+        api_key=_api_key(config, spec.kind),
         command=_command(config),
-        name=spec.name,
-        path=spec.path,
-        url=spec.url,
         aliases=tuple(config.aliases),
         ctx_size=config.ctx_size or spec.ctx_size,
         parallel=config.parallel or spec.parallel,
-        gpu_layers=config.gpu_layers,
+        max_gpu_layers=None if config.max_gpu_layers < 0 else config.max_gpu_layers,
+        max_concurrency=config.max_concurrency,
         ttl_s=spec.ttl_s if config.ttl_s is None else config.ttl_s,
         extra_args=tuple(config.extra_args),
         pinned=config.pinned,
         embeddings=config.embeddings,
-        info=spec.info,
-        source=spec.source,
         backend=config.backend,
         remote_model=config.remote_model,
         fallbacks=tuple(config.fallbacks),
-        redact=_leaves_machine(spec.url) if config.redact is None else config.redact,
+        redact=spec.redact if config.redact is None else config.redact,
     )
 
 
-def _api_key(config: ModelConfig) -> SecretStr | None:
-    """The configured key, else the named (or the provider's usual) environment variable."""
+def _api_key(config: ModelConfig, kind: DeploymentKind) -> SecretStr | None:
+    """The configured key, else the named environment variable, else (cloud providers only)
+    the provider's usual one: a local model never looks up or gets a provider's key."""
     if config.api_key is not None:
         return config.api_key
     env = config.api_key_env
-    if env is None and config.url is None:
+    if env is None and kind is DeploymentKind.CLOUD:
         env = DEFAULT_KEY_ENV.get(config.backend)
     if env is None:
         return None
@@ -261,19 +273,6 @@ def _command(config: ModelConfig) -> tuple[str, ...]:
         gpu_memory_utilization=serve.gpu_memory_utilization,
         extra_args=serve.extra_args,
     )
-
-
-def _leaves_machine(url: str | None) -> bool:
-    """Prompts sent to `url` leave this machine unless its host is loopback."""
-    if url is None:
-        return False
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True  # a name other than localhost: assume it is elsewhere
 
 
 def _scan(folder: Path) -> list[tuple[str, Path]]:

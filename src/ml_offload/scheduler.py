@@ -170,7 +170,7 @@ class Scheduler:
             entry = _Entry(
                 spec=spec,
                 process=self._factory(spec, self._on_exit),
-                gate=SlotGate(spec.name, spec.parallel, self._s.queue_size),
+                gate=SlotGate(spec.name, spec.concurrency, self._s.queue_size),
                 estimate=self._estimate(spec) if spec.is_local else None,
                 pinned=spec.pinned,
                 last_used=self._clock(),
@@ -262,7 +262,7 @@ class Scheduler:
             reserve_bytes=self.reserve_bytes,
             host_free_bytes=max(0, self.budget_bytes - host_used),
             max_loaded=self._s.max_loaded_models,
-            max_gpu_layers=None if entry.spec.gpu_layers < 0 else entry.spec.gpu_layers,
+            max_gpu_layers=entry.spec.max_gpu_layers,
             gpu_factor=self._gpu_factor.get(entry.spec.name, 1.0),
         )
 

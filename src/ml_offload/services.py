@@ -13,19 +13,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
-from ml_offload.backends import command
 from ml_offload.backends.base import EngineProcess, ExitCallback, ProcessFactory
-from ml_offload.backends.external import ExternalProcess
+from ml_offload.backends.command import CommandProcess
 from ml_offload.backends.http import Upstream
-from ml_offload.backends.llamacpp import ModelProcess, resolve_engine_kind
-from ml_offload.backends.ollama import OllamaModel
+from ml_offload.backends.llamacpp import Launcher, LlamaCppProcess, resolve_engine_kind
+from ml_offload.backends.ollama import OllamaHeldModel
 from ml_offload.backends.probe import PROBED, BackendMonitor
+from ml_offload.backends.remote import RemoteServer
 from ml_offload.config import Settings
-from ml_offload.domain import ModelSpec
+from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError
 from ml_offload.gguf import host_repack_family, repack_bytes
 from ml_offload.gpu.base import GpuMonitor
@@ -72,22 +72,50 @@ def spec_estimate(spec: ModelSpec) -> Estimate:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Engines:
+    """What the process factories need from settings, resolved once."""
+
+    settings: Settings
+    launcher: Launcher
+
+
+def _llamacpp(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
+    s = engines.settings
+    return LlamaCppProcess(
+        spec, on_exit, engine=s.engine, launcher=engines.launcher, log_dir=s.storage.logs_path
+    )
+
+
+def _managed(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
+    return CommandProcess(spec, on_exit, log_dir=engines.settings.storage.logs_path)
+
+
+def _remote(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
+    return RemoteServer(spec)
+
+
+def _ollama(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
+    return OllamaHeldModel(spec)
+
+
+# kind → what runs (or reaches) a deployment of that kind, as uvicorn's LOOP_SETUPS picks loops
+PROCESS_FACTORIES: dict[
+    DeploymentKind, Callable[[_Engines, ModelSpec, ExitCallback], EngineProcess]
+] = {
+    DeploymentKind.LLAMACPP: _llamacpp,
+    DeploymentKind.MANAGED: _managed,
+    DeploymentKind.REMOTE: _remote,
+    DeploymentKind.CLOUD: _remote,
+    DeploymentKind.OLLAMA: _ollama,
+}
+
+
 def process_factory(settings: Settings) -> ProcessFactory:
-    kind = resolve_engine_kind(settings.engine)
-    logs = settings.storage.logs_path
+    engines = _Engines(settings, resolve_engine_kind(settings.engine))
 
     def make(spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
-        if spec.command:  # a server we start (vllm serve)
-            return command.CommandProcess(
-                spec, on_exit, engine=settings.engine, kind=command.KIND, log_dir=logs
-            )
-        if spec.backend == "ollama" and not spec.is_local:
-            return OllamaModel(spec)
-        if not spec.is_local:
-            return ExternalProcess(spec)
-        return ModelProcess(
-            spec, on_exit, engine=settings.engine, kind=kind, log_dir=settings.storage.logs_path
-        )
+        return PROCESS_FACTORIES[spec.kind](engines, spec, on_exit)
 
     return make
 
@@ -98,7 +126,7 @@ def probe_targets(registry: ModelRegistry, scheduler: Scheduler) -> list[tuple[M
     specs = [spec for spec in registry.all() if spec.backend in PROBED]
     out = []
     for spec, st in zip(specs, scheduler.status(specs), strict=True):
-        url = st.base_url or (spec.url if spec.backend == "ollama" else None)
+        url = st.base_url or (spec.url if spec.kind is DeploymentKind.OLLAMA else None)
         if url:
             out.append((spec, url.rstrip("/")))
     return out

@@ -1,4 +1,5 @@
-"""Per-model concurrency: `slots` requests run, up to `queue_size` wait, the rest are refused."""
+"""Per-model concurrency: `slots` requests run (None: any number), up to `queue_size` wait, the
+rest are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ml_offload.errors import OverCapacity, Unavailable
 
 
 class SlotGate:
-    def __init__(self, name: str, slots: int, queue_size: int) -> None:
+    def __init__(self, name: str, slots: int | None, queue_size: int) -> None:
         self.name = name
         self.slots = slots
         self.queue_size = queue_size
@@ -26,7 +27,7 @@ class SlotGate:
         return self.in_flight > 0 or bool(self._waiters)
 
     async def acquire(self, timeout_s: float) -> None:
-        if self.in_flight < self.slots and not self._waiters:
+        if self.slots is None or (self.in_flight < self.slots and not self._waiters):
             self.in_flight += 1
             return
         if len(self._waiters) >= self.queue_size:
@@ -67,4 +68,4 @@ class SlotGate:
         self.in_flight -= 1
 
     def retry_after_s(self) -> int:
-        return max(1, math.ceil(len(self._waiters) / max(self.slots, 1)))
+        return max(1, math.ceil(len(self._waiters) / max(self.slots or 1, 1)))

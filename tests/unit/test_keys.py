@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from ml_offload.cli.main import app
 from ml_offload.config import SecuritySettings
-from ml_offload.domain import ModelSpec
+from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import AuthError, InvalidRequest, NotFound, PermissionDenied
 from ml_offload.security.audit import prompt_sha256
 from ml_offload.security.guard import Guard, is_admin_path
@@ -35,7 +35,9 @@ from ml_offload.storage.tables import api_keys
 from tests.unit.test_storage import BACKENDS, database_url, reset
 
 LOCAL = ModelSpec(name="tiny", path=Path("/m/tiny.gguf"), aliases=("t",))
-CLAUDE = ModelSpec(name="claude", url="https://api.anthropic.com", backend="anthropic")
+CLAUDE = ModelSpec(
+    name="claude", kind=DeploymentKind.CLOUD, url="https://api.anthropic.com", backend="anthropic"
+)
 SPECS = {n: s for s in (LOCAL, CLAUDE) for n in s.names}
 
 

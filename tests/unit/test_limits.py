@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from ml_offload.config import SecuritySettings
-from ml_offload.domain import ModelSpec, RequestContext
+from ml_offload.domain import DeploymentKind, ModelSpec, RequestContext
 from ml_offload.errors import RateLimited
 from ml_offload.security.guard import Guard
 from ml_offload.security.limits import Charge, Limiter, reset_text
 from tests.integration.conftest import redis_server
 
-SPEC = ModelSpec(name="m", url="http://127.0.0.1:1")
+SPEC = ModelSpec(name="m", kind=DeploymentKind.REMOTE, url="http://127.0.0.1:1")
 
 
 @pytest.fixture(scope="module")

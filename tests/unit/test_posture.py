@@ -151,11 +151,12 @@ def test_providers_unredacted_or_in_clear(tmp_path: Path) -> None:
         {"name": "lan", "url": "http://10.0.0.9:8000/v1"},
         {"name": "local", "url": "http://127.0.0.1:8080/v1", "redact": False},
     ]
-    found = check(settings(tmp_path, models=models, llamacpp_url="https://gpu.example.com"), [])
+    found = check(settings(tmp_path, models=models, llamacpp_url="http://gpu.example.com"), [])
     messages = [(f.check, f.message) for f in found if f.check.startswith("provider-")]
     assert [c for c, m in messages if "cloud" in m] == ["provider-unredacted"]
     assert [c for c, m in messages if "lan" in m] == ["provider-cleartext"]
-    assert [c for c, m in messages if "LLAMACPP_URL" in m] == ["provider-unredacted"]
+    # redacted like any address that leaves the machine (issue 12); only its clear text is flagged
+    assert [c for c, m in messages if "LLAMACPP_URL" in m] == ["provider-cleartext"]
     assert not [m for _, m in messages if "local" in m]
 
 

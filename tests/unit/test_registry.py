@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from ml_offload.config import Settings
+from ml_offload.domain import DeploymentKind
 from ml_offload.errors import ModelNotFound
 from ml_offload.gguf import demo_model_path
 from ml_offload.registry import DEMO_MODEL_NAME, ENV_MODEL_NAME, ModelRegistry
@@ -139,6 +140,7 @@ async def test_registry_is_persisted(models_dir: Path, db: Database) -> None:
     registry = await refreshed(settings, db)
     # Routing fields (backend, fallbacks, redaction) come from config at each start, not the row.
     runtime = {"backend": "openai", "remote_model": None, "fallbacks": (), "redact": False}
+    runtime |= {"max_concurrency": None}
     expected = [dataclasses.replace(s, **runtime) for s in registry.all()]
     assert await ModelRepository(db).list_all() == expected
 
@@ -279,3 +281,122 @@ async def test_database_outage_does_not_stop_the_registry(
         registry = await refreshed(make_settings(models_dir), db)
     assert registry.resolve("a").info is not None
     assert "registry not saved" in caplog.text
+
+
+async def test_the_registry_names_each_deployments_kind(models_dir: Path, db: Database) -> None:
+    tiny_gguf(models_dir / "cfg.gguf")
+    tiny_gguf(models_dir / "local.gguf")
+    settings = make_settings(
+        models_dir,
+        models=[
+            {"name": "file", "path": "cfg.gguf", "gpu_layers": 3},  # the old key still works
+            {"name": "lan", "url": "http://10.0.0.5:8080", "backend": "vllm"},
+            {"name": "held", "url": "http://127.0.0.1:11434", "backend": "ollama"},
+            {"name": "ds", "backend": "deepseek"},
+            {"name": "ours", "backend": "vllm", "serve": {"model": "org/m"}},
+        ],
+        llamacpp_url="http://127.0.0.1:8080",
+    )
+    registry = await refreshed(settings, db)
+    kinds = {spec.name: spec.kind for spec in registry.all()}
+    assert kinds == {
+        "file": DeploymentKind.LLAMACPP,
+        "lan": DeploymentKind.REMOTE,
+        "held": DeploymentKind.OLLAMA,
+        "ds": DeploymentKind.CLOUD,
+        "ours": DeploymentKind.MANAGED,
+        ENV_MODEL_NAME: DeploymentKind.REMOTE,
+        "local": DeploymentKind.LLAMACPP,
+    }
+    assert registry.resolve("file").max_gpu_layers == 3
+    assert registry.resolve("local").max_gpu_layers is None  # no cap: as many as fit
+    stored = {spec.name: spec.kind for spec in await ModelRepository(db).list_all()}
+    assert stored == kinds
+
+
+@pytest.mark.parametrize(
+    ("url", "redact"),
+    [
+        ("http://gpu.example.com:8080", True),
+        ("http://10.0.0.5:8080", True),
+        ("http://127.0.0.1:8080", False),
+        ("http://localhost:8080", False),
+        ("http://[::1]:8080", False),
+    ],
+)
+async def test_llamacpp_url_is_redacted_by_the_same_rule(
+    models_dir: Path, db: Database, url: str, redact: bool
+) -> None:
+    settings = make_settings(models_dir, llamacpp_url=url, models=[{"name": "same", "url": url}])
+    registry = await refreshed(settings, db)
+    assert registry.resolve(ENV_MODEL_NAME).redact is redact
+    assert registry.resolve("same").redact is redact  # one rule for every way it is given
+
+
+async def test_a_cloud_providers_default_url_is_redacted(models_dir: Path, db: Database) -> None:
+    settings = make_settings(
+        models_dir,
+        models=[
+            {"name": "c", "backend": "anthropic"},
+            {"name": "off", "backend": "deepseek", "redact": False},
+        ],
+    )
+    registry = await refreshed(settings, db)
+    assert (registry.resolve("c").redact, registry.resolve("off").redact) == (True, False)
+
+
+async def test_provider_keys_go_to_provider_deployments_only(
+    models_dir: Path,
+    db: Database,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tiny_gguf(models_dir / "cfg.gguf")
+    tiny_gguf(models_dir / "local.gguf")
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    settings = make_settings(
+        models_dir,
+        models=[
+            {"name": "mine", "path": "cfg.gguf"},
+            {"name": "lan", "url": "http://10.0.0.5:8080"},
+            {"name": "oa", "backend": "openai", "api_key_env": "OPENAI_API_KEY"},
+            {"name": "ds", "backend": "deepseek"},
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="ml_offload.registry"):
+        registry = await refreshed(settings, db)
+    assert registry.resolve("mine").api_key is None  # a local engine gets no provider key
+    assert registry.resolve("local").api_key is None
+    assert registry.resolve("lan").api_key is None
+    oa_key = registry.resolve("oa").api_key
+    assert oa_key is not None and oa_key.get_secret_value() == "sk-openai"
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["model 'ds': environment variable DEEPSEEK_API_KEY is not set; no API key"]
+
+
+async def test_remote_deployments_have_no_slot_limit_unless_configured(
+    models_dir: Path, db: Database
+) -> None:
+    tiny_gguf(models_dir / "cfg.gguf")
+    tiny_gguf(models_dir / "local.gguf")
+    settings = make_settings(
+        models_dir,
+        models=[
+            {"name": "lan", "url": "http://10.0.0.5:8080"},
+            {"name": "ds", "backend": "deepseek"},
+            {"name": "capped", "url": "http://10.0.0.6:8080", "max_concurrency": 3},
+            {"name": "mine", "path": "cfg.gguf", "parallel": 2},
+        ],
+        llamacpp_url="http://127.0.0.1:8080",
+    )
+    registry = await refreshed(settings, db)
+    limits = {spec.name: spec.concurrency for spec in registry.all()}
+    assert limits == {
+        "lan": None,
+        "ds": None,
+        ENV_MODEL_NAME: None,
+        "capped": 3,
+        "mine": 2,  # our engine's slots
+        "local": 8,  # engine.default_parallel
+    }

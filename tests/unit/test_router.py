@@ -8,7 +8,7 @@ from pydantic import SecretStr
 
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.probe import BackendMonitor
-from ml_offload.domain import ModelSpec, ModelState
+from ml_offload.domain import DeploymentKind, ModelSpec, ModelState
 from ml_offload.errors import (
     EngineError,
     EngineTimeout,
@@ -21,6 +21,8 @@ from ml_offload.errors import (
 from ml_offload.router import Load, Router, should_fall_back
 from ml_offload.wire.vllm import VllmLoad
 
+REMOTE = DeploymentKind.REMOTE
+
 
 class Clock:
     now = 100.0
@@ -30,10 +32,10 @@ class Clock:
 
 
 SPECS = {
-    "main": ModelSpec("main", url="http://a", fallbacks=("backup", "cloud", "ghost")),
-    "backup": ModelSpec("backup", url="http://b"),
-    "cloud": ModelSpec("cloud", url="http://c"),
-    "solo": ModelSpec("solo", url="http://d"),
+    "main": ModelSpec("main", kind=REMOTE, url="http://a", fallbacks=("backup", "cloud", "ghost")),
+    "backup": ModelSpec("backup", kind=REMOTE, url="http://b"),
+    "cloud": ModelSpec("cloud", kind=REMOTE, url="http://c"),
+    "solo": ModelSpec("solo", kind=REMOTE, url="http://d"),
 }
 
 
@@ -151,8 +153,8 @@ async def test_scraped_load_is_fresh_or_unknown() -> None:
     upstream = Upstream(timeout_s=5)
     await upstream.start()
     clock = Clock()
-    spec = ModelSpec("m", url=url, backend="vllm")
-    down = ModelSpec("down", url="http://127.0.0.1:9", backend="vllm")
+    spec = ModelSpec("m", kind=REMOTE, url=url, backend="vllm")
+    down = ModelSpec("down", kind=REMOTE, url="http://127.0.0.1:9", backend="vllm")
     monitor = BackendMonitor(
         upstream, lambda: [(spec, url), (down, down.url or "")], interval_s=1, clock=clock
     )
@@ -174,6 +176,11 @@ async def test_scraped_load_is_fresh_or_unknown() -> None:
 
 
 def test_a_specs_key_is_not_in_its_repr() -> None:
-    spec = ModelSpec("claude", url="https://api.anthropic.com", api_key=SecretStr("sk-ant-xyz"))
+    spec = ModelSpec(
+        "claude",
+        kind=DeploymentKind.CLOUD,
+        url="https://api.anthropic.com",
+        api_key=SecretStr("sk-ant-xyz"),
+    )
     assert "sk-ant-xyz" not in repr(spec) and "sk-ant-xyz" not in str(spec)
     assert spec.api_key is not None and spec.api_key.get_secret_value() == "sk-ant-xyz"

@@ -9,7 +9,7 @@ import pytest
 from ml_offload.backends.base import ExitCallback
 from ml_offload.backends.fake import FakeProcess
 from ml_offload.config import SchedulerSettings
-from ml_offload.domain import ModelSpec, ModelState
+from ml_offload.domain import DeploymentKind, ModelSpec, ModelState
 from ml_offload.errors import EngineError, Unavailable
 from ml_offload.gpu.simulated import SimulatedMonitor, no_gpu
 from ml_offload.metrics import Metrics
@@ -60,7 +60,8 @@ def make(
 
 
 def spec(name: str, **kw: object) -> ModelSpec:
-    return ModelSpec(name=name, path=Path(f"/m/{name}.gguf"), parallel=2, **kw)  # type: ignore[arg-type]
+    values: dict[str, object] = {"parallel": 2, **kw}
+    return ModelSpec(name=name, path=Path(f"/m/{name}.gguf"), **values)  # type: ignore[arg-type]
 
 
 async def test_concurrent_requests_share_one_start() -> None:
@@ -249,3 +250,33 @@ async def test_partial_offload_when_a_model_is_too_big_for_the_gpus() -> None:
     status = await sched.load(spec("huge"))
     assert status.gpu_layers == 4 and status.host_bytes == 5 * 300 * MIB  # head + 3 blocks
     assert procs["huge"].launch is not None and procs["huge"].launch.gpu_layers == 4
+
+
+async def test_remote_deployments_are_not_capped_like_local_engines() -> None:
+    """8 slots + 64 queued is our engines' default; a remote server or cloud provider queues on
+    its own (issue 11): 100 requests at once all run, unless `max_concurrency` says otherwise."""
+    sched, _, _ = make(queue_size=64)
+    cloud = ModelSpec("cloud", kind=DeploymentKind.CLOUD, url="https://api.example.com")
+    capped = ModelSpec("capped", kind=DeploymentKind.REMOTE, url="http://x", max_concurrency=1)
+    local = spec("local", parallel=8)  # 8 slots
+    release = asyncio.Event()
+
+    async def hold(model: ModelSpec) -> None:
+        async with sched.lease(model):
+            await release.wait()
+
+    held = [asyncio.create_task(hold(cloud)) for _ in range(100)]
+    held += [asyncio.create_task(hold(capped)) for _ in range(3)]
+    held += [asyncio.create_task(hold(local)) for _ in range(20)]
+    await asyncio.sleep(0.1)
+    by_name = {s.name: s for s in sched.status([cloud, capped, local])}
+    assert (by_name["cloud"].in_flight, by_name["cloud"].queued, by_name["cloud"].slots) == (
+        100,
+        0,
+        None,
+    )
+    assert (by_name["capped"].in_flight, by_name["capped"].queued) == (1, 2)
+    assert (by_name["local"].in_flight, by_name["local"].queued) == (8, 12)
+    release.set()
+    await asyncio.gather(*held)
+    await sched.close()

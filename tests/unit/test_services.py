@@ -1,4 +1,5 @@
-"""The composition root: a start that fails part-way closes what it opened; the CLI's openers."""
+"""The composition root: a start that fails part-way closes what it opened; the CLI's openers;
+the factory table that gives each deployment kind what runs or reaches it."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ from typing import Any
 
 import pytest
 
+from ml_offload.backends.command import CommandProcess
+from ml_offload.backends.llamacpp import LlamaCppProcess
+from ml_offload.backends.ollama import OllamaHeldModel
+from ml_offload.backends.remote import RemoteServer
 from ml_offload.config import Settings
+from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError
 from ml_offload.security.audit import AuditLog, audit_path
-from ml_offload.services import Services, open_key_store, open_registry
+from ml_offload.services import (
+    PROCESS_FACTORIES,
+    Services,
+    open_key_store,
+    open_registry,
+    process_factory,
+)
 
 
 def _settings(tmp_path: Path, **extra: Any) -> Settings:
@@ -81,3 +93,38 @@ async def test_the_cli_openers_share_one_database(tmp_path: Path) -> None:
     async with open_registry(settings) as registry:
         names = {spec.name for spec in registry.all()}  # the demo model at least
         assert names and names == {spec.name for spec in await registry.stored()}
+
+
+SPECS = {
+    DeploymentKind.LLAMACPP: (ModelSpec("a", path=Path("/m/a.gguf")), LlamaCppProcess),
+    DeploymentKind.MANAGED: (
+        ModelSpec("b", kind=DeploymentKind.MANAGED, command=("vllm", "serve", "m")),
+        CommandProcess,
+    ),
+    DeploymentKind.REMOTE: (
+        ModelSpec("c", kind=DeploymentKind.REMOTE, url="http://10.0.0.5:1"),
+        RemoteServer,
+    ),
+    DeploymentKind.OLLAMA: (
+        ModelSpec("d", kind=DeploymentKind.OLLAMA, url="http://127.0.0.1:11434"),
+        OllamaHeldModel,
+    ),
+    DeploymentKind.CLOUD: (
+        ModelSpec("e", kind=DeploymentKind.CLOUD, url="https://api.deepseek.com"),
+        RemoteServer,
+    ),
+}
+
+
+def test_every_kind_has_a_factory() -> None:
+    assert set(PROCESS_FACTORIES) == set(DeploymentKind) == set(SPECS)
+
+
+@pytest.mark.parametrize("kind", list(DeploymentKind))
+def test_the_kind_picks_the_process(kind: DeploymentKind, tmp_path: Path) -> None:
+    make = process_factory(
+        Settings(storage={"data_dir": tmp_path}, engine={"kind": "llama-server"})
+    )
+    spec, expected = SPECS[kind]
+    process = make(spec, lambda spec, message: None)
+    assert type(process) is expected and process.spec is spec

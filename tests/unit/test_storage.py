@@ -18,7 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ml_offload.domain import GgufInfo, ModelSpec
+from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec
 from ml_offload.errors import ConfigError, Unavailable
 from ml_offload.storage import Database, FileStamp, ModelRepository, async_url
 from ml_offload.storage.db import HEAD_REVISION
@@ -45,7 +45,7 @@ LOCAL = ModelSpec(
     aliases=("t", "tiny:latest"),
     ctx_size=2048,
     parallel=2,
-    gpu_layers=10,
+    max_gpu_layers=10,
     ttl_s=0.0,
     extra_args=("--flash-attn", "on"),
     pinned=True,
@@ -53,7 +53,9 @@ LOCAL = ModelSpec(
     info=INFO,
     source="scan",
 )
-EXTERNAL = ModelSpec(name="llamacpp", url="http://127.0.0.1:8080", source="env")
+EXTERNAL = ModelSpec(
+    name="llamacpp", kind=DeploymentKind.REMOTE, url="http://127.0.0.1:8080", source="env"
+)
 STAMP = FileStamp(size_bytes=98_362_432, mtime_ns=1_700_000_000_123_456_789)
 
 

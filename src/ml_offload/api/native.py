@@ -17,7 +17,7 @@ from ml_offload import __version__
 from ml_offload.api.deps import native_json as _json
 from ml_offload.api.deps import read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
-from ml_offload.domain import ModelSpec, ModelStatus
+from ml_offload.domain import DeploymentKind, ModelSpec, ModelStatus
 from ml_offload.errors import InvalidRequest, MloError
 from ml_offload.inference import EngineStream
 from ml_offload.placement import Estimate
@@ -125,7 +125,7 @@ async def backends(request: Request) -> Response:
         data.append(
             {
                 "model": spec.name,
-                "kind": "llama.cpp" if spec.is_local and not spec.command else spec.backend,
+                "kind": "llama.cpp" if spec.kind is DeploymentKind.LLAMACPP else spec.backend,
                 "target": spec.url or (str(spec.path) if spec.path else st.base_url),
                 "state": st.state,
                 "healthy": cooling == 0 and st.state != "failed",

@@ -1,4 +1,4 @@
-"""The protocol every model process (real, external or fake) follows."""
+"""The protocol every deployment's process (ours, remote, Ollama-held or fake) follows."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ from ml_offload.domain import ModelSpec, ModelState
 class Launch:
     """Where the scheduler placed a model: layers to offload and their split across GPUs."""
 
-    gpu_layers: int = -1
+    gpu_layers: int = -1  # the placed count (-1: all)
     tensor_split: tuple[float, ...] = ()
+
+    @classmethod
+    def unplaced(cls, spec: ModelSpec) -> Launch:
+        """For a start without a placement (no scheduler): the configured cap, else all."""
+        return cls(gpu_layers=-1 if spec.max_gpu_layers is None else spec.max_gpu_layers)
 
 
 class EngineProcess(Protocol):

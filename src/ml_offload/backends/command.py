@@ -6,18 +6,24 @@ with the gateway, and is stopped (TERM, then KILL) to give its GPU memory back.
 
 from __future__ import annotations
 
-from ml_offload.backends.llamacpp import ModelProcess, _free_port
+from pathlib import Path
+
+from ml_offload.backends.base import ExitCallback
+from ml_offload.backends.child import ChildProcess, free_port
+from ml_offload.domain import ModelSpec
 from ml_offload.errors import EngineError
 from ml_offload.wire.vllm import with_address
 
-KIND = "command"
 
+class CommandProcess(ChildProcess):
+    """The state machine, logs and stopping of `ChildProcess`; the launch runs `spec.command`."""
 
-class CommandProcess(ModelProcess):
-    """The state machine, logs and stopping of `ModelProcess`; only the launch differs."""
+    def __init__(self, spec: ModelSpec, on_exit: ExitCallback, *, log_dir: Path) -> None:
+        assert spec.command
+        super().__init__(spec, on_exit, log_dir=log_dir)
 
-    async def _launch_binary(self) -> str:
-        port = _free_port()
+    async def _launch(self) -> str:
+        port = free_port()
         argv = with_address(self.spec.command, port)
         try:
             with self.log_path.open("ab") as log_file:

@@ -1,6 +1,6 @@
 """Child-process entry point: runs llama.cpp's own HTTP server through `xllamacpp`.
 
-Started by `ModelProcess` as `python -m ml_offload.backends.engine_child JSON`. It prints
+Started by `LlamaCppProcess` as `python -m ml_offload.backends.engine_child JSON`. It prints
 `READY <url>` on stdout as soon as the engine listens (so the parent needs no polling), then
 lives until its stdin closes (the parent died or asked it to stop) or it gets a signal.
 Engine logs go to stderr, which the parent points at the model's log file.

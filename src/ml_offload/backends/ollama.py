@@ -16,18 +16,18 @@ import orjson
 
 from ml_offload.backends.base import Launch
 from ml_offload.backends.http import Upstream, translate
-from ml_offload.domain import ModelSpec, ModelState
+from ml_offload.domain import DeploymentKind, ModelSpec, ModelState
 from ml_offload.errors import EngineError, MloError, NotFound, UpstreamClientError
 
 _JSON = {"Content-Type": "application/json"}
 
 
-class OllamaModel:
+class OllamaHeldModel:
     def __init__(self, spec: ModelSpec) -> None:
         assert spec.url is not None
         self.spec = spec
         self._url = spec.url.rstrip("/")
-        self._model = spec.remote_model or spec.name
+        self._model = spec.upstream_model
         self._state = ModelState.STOPPED
         self._error: str | None = None
 
@@ -101,9 +101,11 @@ def _message(raw: bytes) -> str:
 def pull_target(specs: list[ModelSpec], spec: ModelSpec | None, name: str) -> tuple[str, str]:
     """(Ollama base URL, model name there) for pulling `name`: the Ollama behind the model it
     names, else the one Ollama server configured. Raises NotFound naming what to configure."""
-    if spec is not None and spec.backend == "ollama" and spec.url:
-        return spec.url.rstrip("/"), spec.remote_model or name
-    servers = sorted({s.url.rstrip("/") for s in specs if s.backend == "ollama" and s.url})
+    if spec is not None and spec.kind is DeploymentKind.OLLAMA and spec.url:
+        return spec.url.rstrip("/"), spec.upstream_model
+    servers = sorted(
+        {s.url.rstrip("/") for s in specs if s.kind is DeploymentKind.OLLAMA and s.url}
+    )
     if len(servers) == 1:
         return servers[0], name
     if not servers:

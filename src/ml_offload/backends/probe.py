@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from ml_offload.backends.http import Upstream
-from ml_offload.domain import ModelSpec
+from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import EngineError
 from ml_offload.wire.vllm import VllmLoad, parse_metrics
 
@@ -92,7 +92,7 @@ class BackendMonitor:
             self._probes[spec.name] = probe
 
     async def _probe(self, spec: ModelSpec, base_url: str) -> Probe:
-        if spec.backend == "ollama":
+        if spec.kind is DeploymentKind.OLLAMA:
             return await self._probe_ollama(spec, base_url)
         path = "/metrics" if spec.backend == "vllm" else "/info"
         body_or_error = await self._get(base_url + path)
@@ -113,7 +113,7 @@ class BackendMonitor:
         if isinstance(ps, Probe):
             return ps
         assert isinstance(tags, bytes)
-        name = spec.remote_model or spec.name
+        name = spec.upstream_model
         try:
             present = _ollama_entry(orjson.loads(tags), name) is not None
             running = _ollama_entry(orjson.loads(ps), name)

@@ -18,7 +18,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from ml_offload.config import Settings
-from ml_offload.domain import ApiKey
+from ml_offload.domain import ApiKey, leaves_machine
 
 Severity = Literal["high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("high", "medium", "low", "info")
@@ -275,17 +275,12 @@ def _verb(keys: Sequence[ApiKey], one: str, many: str) -> str:
     return one if len(keys) == 1 else many
 
 
-def leaves_machine(url: str) -> bool:
-    return not is_loopback_host(urlsplit(url).hostname or "")
-
-
 def check_providers(settings: Settings) -> list[Finding]:
     """Prompts that leave the machine unmasked, or in clear text."""
     fix = "remove `redact = false` from its [[models]] entry"
     urls = [(m.name, m.url, m.redact, fix) for m in settings.models if m.url is not None]
-    if settings.llamacpp_url:  # the model LLAMACPP_URL declares is never redacted
-        fix = "declare it in [[models]] instead of LLAMACPP_URL"
-        urls.append(("the LLAMACPP_URL model", settings.llamacpp_url, False, fix))
+    if settings.llamacpp_url:  # redacted by the same rule (`leaves_machine`); never unmasked
+        urls.append(("the LLAMACPP_URL model", settings.llamacpp_url, None, fix))
     found = []
     for name, url, redact, fix in urls:
         if not leaves_machine(url):

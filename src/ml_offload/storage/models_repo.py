@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ml_offload.domain import GgufInfo, ModelSpec
+from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec
 from ml_offload.storage.db import Database
 from ml_offload.storage.tables import models
 
@@ -102,11 +102,12 @@ def _row(spec: ModelSpec, stamp: FileStamp | None, now: datetime) -> dict[str, A
         "name": spec.name,
         "path": str(spec.path) if spec.path is not None else None,
         "url": spec.url,
+        "kind": spec.kind.value,
         "aliases": list(spec.aliases),
         "source": spec.source,
         "ctx_size": spec.ctx_size,
         "parallel": spec.parallel,
-        "gpu_layers": spec.gpu_layers,
+        "max_gpu_layers": -1 if spec.max_gpu_layers is None else spec.max_gpu_layers,
         "ttl_s": spec.ttl_s,
         "pinned": spec.pinned,
         "embeddings": spec.embeddings,
@@ -160,11 +161,12 @@ def _spec(row: sa.RowMapping) -> ModelSpec:
     return ModelSpec(
         name=row["name"],
         path=Path(row["path"]) if row["path"] is not None else None,
+        kind=DeploymentKind(row["kind"]),
         url=row["url"],
         aliases=tuple(row["aliases"]),
         ctx_size=row["ctx_size"],
         parallel=row["parallel"],
-        gpu_layers=row["gpu_layers"],
+        max_gpu_layers=None if row["max_gpu_layers"] < 0 else row["max_gpu_layers"],
         ttl_s=row["ttl_s"],
         extra_args=tuple(row["extra_args"]),
         pinned=row["pinned"],

@@ -20,11 +20,12 @@ models = sa.Table(
     sa.Column("name", sa.String(255), primary_key=True),
     sa.Column("path", sa.Text, nullable=True),
     sa.Column("url", sa.Text, nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="llamacpp"),
     sa.Column("aliases", sa.JSON, nullable=False),
     sa.Column("source", sa.String(16), nullable=False),
     sa.Column("ctx_size", sa.Integer, nullable=False),
     sa.Column("parallel", sa.Integer, nullable=False),
-    sa.Column("gpu_layers", sa.Integer, nullable=False),
+    sa.Column("max_gpu_layers", sa.Integer, nullable=False),  # the configured cap; -1: none
     sa.Column("ttl_s", sa.Float, nullable=False),
     sa.Column("pinned", sa.Boolean, nullable=False),
     sa.Column("embeddings", sa.Boolean, nullable=False),

@@ -1,4 +1,5 @@
-"""A server that already runs elsewhere (`LLAMACPP_URL`, or a model with `url`): always ready."""
+"""A server that already runs elsewhere (`LLAMACPP_URL`, a model with `url`, a cloud provider):
+no process of ours, always ready; the scheduler only holds its slots."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from ml_offload.backends.base import Launch
 from ml_offload.domain import ModelSpec, ModelState
 
 
-class ExternalProcess:
+class RemoteServer:
     def __init__(self, spec: ModelSpec) -> None:
         assert spec.url is not None
         self.spec = spec

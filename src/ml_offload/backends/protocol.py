@@ -1,5 +1,6 @@
-"""How a deployment is spoken to: request URL, headers and body per kind, and its answers and
-streams turned into OpenAI's shape (normalised afterwards by `wire.openai`).
+"""The upstream's protocol: how a deployment is spoken to (request URL, headers and body per
+request kind), and its answers and streams turned into OpenAI's shape (normalised afterwards by
+`wire.openai`). "Dialect" is the caller's side (`api/`); this is the upstream's.
 
 One implementation per wire protocol, chosen by `spec.backend`: OpenAI-compatible servers
 (llama.cpp, vLLM, Ollama's /v1, OpenAI, DeepSeek), text-generation-inference (chat through its
@@ -40,7 +41,7 @@ DEFAULT_KEY_ENV = {
 }
 
 
-class Dialect(Protocol):
+class UpstreamProtocol(Protocol):
     def url(self, base_url: str, kind: Kind, stream: bool) -> str: ...
 
     def headers(self, spec: ModelSpec) -> Mapping[str, str]: ...
@@ -61,15 +62,11 @@ class Dialect(Protocol):
         ...
 
 
-def _model(spec: ModelSpec) -> str:
-    return spec.remote_model or spec.name
-
-
 def _ended_early(model: str) -> EngineError:
     return EngineError(f"the engine for {model!r} ended the stream early")
 
 
-class OpenAIDialect:
+class OpenAIProtocol:
     """OpenAI-compatible servers: the request goes as it came, the answer as it is."""
 
     def url(self, base_url: str, kind: Kind, stream: bool) -> str:
@@ -84,7 +81,7 @@ class OpenAIDialect:
     def body(self, spec: ModelSpec, kind: Kind, data: dict[str, Any]) -> bytes:
         """The model under its name on that server (an alias or a fallback's caller's name
         would be unknown there); the body untouched when the name is already right."""
-        model = spec.remote_model or spec.name
+        model = spec.upstream_model
         if data.get("model") == model:
             return orjson.dumps(data)
         return orjson.dumps({**data, "model": model})
@@ -107,11 +104,11 @@ class OpenAIDialect:
         raise _ended_early(model)
 
 
-class TgiDialect:
+class TgiProtocol:
     """text-generation-inference: chat as OpenAI (its Messages API), completions via /generate."""
 
     def __init__(self) -> None:
-        self._chat = OpenAIDialect()
+        self._chat = OpenAIProtocol()
 
     def url(self, base_url: str, kind: Kind, stream: bool) -> str:
         if kind != "completion":
@@ -156,7 +153,7 @@ class TgiDialect:
         raise _ended_early(model)
 
 
-class AnthropicDialect:
+class AnthropicProtocol:
     """Anthropic's Messages API, for chat."""
 
     def url(self, base_url: str, kind: Kind, stream: bool) -> str:
@@ -177,7 +174,7 @@ class AnthropicDialect:
                 f"model {spec.name!r} is an Anthropic model: it serves chat completions only "
                 "(POST /v1/chat/completions or /v1/messages)"
             )
-        return orjson.dumps(anthropic_provider.messages_body(data, _model(spec)))
+        return orjson.dumps(anthropic_provider.messages_body(data, spec.upstream_model))
 
     def answer(self, kind: Kind, raw: bytes) -> dict[str, Any]:
         return anthropic_provider.chat_completion(orjson.loads(raw))
@@ -195,16 +192,16 @@ class AnthropicDialect:
         raise _ended_early(model)
 
 
-OPENAI = OpenAIDialect()
-DIALECTS: dict[str, Dialect] = {
+OPENAI = OpenAIProtocol()
+PROTOCOLS: dict[str, UpstreamProtocol] = {
     "openai": OPENAI,
     "ollama": OPENAI,
     "vllm": OPENAI,
     "deepseek": OPENAI,
-    "tgi": TgiDialect(),
-    "anthropic": AnthropicDialect(),
+    "tgi": TgiProtocol(),
+    "anthropic": AnthropicProtocol(),
 }
 
 
-def dialect_for(spec: ModelSpec) -> Dialect:
-    return DIALECTS.get(spec.backend, OPENAI)
+def protocol_for(spec: ModelSpec) -> UpstreamProtocol:
+    return PROTOCOLS.get(spec.backend, OPENAI)
