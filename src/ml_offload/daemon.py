@@ -39,6 +39,7 @@ class DaemonInfo:
     started_at: float
     log_path: str
     config: str | None = None
+    allow_insecure: bool = False  # started with --allow-insecure (a restart keeps it)
 
 
 class Daemon:
@@ -68,17 +69,29 @@ class Daemon:
         host: str,
         port: int,
         config: Path | None = None,
+        allow_insecure: bool = False,
         timeout_s: float = START_TIMEOUT_S,
     ) -> DaemonInfo:
         current = self.running()
         if current is not None:
             raise DaemonError(f"the gateway is already running (pid {current.pid}, {current.url})")
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        url = f"http://{_connect_host(host)}:{port}"
-        proc = spawn(host=host, port=port, config=config, log_path=self.log_path)
+        url = connect_url(host, port)
+        proc = spawn(
+            host=host,
+            port=port,
+            config=config,
+            allow_insecure=allow_insecure,
+            log_path=self.log_path,
+        )
         wait_ready(url, proc, self.log_path, timeout_s)
         info = DaemonInfo(
-            proc.pid, url, time.time(), str(self.log_path), str(config) if config else None
+            proc.pid,
+            url,
+            time.time(),
+            str(self.log_path),
+            str(config) if config else None,
+            allow_insecure,
         )
         tmp = self.pid_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(info)))
@@ -94,12 +107,17 @@ class Daemon:
         return info
 
 
-def spawn(*, host: str, port: int, config: Path | None, log_path: Path) -> subprocess.Popen[bytes]:
-    """`mlo serve` detached from this terminal, its output appended to `log_path`."""
+def spawn(
+    *, host: str, port: int, config: Path | None, log_path: Path, allow_insecure: bool = False
+) -> subprocess.Popen[bytes]:
+    """`mlo serve` detached from this terminal, its output appended to `log_path`; every
+    setting it needs is on its command line (nothing is passed through the environment)."""
     args = [sys.executable, "-m", "ml_offload.cli.main", "serve", "--host", host]
     args += ["--port", str(port)]
     if config is not None:
         args += ["--config", str(config.resolve())]
+    if allow_insecure:
+        args.append("--allow-insecure")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -191,10 +209,12 @@ def last_line(path: Path) -> str:
     return (errors or lines or ["(empty log)"])[-1]
 
 
-def _connect_host(host: str) -> str:
-    """The address to reach a server bound to `host` (wildcards mean this machine)."""
+def connect_url(host: str, port: int) -> str:
+    """The URL to reach a server bound to `host`:`port` (wildcards mean this machine)."""
     if host in ("0.0.0.0", "", "*"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

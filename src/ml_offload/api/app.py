@@ -17,7 +17,7 @@ from ml_offload.api.headers import HardeningMiddleware
 from ml_offload.api.security import SecurityMiddleware
 from ml_offload.api.streaming import ClientGone
 from ml_offload.backends.base import ProcessFactory
-from ml_offload.config import Settings, load_settings
+from ml_offload.config import Settings
 from ml_offload.services import Services
 
 
@@ -88,8 +88,3 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
-
-
-def create_app() -> FastAPI:
-    """uvicorn factory (`ml_offload.api.app:create_app`): settings from `$MLO_CONFIG` and env."""
-    return build_app(load_settings())

@@ -1,23 +1,67 @@
-"""A small synchronous client of the gateway's native API, for CLI commands."""
+"""A small synchronous client of the gateway's native API, and the one resolver of which
+gateway a client command talks to."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from ml_offload.cli.common import err, settings_for, state_dir
 from ml_offload.config import client_headers
+from ml_offload.errors import MloError
 
-DEFAULT_URL = "http://127.0.0.1:9000"
+URL_ENV = "MLO_URL"
 
 
 class CliError(Exception):
     """An error the CLI prints as one line before exiting non-zero."""
 
 
-def gateway_url(explicit: str | None) -> str:
-    return (explicit or os.environ.get("MLO_URL") or DEFAULT_URL).rstrip("/")
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str
+    source: str  # where the address came from, said when it is not the config's
+
+
+def resolve_gateway(explicit: str | None, config: Path | None = None) -> Target:
+    """The gateway to talk to: --url, else $MLO_URL, else the running daemon's recorded address
+    (`mlo server start`), else the config's `server.host`/`server.port`."""
+    from ml_offload.daemon import Daemon, connect_url
+
+    if explicit:
+        return Target(explicit.rstrip("/"), "--url")
+    if os.environ.get(URL_ENV):
+        return Target(os.environ[URL_ENV].rstrip("/"), f"${URL_ENV}")
+    running = Daemon(state_dir()).running()
+    if running is not None:
+        return Target(running.url, f"the daemon, pid {running.pid}")
+    server = settings_for(config).server
+    return Target(connect_url(server.host, server.port), "the config")
+
+
+def connect(
+    explicit: str | None, config: Path | None = None, timeout_s: float = 300.0
+) -> GatewayClient:
+    """A client of the resolved gateway; one dim line on stderr names it when it is not the
+    config's own address."""
+    target = resolve_gateway(explicit, config)
+    if target.source != "the config" and target.url != _config_url(config):
+        err.print(f"gateway {target.url} ({target.source})", style="dim")
+    return GatewayClient(target.url, timeout_s)
+
+
+def _config_url(config: Path | None) -> str | None:
+    from ml_offload.daemon import connect_url
+
+    try:
+        server = settings_for(config).server
+    except MloError:
+        return None  # the command says so when it needs the config
+    return connect_url(server.host, server.port)
 
 
 class GatewayClient:
@@ -39,7 +83,7 @@ class GatewayClient:
         except httpx.TransportError:
             raise CliError(
                 f"cannot reach the gateway at {self.url}: is `mlo serve` running? "
-                "(set --url or MLO_URL for another address)"
+                f"(set --url or {URL_ENV} for another address)"
             ) from None
         if resp.status_code == 401:
             raise CliError(f"{_message(resp)} (set MLO_API_KEY for the CLI)")
@@ -50,7 +94,7 @@ class GatewayClient:
 
 def _message(resp: httpx.Response) -> str:
     try:
-        err = resp.json().get("error", {})
-        return str(err.get("message") or resp.text)
+        error = resp.json().get("error", {})
+        return str(error.get("message") or resp.text)
     except ValueError:
         return f"HTTP {resp.status_code}: {resp.text[:200]}"

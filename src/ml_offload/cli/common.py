@@ -23,7 +23,9 @@ ConfigOpt = Annotated[
 ]
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", help="Gateway address (default: $MLO_URL, the daemon's, the config's)."),
+    typer.Option(
+        "--url", help="Gateway address (default: $MLO_URL, the daemon's, then the config's)."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -111,18 +113,3 @@ def warn_if_low_disk(settings: Settings) -> None:
             settings.storage.data_dir,
             human_bytes(settings.storage.low_disk_bytes),
         )
-
-
-def target_url(explicit: str | None, config: Path | None) -> str:
-    """The gateway to talk to: --url, else $MLO_URL, else the daemon's, else the config's."""
-    from ml_offload.daemon import Daemon
-
-    url = explicit or os.environ.get("MLO_URL")
-    if url is None:
-        running = Daemon(state_dir()).running()
-        url = running.url if running is not None else None
-    if url is None:
-        server = settings_for(config).server
-        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-        url = f"http://{host}:{server.port}"
-    return url.rstrip("/")

@@ -1,14 +1,11 @@
-"""The TLS and bind options `mlo serve` and `mlo server start` share, and what uvicorn gets."""
+"""The TLS and bind options `mlo serve` and `mlo server start` share, as settings overrides."""
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from ml_offload.config import Settings
 
 TlsCertOpt = Annotated[
     Path | None,
@@ -32,36 +29,21 @@ AllowInsecureOpt = Annotated[
     ),
 ]
 
-_TLS_ENV = "MLO_SECURITY__TLS__"
 
-
-def security_env(
-    cert: Path | None, key: Path | None, client_ca: Path | None, allow_insecure: bool
-) -> dict[str, str]:
-    """The flags as `MLO_*` variables, so the gateway (and a daemon's child) reads them."""
-    env = {
-        f"{_TLS_ENV}{name}": str(path.resolve())
-        for name, path in (("CERT_FILE", cert), ("KEY_FILE", key), ("CLIENT_CA_FILE", client_ca))
-        if path is not None
-    }
+def serve_overrides(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    client_ca: Path | None = None,
+    allow_insecure: bool = False,
+) -> dict[str, Any]:
+    """The flags as settings that override the config file's and the environment's."""
+    server = {name: v for name, v in (("host", host), ("port", port)) if v is not None}
+    files = (("cert_file", cert), ("key_file", key), ("client_ca_file", client_ca))
+    tls = {name: str(path.resolve()) for name, path in files if path is not None}
+    security: dict[str, Any] = {"tls": tls} if tls else {}
     if allow_insecure:
-        env["MLO_SECURITY__ALLOW_INSECURE_BIND"] = "true"
-    return env
-
-
-def uvicorn_tls(settings: Settings) -> dict[str, Any]:
-    """uvicorn's protocol and TLS arguments: with TLS, the protocols that pass the client
-    certificate to the app (api/tls.py); without, uvicorn's own httptools (the hot path)."""
-    tls = settings.security.tls
-    if tls.cert_file is None:
-        return {"http": "httptools"}
-    options: dict[str, Any] = {
-        "ssl_certfile": str(tls.cert_file),
-        "ssl_keyfile": str(tls.key_file),
-        "http": "ml_offload.api.tls:TlsHttpToolsProtocol",
-        "ws": "ml_offload.api.tls:TlsWebSocketProtocol",
-    }
-    if tls.client_ca_file is not None:
-        options["ssl_ca_certs"] = str(tls.client_ca_file)
-        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-    return options
+        security["allow_insecure_bind"] = True
+    return {name: part for name, part in (("server", server), ("security", security)) if part}

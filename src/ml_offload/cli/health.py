@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ml_offload.cli.client import CliError, GatewayClient
+from ml_offload.cli.client import CliError, connect
 from ml_offload.cli.common import (
     ConfigOpt,
     JsonOpt,
@@ -18,7 +18,6 @@ from ml_offload.cli.common import (
     human_bytes,
     human_secs,
     out,
-    target_url,
 )
 from ml_offload.pipeline import PromptResult, percentile, run_prompts
 
@@ -39,7 +38,7 @@ def health(
     Each loaded model gets --requests requests, one at a time: time to first
     token, total time and tokens per second, at p50 and p95.
     """
-    client = GatewayClient(target_url(url, config), timeout_s=120)
+    client = connect(url, config, timeout_s=120)
     report = {
         "gateway": client.get("/health"),
         "vram": client.get("/vram/status"),

@@ -15,7 +15,7 @@ import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from ml_offload.cli.client import CliError, GatewayClient
+from ml_offload.cli.client import CliError, GatewayClient, resolve_gateway
 from ml_offload.cli.common import (
     ConfigOpt,
     UrlOpt,
@@ -23,7 +23,6 @@ from ml_offload.cli.common import (
     out,
     settings_for,
     state_dir,
-    target_url,
 )
 from ml_offload.config import config_path
 from ml_offload.daemon import spawn, terminate, wait_ready
@@ -195,7 +194,7 @@ def _save(results: dict[int, PromptResult], output: Path | None, fmt: Format) ->
 def _gateway(explicit: str | None, config: Path | None) -> Iterator[str]:
     """A gateway URL that answers: the given one, the daemon's, or one started here (and
     stopped on the way out)."""
-    url = target_url(explicit, config)
+    url = resolve_gateway(explicit, config).url
     if _answers(url):
         yield url
         return

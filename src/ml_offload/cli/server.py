@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +22,7 @@ from ml_offload.cli.common import (
     settings_for,
     state_dir,
 )
-from ml_offload.cli.hardening import AllowInsecureOpt, security_env
+from ml_offload.cli.hardening import AllowInsecureOpt
 from ml_offload.config import config_path
 from ml_offload.daemon import Daemon, DaemonInfo
 
@@ -46,8 +45,7 @@ def start(
     allow_insecure: AllowInsecureOpt = False,
 ) -> None:
     """Start the gateway in the background (pid and log files in the XDG state folder)."""
-    os.environ.update(security_env(None, None, None, allow_insecure))  # the child inherits it
-    info = _start(Daemon(state_dir()), config, host, port, timeout)
+    info = _start(Daemon(state_dir()), config, host, port, timeout, allow_insecure)
     out.print(f"gateway started: pid {info.pid}, {info.url}, log {info.log_path}")
 
 
@@ -65,13 +63,15 @@ def restart(
     """Restart the background gateway (same address and config unless given)."""
     daemon = Daemon(state_dir())
     old = daemon.running()
+    allow_insecure = False
     if old is not None:
         daemon.stop()
         parts = urlsplit(old.url)
         host = host or parts.hostname
         port = port or parts.port
         config = config or (Path(old.config) if old.config else None)
-    info = _start(daemon, config, host, port, timeout)
+        allow_insecure = old.allow_insecure
+    info = _start(daemon, config, host, port, timeout, allow_insecure)
     out.print(f"gateway restarted: pid {info.pid}, {info.url}, log {info.log_path}")
 
 
@@ -95,13 +95,19 @@ def status(as_json: JsonOpt = False) -> None:
 
 
 def _start(
-    daemon: Daemon, config: Path | None, host: str | None, port: int | None, timeout: float
+    daemon: Daemon,
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    timeout: float,
+    allow_insecure: bool = False,
 ) -> DaemonInfo:
     settings = settings_for(config)  # a bad config fails here, in one line
     return daemon.start(
         host=host or settings.server.host,
         port=port if port is not None else settings.server.port,
         config=config_path(config),
+        allow_insecure=allow_insecure,
         timeout_s=timeout,
     )
 

@@ -1,0 +1,60 @@
+"""`mlo serve`: the gateway in the foreground, with the settings built once here and passed on.
+
+This is the one place the CLI reaches into `api/` (declared in pyproject's import contracts).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ml_offload.cli.common import ConfigOpt, warn_if_low_disk
+from ml_offload.cli.hardening import (
+    AllowInsecureOpt,
+    TlsCertOpt,
+    TlsClientCaOpt,
+    TlsKeyOpt,
+    serve_overrides,
+)
+from ml_offload.config import load_settings
+
+
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (server.port).")] = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_client_ca: TlsClientCaOpt = None,
+    allow_insecure: AllowInsecureOpt = False,
+) -> None:
+    """Run the gateway in the foreground (default 127.0.0.1:9000)."""
+    overrides = serve_overrides(
+        host=host,
+        port=port,
+        cert=tls_cert,
+        key=tls_key,
+        client_ca=tls_client_ca,
+        allow_insecure=allow_insecure,
+    )
+    settings = load_settings(_resolved(config), **overrides)  # a bad config is one line
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    warn_if_low_disk(settings)
+    from ml_offload.api.serve import serve as run_gateway  # the declared cli → api edge
+
+    try:
+        run_gateway(settings)
+    except SystemExit as exc:  # uvicorn's 3: start-up failed, its one-line reason is logged
+        if exc.code == 3:
+            raise typer.Exit(1) from None
+        raise
+
+
+def _resolved(config: Path | None) -> Path | None:
+    return config.resolve() if config is not None else None
