@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from ml_offload.config import AuditSettings
-from ml_offload.security.audit import GENESIS, AuditLog, encode_entry, head_path
+from ml_offload.security.audit import AuditLog
+from ml_offload.security.audit_format import GENESIS, encode_entry, head_path
 from ml_offload.security.audit_read import verify
 from tests.integration.conftest import GatewayFactory, stop
 from tests.integration.fake_upstream import Reply, fake_openai
@@ -158,6 +159,34 @@ def test_a_chain_rewritten_whole_fails_verify_with_the_public_key(tmp_path: Path
     line = error_line(mlo(config, "verify", "--public-key", str(pem)))
     assert "line 10 (seq 10): signature: its signature does not match" in line
     assert "not a PEM public key" in error_line(mlo(config, "verify", "--public-key", str(config)))
+
+
+def test_verify_tail_export_read_across_rotated_files(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n')
+    log = tmp_path / "data" / "audit" / "audit.jsonl"
+    opts = AuditSettings(fsync=False, rotate_bytes=4096, batch_size=8, flush_interval_s=60)
+
+    async def write() -> None:
+        async with AuditLog(opts, log) as audit:
+            for i in range(N):
+                audit.record({"time": time.time(), "request_id": f"r{i}", "pad": "x" * 300})
+                if i % 8 == 7:
+                    await audit.flush()
+
+    asyncio.run(write())
+    files = sorted(log.parent.glob("audit.*.jsonl"))
+    assert len(files) >= 2  # and the live file: three or more
+    done = mlo(config, "verify")
+    assert done.returncode == 0 and done.stdout.startswith("ok: "), done.stderr
+    exported = [json.loads(x) for x in mlo(config, "export").stdout.splitlines()]
+    assert [r["request_id"] for r in exported if "request_id" in r] == [f"r{i}" for i in range(N)]
+    rows = mlo(config, "tail", "-n", str(len(exported)), "--json").stdout.splitlines()
+    assert [json.loads(x)["seq"] for x in rows] == [r["seq"] for r in exported]
+    files[1].unlink()
+    line = error_line(mlo(config, "verify"))
+    assert f"{files[2].name if len(files) > 2 else 'audit.jsonl'} line 1 " in line
+    assert "missing: seqs " in line
 
 
 def test_tail_follow_prints_new_entries(setup: tuple[Path, Path]) -> None:

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from ml_offload.config import AuditSettings, Settings
 from ml_offload.errors import ConfigError
-from ml_offload.security.audit import GENESIS, AuditLog, audit_path, head_path, prompt_sha256
+from ml_offload.security.audit import AuditLog, audit_path
+from ml_offload.security.audit_format import GENESIS, head_path, prompt_sha256
 from ml_offload.security.audit_read import export, iter_entries, tail, verify
 
 QUIET = {"flush_interval_s": 60.0, "fsync": False, "sign": False}  # wakes on batch or flush

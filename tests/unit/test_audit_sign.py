@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ml_offload.config import AuditSettings
 from ml_offload.errors import ConfigError
-from ml_offload.security.audit import GENESIS, AuditLog, encode_entry, head_path
+from ml_offload.security.audit import AuditLog
+from ml_offload.security.audit_format import GENESIS, encode_entry, head_path
 from ml_offload.security.audit_read import verify
 from ml_offload.security.audit_sign import load_public_key, signing_key_path
 

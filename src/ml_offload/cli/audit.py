@@ -18,7 +18,8 @@ from rich.table import Table
 
 from ml_offload.cli.client import CliError
 from ml_offload.cli.common import ConfigOpt, JsonOpt, out, settings_for
-from ml_offload.security.audit import Entry, audit_path, iso_time, to_json
+from ml_offload.security.audit import audit_path
+from ml_offload.security.audit_format import Entry, iso_time, log_files, to_json
 from ml_offload.security.audit_read import export, follow, tail, verify
 from ml_offload.security.audit_sign import load_public_key, public_pem, signing_key_path
 
@@ -36,7 +37,7 @@ _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 def _log_file(config: Path | None, file: Path | None) -> Path:
     path = file or audit_path(settings_for(config))
-    if not path.is_file():
+    if not log_files(path):
         raise CliError(
             f"no audit log at {path} (the gateway writes it as it serves requests; "
             "see security.audit in the config, or give --file)"

@@ -1,18 +1,7 @@
 """Tamper-evident audit log: one JSON line per request, hash-chained, written off the hot path.
 
-Format (a JSONL file: greppable, any log shipper reads it, a ten-line script can check it)::
-
-    {"seq":7,"prev":"<hash of entry 6>","event":{...},"hash":"<sha256 hex>"}
-
-`hash` is the SHA-256 of the line's exact bytes up to, not including, `,"hash":"`. Hashing the
-bytes as written (not a re-serialization) means verifying never depends on a JSON library's
-formatting, and any changed byte is caught. `prev` links each entry to the one before (the first
-to 64 zeros) and `seq` counts from 1: an edited entry breaks its own hash (or, rehashed, the next
-entry's `prev`), a removed one leaves a gap in `seq`, a reordering shows as `seq` out of order.
-A chain alone cannot show that its *last* entries were removed, so after writing the writer
-replaces `<log>.head` (`{"seq": N, "hash": "..."}`) atomically with os.replace, and `verify`
-checks that the log reaches it. The head is replaced after the log is written, so a crash leaves
-it behind the log, never ahead.
+The format (one hash-chained entry per line, the head file, rotated files) is in
+`audit_format.py`; the readers (verify, tail, follow, export) in `audit_read.py`.
 
 Writing: `record()` hashes the prompt (when the caller passed it), serializes the event with
 orjson (a few µs) and appends the bytes to a deque: no I/O on the request's task, and waiting
@@ -35,14 +24,15 @@ One writer per file: `start()` takes an exclusive lock on `<log>.lock` and refus
 process, because two writers would fork the chain. Several gateways each write their own file
 (the default path is under their own `storage.data_dir`); verify each file on its own.
 
-The file format (encoding and parsing one entry, the head file) and its writer live here; the
-readers (verify, tail, follow, export) are in `audit_read.py` and parse through this module, so
-the format is defined in one place.
-
 Signed checkpoints (`sign`, on by default; `audit_sign.py`): every `checkpoint_every` entries,
 when the log starts empty and when it closes, the writer thread appends an Ed25519-signed
 checkpoint entry, so `mlo audit verify --public-key` catches a forger who rewrites every hash
 and the head. One signature per checkpoint: nothing is signed per request.
+
+Rotation (`rotate_bytes`, `rotate_daily`): before a batch, a live file that has reached the size
+(or was started on an earlier UTC day) is sealed with a checkpoint and renamed after its first
+seq (`audit_format.rotated_path`); a new live file continues the chain. A crash between the
+rename and the new file is resumed from the last rotated file.
 """
 
 from __future__ import annotations
@@ -50,79 +40,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
-
-import orjson
+from typing import Any
 
 from ml_offload.config import AuditSettings, Settings
 from ml_offload.errors import ConfigError
+from ml_offload.security.audit_format import (
+    GENESIS,
+    Entry,
+    complete_end,
+    encode_entry,
+    iso_time,
+    lines_backward,
+    lock_path,
+    log_files,
+    parse_line,
+    prompt_sha256,
+    read_head,
+    rotated_path,
+    seq_hint,
+    to_json,
+    write_head,
+)
 from ml_offload.security.audit_sign import CHECKPOINT, Signer, load_or_create_key, signing_key_path
 
 log = logging.getLogger("ml_offload.audit")
 
-GENESIS = "0" * 64
-SUFFIX_LEN = 75  # ,"hash":"<64 hex>"}
-HASH_KEY = b',"hash":"'
-SEQ_RE = re.compile(rb'^\{"seq":(\d+),')
-_BLOCK = 64 * 1024
 _BATCHES_PER_SYNC = 16
 _ERROR_LOG_EVERY_S = 60.0
 _RESUME_SCAN_LINES = 10_000
-
-Reason = Literal["malformed", "edited", "missing", "out_of_order", "chain", "head", "signature"]
 
 
 def audit_path(settings: Settings) -> Path:
     """The log file: `security.audit.path`, else `<storage.data_dir>/audit/audit.jsonl`."""
     return settings.security.audit.path or settings.storage.data_dir / "audit" / "audit.jsonl"
-
-
-def head_path(path: Path) -> Path:
-    return path.with_name(path.name + ".head")
-
-
-def lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-def prompt_sha256(prompt: Any) -> str:
-    """The hash stored instead of the prompt: of the text, or of canonical JSON for messages."""
-    if isinstance(prompt, str):
-        data = prompt.encode("utf-8", "surrogatepass")
-    else:
-        data = to_json(prompt, sort=True)
-    return hashlib.sha256(data).hexdigest()
-
-
-def encode_entry(seq: int, prev: str, event_json: bytes) -> tuple[bytes, str]:
-    """One log line (with its newline) and its hash."""
-    body = b'{"seq":%d,"prev":"%s","event":%s' % (seq, prev.encode("ascii"), event_json)
-    digest = hashlib.sha256(body).hexdigest()
-    return body + HASH_KEY + digest.encode("ascii") + b'"}\n', digest
-
-
-def to_json(value: Any, *, sort: bool = False) -> bytes:
-    """JSON that never fails: odd types as str, lone surrogates through the stdlib's escapes."""
-    try:
-        return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS if sort else 0)
-    except (TypeError, orjson.JSONEncodeError):
-        try:
-            return json.dumps(value, default=str, sort_keys=sort, ensure_ascii=True).encode()
-        except (TypeError, ValueError):
-            return json.dumps({"unserializable": repr(value)}).encode()
 
 
 # --------------------------------------------------------------------------- writer
@@ -157,6 +115,8 @@ class AuditLog:
         self._prev = GENESIS
         self._stalled: Batch | None = None  # encoded, not yet appended
         self._signer: Signer | None = None
+        self._file_first_seq = 1  # of the live file (its name once rotated)
+        self._file_day = ""  # UTC date the live file was started or last written
         self._unsigned = 0  # entries since the last checkpoint
         self._last_error_at = 0.0
         self.written = 0  # entries appended since start
@@ -274,6 +234,7 @@ class AuditLog:
                 if dropped:
                     events.append(self._dropped_event())
                     dropped = False
+                self._rotate_if_due()
                 self._stalled = self._encode(events)
                 if not self._write_stalled():
                     return
@@ -361,7 +322,7 @@ class AuditLog:
         try:
             if self._settings.fsync:
                 getattr(os, "fdatasync", os.fsync)(self._fd)
-            _write_head(self.path, self._seq, self._prev, fsync=self._settings.fsync)
+            write_head(self.path, self._seq, self._prev, fsync=self._settings.fsync)
         except OSError as exc:
             self._report(f"cannot sync audit log {self.path}: {exc}")
 
@@ -380,6 +341,8 @@ class AuditLog:
             flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
             self._fd = os.open(self.path, flags, 0o600)
             self._seq, self._prev, self.cut_bytes = _resume(self._fd, self.path)
+            self._file_first_seq = _first_seq(self._fd) or self._seq + 1
+            self._file_day = _utc_day(os.fstat(self._fd).st_mtime)
             if self._settings.sign:
                 self._start_signing()
         except OSError as exc:
@@ -391,6 +354,41 @@ class AuditLog:
         except ConfigError:
             self._close_fds()
             raise
+
+    # -- rotation
+
+    def _rotate_if_due(self) -> None:
+        """Start a new live file when this one is big or old enough (`rotate_bytes`,
+        `rotate_daily`), after sealing it with a checkpoint; the chain goes on in the new one."""
+        rotate_bytes, daily = self._settings.rotate_bytes, self._settings.rotate_daily
+        if rotate_bytes is None and not daily:
+            return
+        size = os.fstat(self._fd).st_size
+        today = _utc_day(time.time())
+        big = rotate_bytes is not None and size >= rotate_bytes
+        if size == 0 or not (big or (daily and today != self._file_day)):
+            return
+        if self._signer is not None and self._unsigned:
+            self._stalled = self._encode([], seal=True)
+            if not self._write_stalled():
+                return
+        target = rotated_path(self.path, self._file_first_seq)
+        try:
+            if self._settings.fsync:
+                getattr(os, "fdatasync", os.fsync)(self._fd)
+            if target.exists():
+                raise FileExistsError(f"{target.name} exists")
+            os.rename(self.path, target)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            fd, old = os.open(self.path, flags, 0o600), self._fd
+        except OSError as exc:
+            self._report(f"cannot rotate audit log {self.path}: {exc}; writing on in it")
+            return
+        self._fd = fd
+        os.close(old)
+        self._file_first_seq, self._file_day = self._seq + 1, today
+        self._sync()
+        log.info("audit log rotated: %s, continuing at seq %d", target.name, self._seq + 1)
 
     def _start_signing(self) -> None:
         """Load (or create) the key; count the unsigned entries at the end; sign a new log."""
@@ -405,6 +403,27 @@ class AuditLog:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._lock_fd = -1
+
+
+def _last_entry(fd: int, end: int, path: Path) -> tuple[int, str]:
+    """(seq, hash) of the last valid entry before `end`, or (0, GENESIS)."""
+    for skipped, (_, raw) in enumerate(lines_backward(fd, end)):
+        entry = parse_line(raw, 0)
+        if isinstance(entry, Entry):
+            return entry.seq, entry.hash
+        if skipped == 0:
+            log.error("audit log %s ends with an invalid entry; `mlo audit verify` shows it", path)
+        if skipped >= _RESUME_SCAN_LINES:
+            break  # a log that is mostly garbage: start a new chain after it; verify flags it
+    return 0, GENESIS
+
+
+def _first_seq(fd: int) -> int | None:
+    return seq_hint(os.pread(fd, 64, 0))
+
+
+def _utc_day(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,143 +473,15 @@ def _resume(fd: int, path: Path) -> tuple[int, str, int]:
     if end < size:
         os.ftruncate(fd, end)
         log.warning("audit log %s: cut an incomplete last line (%d bytes)", path, size - end)
-    seq, prev = 0, GENESIS
-    for skipped, (_, raw) in enumerate(lines_backward(fd, end)):
-        entry = parse_line(raw, 0)
-        if isinstance(entry, Entry):
-            seq, prev = entry.seq, entry.hash
-            break
-        if skipped == 0:
-            log.error("audit log %s ends with an invalid entry; `mlo audit verify` shows it", path)
-        if skipped >= _RESUME_SCAN_LINES:
-            break  # a log that is mostly garbage: start a new chain after it; verify flags it
+    seq, prev = _last_entry(fd, end, path)
+    rotated = [f for f in log_files(path) if f != path]
+    if end == 0 and rotated:  # a new live file (rotated, maybe crashed then): go on from the last
+        old = os.open(rotated[-1], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            seq, prev = _last_entry(old, complete_end(old, os.fstat(old).st_size), rotated[-1])
+        finally:
+            os.close(old)
     head = read_head(path)
     if isinstance(head, tuple) and head[0] > seq:
         log.error("audit log %s ends at seq %d but its head records %d", path, seq, head[0])
     return seq, prev, size - end
-
-
-def complete_end(fd: int, size: int) -> int:
-    """The offset just after the last newline (0 when there is none)."""
-    pos = size
-    while pos > 0:
-        step = min(_BLOCK, pos)
-        chunk = os.pread(fd, step, pos - step)
-        i = chunk.rfind(b"\n")
-        if i >= 0:
-            return pos - step + i + 1
-        pos -= step
-    return 0
-
-
-def lines_backward(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, line without its newline) of the lines before `end`, last first."""
-    buf, pos = b"", end
-    while True:
-        i = buf.rfind(b"\n", 0, len(buf) - 1)
-        if i >= 0:
-            yield pos + i + 1, buf[i + 1 : -1]
-            buf = buf[: i + 1]
-        elif pos > 0:
-            step = min(_BLOCK, pos)
-            pos -= step
-            buf = os.pread(fd, step, pos) + buf
-        else:
-            if buf:
-                yield 0, buf[:-1]
-            return
-
-
-def _write_head(path: Path, seq: int, digest: str, *, fsync: bool) -> None:
-    target = head_path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, b'{"seq":%d,"hash":"%s"}\n' % (seq, digest.encode("ascii")))
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-
-
-def read_head(path: Path) -> tuple[int, str] | str | None:
-    """(seq, hash) from the head file; None when there is none; a string saying what is wrong."""
-    try:
-        data = orjson.loads(head_path(path).read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        return f"cannot read {head_path(path).name}: {exc}"
-    seq, digest = (data.get("seq"), data.get("hash")) if isinstance(data, dict) else (None, None)
-    if type(seq) is not int or not isinstance(digest, str):
-        return f"{head_path(path).name} is not a head record"
-    return seq, digest
-
-
-def iso_time(t: Any) -> str | None:
-    if not isinstance(t, int | float):
-        return None if t is None else str(t)
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# --------------------------------------------------------------------------- entries
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    line: int  # 1-based line number (0 when read backwards)
-    seq: int
-    prev: str
-    hash: str
-    event: dict[str, Any]
-
-    def flat(self) -> dict[str, Any]:
-        """The event with its seq and hash, as exported."""
-        rest = {k: v for k, v in self.event.items() if k not in ("seq", "hash")}
-        return {"seq": self.seq, **rest, "hash": self.hash}
-
-
-@dataclass(frozen=True, slots=True)
-class Broken:
-    """The first entry that does not verify, and why."""
-
-    line: int
-    seq: int | None
-    reason: Reason
-    detail: str
-
-    def __str__(self) -> str:
-        seq = f" (seq {self.seq})" if self.seq is not None else ""
-        return f"line {self.line}{seq}: {self.reason.replace('_', ' ')}: {self.detail}"
-
-
-def parse_line(raw: bytes, line: int) -> Entry | Broken:
-    """An entry whose own hash matches, or why not. `raw` has no newline."""
-    if (
-        len(raw) <= SUFFIX_LEN
-        or raw[-SUFFIX_LEN : -SUFFIX_LEN + len(HASH_KEY)] != HASH_KEY
-        or raw[-2:] != b'"}'
-    ):
-        return Broken(line, seq_hint(raw), "malformed", "not an audit entry (no hash at its end)")
-    digest = raw[-66:-2].decode("ascii", "replace")
-    if hashlib.sha256(raw[:-SUFFIX_LEN]).hexdigest() != digest:
-        return Broken(line, seq_hint(raw), "edited", "its content does not match its hash")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:  # the stdlib also reads escaped lone surrogates, which the writer may have written
-            data = json.loads(raw)
-        except ValueError:
-            return Broken(line, seq_hint(raw), "malformed", "not valid JSON")
-    if not isinstance(data, dict):
-        return Broken(line, seq_hint(raw), "malformed", "not a JSON object")
-    seq, prev, event = data.get("seq"), data.get("prev"), data.get("event")
-    if type(seq) is not int or not isinstance(prev, str) or not isinstance(event, dict):
-        return Broken(line, seq_hint(raw), "malformed", "missing seq, prev or event")
-    return Entry(line, seq, prev, digest, event)
-
-
-def seq_hint(raw: bytes) -> int | None:
-    m = SEQ_RE.match(raw)
-    return int(m.group(1)) if m else None

@@ -1,6 +1,6 @@
 """Reading the audit log: verify its chain and head, iterate, tail, follow and export entries.
 
-The file format and its writer are in `audit.py`; this module only reads what it defines.
+The file format is in `audit_format.py`, its writer in `audit.py`; this module only reads.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, BinaryIO, Literal, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ml_offload.security.audit import (
+from ml_offload.security.audit_format import (
     GENESIS,
     Broken,
     Entry,
@@ -25,6 +25,7 @@ from ml_offload.security.audit import (
     head_path,
     iso_time,
     lines_backward,
+    log_files,
     parse_line,
     read_head,
     seq_hint,
@@ -91,47 +92,80 @@ class _Signatures:
 
 
 def verify(path: Path, keys: list[Ed25519PublicKey] | None = None) -> VerifyResult:
-    """Check the chain from the first entry to the last, and the last against the head file;
-    with public `keys`, each checkpoint's signature and that none was removed.
+    """Check the chain from the first entry to the last, across rotated files, and the last
+    against the head file; with public `keys`, each checkpoint's signature and that none was
+    removed. A first rotated file that starts after seq 1 is accepted (older files removed on
+    purpose); a file missing in the middle is not.
 
     Stops at the first broken entry. Raises FileNotFoundError when neither log nor head exists."""
     head = read_head(path)
-    if not path.exists():
+    files = log_files(path)
+    if not files:
         if isinstance(head, tuple):
             why = f"the log is gone but {head_path(path).name} records seq {head[0]}"
             return VerifyResult(False, 0, 0, GENESIS, Broken(1, 1, "missing", why), 0, head[0])
         raise FileNotFoundError(path)
-    head_seq = head[0] if isinstance(head, tuple) else None
-    seq, prev, n, line, torn = 0, GENESIS, 0, 0, 0
-    pinned: Entry | None = None  # the entry the head names
-    signed = _Signatures(keys)
+    chain = _Chain(head[0] if isinstance(head, tuple) else None, _Signatures(keys))
+    for i, file in enumerate(files):
+        broken = chain.check_file(file, may_start_late=i == 0 and file != path)
+        if broken is None and chain.torn and i < len(files) - 1:
+            broken = Broken(chain.line, None, "malformed", "a rotated file ends mid-line")
+        if broken is not None:
+            return chain.result(replace(broken, file=file.name) if len(files) > 1 else broken)
+    end_line = chain.line + (0 if chain.torn else 1)
+    broken = _check_head(path, head, chain.seq, chain.pinned, end_line)
+    broken = broken or chain.signed.end(end_line, chain.seq + 1)
+    if broken is not None and len(files) > 1:
+        broken = replace(broken, file=files[-1].name)
+    return chain.result(broken)
 
-    def result(broken: Broken | None, torn: int = 0) -> VerifyResult:
-        counts = (signed.checkpoints, signed.unsigned)
-        return VerifyResult(broken is None, n, seq, prev, broken, torn, head_seq, *counts)
 
-    with path.open("rb") as f:
-        for raw in f:
-            line += 1
-            if not raw.endswith(b"\n"):
-                torn = len(raw)
-                break
-            entry = parse_line(raw[:-1], line)
-            if isinstance(entry, Entry) and entry.seq != seq + 1:
-                entry = _misplaced(entry, seq + 1, f)
-            elif isinstance(entry, Entry) and entry.prev != prev:
-                why = f"its prev does not match the hash of line {line - 1} (one was rewritten)"
-                entry = Broken(line, entry.seq, "chain", why)
-            if isinstance(entry, Entry):
-                entry = signed.feed(entry) or entry
-            if isinstance(entry, Broken):
-                return result(entry)
-            seq, prev, n = entry.seq, entry.hash, n + 1
-            if entry.seq == head_seq:
-                pinned = entry
-    end_line = line + (0 if torn else 1)
-    broken = _check_head(path, head, seq, pinned, end_line) or signed.end(end_line, seq + 1)
-    return result(broken, torn)
+class _Chain:
+    """The chain as verified so far, file after file."""
+
+    def __init__(self, head_seq: int | None, signed: _Signatures) -> None:
+        self.head_seq, self.signed = head_seq, signed
+        self.seq, self.prev, self.n, self.line, self.torn = 0, GENESIS, 0, 0, 0
+        self.pinned: Entry | None = None  # the entry the head names
+
+    def result(self, broken: Broken | None) -> VerifyResult:
+        signed = (self.signed.checkpoints, self.signed.unsigned)
+        torn = self.torn if broken is None else 0
+        return VerifyResult(
+            broken is None, self.n, self.seq, self.prev, broken, torn, self.head_seq, *signed
+        )
+
+    def check_file(self, file: Path, *, may_start_late: bool) -> Broken | None:
+        self.line, self.torn = 0, 0
+        with file.open("rb") as f:
+            for raw in f:
+                self.line += 1
+                if not raw.endswith(b"\n"):
+                    self.torn = len(raw)
+                    return None
+                entry = parse_line(raw[:-1], self.line)
+                if isinstance(entry, Entry) and may_start_late and self.n == 0:
+                    self.seq, self.prev = entry.seq - 1, entry.prev  # older files removed
+                entry = self._linked(entry, f)
+                if isinstance(entry, Broken):
+                    return entry
+                self.seq, self.prev, self.n = entry.seq, entry.hash, self.n + 1
+                if entry.seq == self.head_seq:
+                    self.pinned = entry
+        return None
+
+    def _linked(self, entry: Entry | Broken, rest: Iterable[bytes]) -> Entry | Broken:
+        if isinstance(entry, Broken):
+            return entry
+        if entry.seq != self.seq + 1:
+            return _misplaced(entry, self.seq + 1, rest)
+        if entry.prev != self.prev:
+            before = (
+                f"line {self.line - 1}" if self.line > 1 else "the last entry of the file before"
+            )
+            why = f"its prev does not match the hash of {before} (one was rewritten)"
+            return Broken(self.line, entry.seq, "chain", why)
+        return self.signed.feed(entry) or entry
 
 
 def _misplaced(entry: Entry, expected: int, rest: Iterable[bytes]) -> Broken:
@@ -166,55 +200,98 @@ def _check_head(
 
 
 def iter_entries(path: Path, since: float | None = None) -> Iterator[Entry]:
-    """Entries whose own hash matches (others skipped; `verify` reports them), in file order."""
-    with path.open("rb") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                return
-            entry = parse_line(raw[:-1], line)
-            if isinstance(entry, Entry) and (since is None or _time(entry) >= since):
-                yield entry
+    """Entries whose own hash matches (others skipped; `verify` reports them), in chain order
+    across rotated files."""
+    for file in log_files(path):
+        with file.open("rb") as f:
+            for line, raw in enumerate(f, start=1):
+                if not raw.endswith(b"\n"):
+                    break
+                entry = parse_line(raw[:-1], line)
+                if isinstance(entry, Entry) and (since is None or _time(entry) >= since):
+                    yield entry
 
 
 def tail(path: Path, n: int) -> tuple[list[Entry], int]:
-    """The last `n` valid entries (oldest first) and the offset to follow the file from."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        end = complete_end(fd, os.fstat(fd).st_size)
-        found: list[Entry] = []
-        for _, raw in lines_backward(fd, end):
-            if len(found) >= n:
-                break
-            entry = parse_line(raw, 0)
-            if isinstance(entry, Entry):
-                found.append(entry)
-    finally:
-        os.close(fd)
-    return found[::-1], end
+    """The last `n` valid entries (oldest first, from rotated files too) and the offset in the
+    live file to follow it from."""
+    found: list[Entry] = []
+    offset = 0
+    for file in reversed(log_files(path)):
+        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            end = complete_end(fd, os.fstat(fd).st_size)
+            offset = end if file == path else offset
+            for _, raw in lines_backward(fd, end):
+                if len(found) >= n:
+                    break
+                entry = parse_line(raw, 0)
+                if isinstance(entry, Entry):
+                    found.append(entry)
+        finally:
+            os.close(fd)
+        if len(found) >= n:
+            break
+    return found[::-1], offset
 
 
 def follow(path: Path, offset: int, poll_s: float = 0.5) -> Iterator[Entry]:
-    """Entries appended after `offset`, forever (a restart that cuts a torn tail is followed)."""
-    pending = b""
+    """Entries appended after `offset`, forever: through a rotation (the old file is read to its
+    end, then the new one from its start) and a restart that cuts a torn tail."""
+    pending, f = b"", _open_or_none(path)
     while True:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size < offset:
-            offset, pending = size, b""
-        if size == offset:
+        if f is None:
             time.sleep(poll_s)
+            f, offset = _open_or_none(path), 0
             continue
-        with path.open("rb") as f:
-            f.seek(offset)
-            data = pending + f.read(size - offset)
-        offset = size
-        *lines, pending = data.split(b"\n")
+        size = os.fstat(f.fileno()).st_size
+        if size < offset:  # a torn tail cut by a restart
+            offset, pending = size, b""
+        rotated = _rotated(f, path)  # before reading: what was written before the rename is read
+        f.seek(offset)
+        data = f.read()
+        offset += len(data)
+        *lines, pending = (pending + data).split(b"\n")
         for raw in lines:
             entry = parse_line(raw, 0)
             if isinstance(entry, Entry):
                 yield entry
+        if rotated:  # read to its end: go on in the file after it (more than one may be new)
+            f, offset, pending = _next_file(f, path), 0, b""
+        elif not data:
+            time.sleep(poll_s)
+
+
+def _open_or_none(path: Path) -> BinaryIO | None:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return None
+
+
+def _next_file(f: BinaryIO, path: Path) -> BinaryIO | None:
+    """The file after the (rotated) open `f` in chain order; `f` is closed."""
+    mine = os.fstat(f.fileno())
+    f.close()
+    files = log_files(path)
+    for i, file in enumerate(files[:-1]):
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            continue
+        if (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev):
+            return _open_or_none(files[i + 1])
+    return _open_or_none(path)
+
+
+def _rotated(f: BinaryIO, path: Path) -> bool:
+    """Whether `path` now names another file than the open `f` (renamed away by a rotation)."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False  # renamed, the new one not yet there: wait for it
+    mine = os.fstat(f.fileno())
+    return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev)
 
 
 def _time(entry: Entry) -> float:
