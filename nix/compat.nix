@@ -92,7 +92,7 @@ in
         models.llamacpp = {
           path = llamacpp.model;
           pinned = true;
-          gpu_layers = llamacpp.n_gpu_layers;
+          max_gpu_layers = llamacpp.n_gpu_layers;
           ctx_size = llamacpp.n_ctx;
         };
         settings.engine.threads = mkIf (llamacpp.n_threads != null) llamacpp.n_threads;

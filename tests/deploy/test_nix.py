@@ -239,7 +239,7 @@ def test_original_llamacpp_service_is_a_pinned_model() -> None:
     text = result["config_toml"]
     assert "port = 8080" in text and "threads = 16" in text
     assert (
-        '[[models]]\nctx_size = 8192\ngpu_layers = 99\nname = "llamacpp"\n'
+        '[[models]]\nctx_size = 8192\nmax_gpu_layers = 99\nname = "llamacpp"\n'
         'path = "/srv/models/llama.gguf"\npinned = true\n'
     ) in text
     explicit = nix_eval(
