@@ -1,12 +1,19 @@
 """The one pooled upstream HTTP client (aiohttp: measured faster than httpx, see bench/clients.py).
 
 aiohttp's exceptions are translated into our error tree here, where they enter.
+
+Proxies: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` (read once at start, as every HTTP client honours
+them) choose a proxy per request; loopback hosts (local engines) always go direct. Not aiohttp's
+`trust_env`, which would also send `~/.netrc` credentials and proxy loopback engines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -19,8 +26,10 @@ class Upstream:
     def __init__(self, *, timeout_s: float) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str] = {}
 
     async def start(self) -> None:
+        self._proxies = urllib.request.getproxies_environment()
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False, trust_env=False
@@ -39,7 +48,8 @@ class Upstream:
         self, url: str, body: bytes, headers: Mapping[str, str] = _JSON
     ) -> tuple[int, bytes]:
         try:
-            async with self.session.post(url, data=body, headers=headers) as resp:
+            proxy = self.proxy_for(url) if self._proxies else None
+            async with self.session.post(url, data=body, headers=headers, proxy=proxy) as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
@@ -49,16 +59,36 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Send a request and return the response with its body unread (for streaming)."""
         try:
-            return await self.session.post(url, data=body, headers=headers)
+            proxy = self.proxy_for(url) if self._proxies else None
+            return await self.session.post(url, data=body, headers=headers, proxy=proxy)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
 
     async def get_json_bytes(self, url: str) -> tuple[int, bytes]:
         try:
-            async with self.session.get(url) as resp:
+            proxy = self.proxy_for(url) if self._proxies else None
+            async with self.session.get(url, proxy=proxy) as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy the environment names for `url`; None for loopback and NO_PROXY hosts."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # untyped
+        if _loopback(host) or bypass(host, self._proxies):
+            return None
+        return self._proxies.get(parts.scheme)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def sse_data(resp: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
