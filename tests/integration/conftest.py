@@ -139,13 +139,15 @@ def smollm_path() -> Path:
 GatewayFactory = Callable[..., Gateway]
 
 
-def _start(tmp: Path, **extra: Any) -> Gateway:
+def _start(tmp: Path, environ: dict[str, str] | None = None, **extra: Any) -> Gateway:
+    """A gateway on `extra` as its config; `environ`: variables set for it (LLAMACPP_URL...)."""
     port = _free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "config.toml"
     write_config(cfg, tmp / "data", extra)
     log = tmp / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLO_", "LLAMACPP_URL"))}
+    env.update(environ or {})
     proc = subprocess.Popen(
         [
             sys.executable,

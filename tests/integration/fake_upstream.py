@@ -30,11 +30,11 @@ Script = Callable[[dict[str, Any]], Reply]
 
 
 class FakeOpenAI:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, host: str = "127.0.0.1") -> None:
         self.script = script
         self.requests: list[dict[str, Any]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, 0), self._handler())
+        self.url = f"http://{host}:{self.server.server_address[1]}"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -71,8 +71,8 @@ class FakeOpenAI:
 
 
 @contextmanager
-def fake_openai(script: Script) -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI(script)
+def fake_openai(script: Script, host: str = "127.0.0.1") -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI(script, host)
     thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
     thread.start()
     try:

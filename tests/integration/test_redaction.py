@@ -6,7 +6,9 @@ which records every request it is sent.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,3 +119,32 @@ def test_secrets_are_masked_only_for_models_that_redact(
 
     assert [e["redactions"] for e in _audit_events(audit, "cloud", 2)] == [2, 2]
     assert [e["redactions"] for e in _audit_events(audit, "local", 1)] == [0]
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's own address on its default route (nothing is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+        except OSError:
+            return None
+        host: str = s.getsockname()[0]
+    return None if ipaddress.ip_address(host).is_loopback else host
+
+
+def test_a_remote_llamacpp_url_is_redacted(gateway_factory: GatewayFactory) -> None:
+    """`LLAMACPP_URL` on an address that is not loopback: prompts leave the machine, so they are
+    masked like any other remote deployment's (issue 12). The fake listens on this machine's
+    own non-loopback address, so the request stays here while the URL says it leaves."""
+    host = _non_loopback_address()
+    if host is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    with fake_openai(_answer, host=host) as remote:
+        gw = gateway_factory(demo_model=False, environ={"LLAMACPP_URL": remote.url})
+        chat = gw.client.chat.completions.create(
+            model="llamacpp", messages=[{"role": "user", "content": PROMPT}]
+        )
+        assert chat.choices[0].message.content == "ok"
+    (sent,) = remote.requests
+    text = _texts(sent)
+    assert AWS_KEY not in text and "[REDACTED:aws_access_key]" in text
