@@ -51,10 +51,7 @@
             ./nix/module.nix
             ./nix/compat.nix
           ];
-          services.ml-offload = {
-            package = lib.mkDefault self.packages.${pkgs.system}.default;
-            engineBinary = lib.mkDefault "${pkgs.llama-cpp}/bin/llama-server";
-          };
+          services.ml-offload.package = lib.mkDefault self.packages.${pkgs.system}.default;
         };
 
       overlays.default = final: _prev: {

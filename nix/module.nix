@@ -52,6 +52,8 @@ in
 
     package = mkOption {
       type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./nix/package.nix { }";
       description = "The ml-offload package (the flake's `packages.default`).";
     };
 
@@ -136,9 +138,13 @@ in
 
     engineBinary = mkOption {
       type = pathOrNull;
-      default = null;
+      default = "${pkgs.llama-cpp}/bin/llama-server";
+      defaultText = lib.literalExpression ''"''${pkgs.llama-cpp}/bin/llama-server"'';
       example = lib.literalExpression ''"''${pkgs.llama-cpp.override { cudaSupport = true; }}/bin/llama-server"'';
-      description = "A llama-server binary to run models with (engine.kind = llama-server).";
+      description = ''
+        The llama-server binary that runs models (engine.kind = llama-server); null: the
+        package's xllamacpp engine, where the package has it (nixpkgs has no xllamacpp).
+      '';
     };
 
     user = mkOption { type = types.str; default = "ml-offload"; description = "Service user."; };

@@ -32,7 +32,14 @@ let
       module
       ../../nix/compat.nix
       nixos
-      { _module.args.pkgs = { }; services.ml-offload.package = lib.mkDefault package; }
+      {
+        _module.args.pkgs.llama-cpp = {
+          type = "derivation";
+          name = "llama-cpp-6000";
+          outPath = "/nix/store/11111111111111111111111111111111-llama-cpp-6000";
+        };
+        services.ml-offload.package = lib.mkDefault package;
+      }
     ] ++ modules;
   };
   c = eval.config;

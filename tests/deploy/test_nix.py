@@ -112,6 +112,7 @@ def test_module_renders_the_config_file(tmp_path: Path) -> None:
         }; }"""
     )
     text = result["config_toml"]
+    assert '\n[engine]\nkind = "llama-server"\nllama_server_bin = "/nix/store/' in text
     assert 'profile = "h100"' in text and '\n[server]\nhost = "127.0.0.1"\nport = 9100\n' in text
     (tmp_path / "config.toml").write_text(text)
     settings = load_settings(tmp_path / "config.toml")  # the gateway accepts what Nix wrote
@@ -307,6 +308,7 @@ def test_gateway_serves_from_the_rendered_config(tmp_path: Path, mlo_bin: Path) 
     result = nix_eval(
         f"""{{ services.ml-offload = {{
           enable = true; port = {port}; dataDir = "{data}";
+          engineBinary = null;  # this environment's xllamacpp, not nixpkgs' llama-server
           settings = {{ profile = "cpu"; demo_model = false; scan_models_dir = false;
             engine = {{ default_ctx_size = 512; default_parallel = 1; threads = 2;
                         flash_attn = "on"; }};
