@@ -336,6 +336,10 @@ def test_gateway_serves_from_the_rendered_config(tmp_path: Path, mlo_bin: Path) 
             temperature=0,
         )
         assert reply.model and reply.choices[0].message.content
+        pid = gw.model("smol")["pid"]  # the engine child's launch config is on its command line
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        launch = json.loads(argv[argv.index(b"ml_offload.backends.engine_child") + 1])
+        assert launch["engine_params"]["flash_attn_type"] == 1  # engine.flash_attn = "on"
         metrics = gw.http.get("/metrics").text
         assert re.search(r'^mlo_disk_low\{folder="models"\} 1\.0$', metrics, re.M), metrics[-800:]
         assert "low disk space" in log.read_text()

@@ -90,3 +90,19 @@ def test_bootstrap_suggests_the_profile(gpu: Gpu, expected: str | None) -> None:
 
 def test_bootstrap_suggests_cpu_without_a_gpu() -> None:
     assert suggest_profile(Machine()) == "cpu"
+
+
+def test_flash_attn_values_are_the_engine_s_own() -> None:
+    """Every engine.flash_attn value maps to one of xllamacpp's llama_flash_attn_type values."""
+    xllamacpp = pytest.importorskip("xllamacpp")
+    from ml_offload.backends.llamacpp import _FLASH_PARAM
+    from ml_offload.config import EngineSettings
+
+    assert set(_FLASH_PARAM) == set(get_args(EngineSettings.model_fields["flash_attn"].annotation))
+    named = {
+        "on": xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        "off": xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    }
+    for value, member in named.items():
+        assert _FLASH_PARAM[value] == {"flash_attn_type": int(member)}
+    assert _FLASH_PARAM["auto"] == {}  # the engine's own default (auto)
