@@ -78,17 +78,24 @@ class _Engines:
 
     settings: Settings
     launcher: Launcher
+    upstream: Upstream  # the pooled client: readiness probes, Ollama's load and unload
 
 
 def _llamacpp(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
     s = engines.settings
     return LlamaCppProcess(
-        spec, on_exit, engine=s.engine, launcher=engines.launcher, log_dir=s.storage.logs_path
+        spec,
+        on_exit,
+        engine=s.engine,
+        launcher=engines.launcher,
+        log_dir=s.storage.logs_path,
+        upstream=engines.upstream,
     )
 
 
 def _managed(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
-    return CommandProcess(spec, on_exit, log_dir=engines.settings.storage.logs_path)
+    logs = engines.settings.storage.logs_path
+    return CommandProcess(spec, on_exit, log_dir=logs, upstream=engines.upstream)
 
 
 def _remote(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
@@ -96,7 +103,7 @@ def _remote(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> Engine
 
 
 def _ollama(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
-    return OllamaHeldModel(spec)
+    return OllamaHeldModel(spec, engines.upstream)
 
 
 # kind → what runs (or reaches) a deployment of that kind, as uvicorn's LOOP_SETUPS picks loops
@@ -111,8 +118,8 @@ PROCESS_FACTORIES: dict[
 }
 
 
-def process_factory(settings: Settings) -> ProcessFactory:
-    engines = _Engines(settings, resolve_engine_kind(settings.engine))
+def process_factory(settings: Settings, upstream: Upstream) -> ProcessFactory:
+    engines = _Engines(settings, resolve_engine_kind(settings.engine), upstream)
 
     def make(spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
         return PROCESS_FACTORIES[spec.kind](engines, spec, on_exit)
@@ -203,18 +210,18 @@ class Services:
         await registry.refresh()
         monitor = open_monitor(settings.gpu)
         stack.callback(monitor.close)
+        upstream = Upstream(timeout_s=settings.server.upstream_timeout_s)
+        stack.push_async_callback(upstream.close)  # closed after the scheduler stops engines
+        await upstream.start()
         scheduler = Scheduler(
             settings.scheduler,
-            factory or process_factory(settings),
+            factory or process_factory(settings, upstream),
             metrics,
             budget_bytes=memory_budget(settings),
             estimate=spec_estimate,
             monitor=monitor,
             reserve_bytes=settings.gpu.reserve_bytes,
         )
-        upstream = Upstream(timeout_s=settings.server.upstream_timeout_s)
-        stack.push_async_callback(upstream.close)
-        await upstream.start()
         stack.push_async_callback(scheduler.close)
         await scheduler.start()
         probes = BackendMonitor(upstream, lambda: probe_targets(registry, scheduler))

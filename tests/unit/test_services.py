@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ml_offload.backends.command import CommandProcess
+from ml_offload.backends.http import Upstream
 from ml_offload.backends.llamacpp import LlamaCppProcess
 from ml_offload.backends.ollama import OllamaHeldModel
 from ml_offload.backends.remote import RemoteServer
@@ -122,9 +123,8 @@ def test_every_kind_has_a_factory() -> None:
 
 @pytest.mark.parametrize("kind", list(DeploymentKind))
 def test_the_kind_picks_the_process(kind: DeploymentKind, tmp_path: Path) -> None:
-    make = process_factory(
-        Settings(storage={"data_dir": tmp_path}, engine={"kind": "llama-server"})
-    )
+    settings = Settings(storage={"data_dir": tmp_path}, engine={"kind": "llama-server"})
+    make = process_factory(settings, Upstream(timeout_s=1))
     spec, expected = SPECS[kind]
     process = make(spec, lambda spec, message: None)
     assert type(process) is expected and process.spec is spec

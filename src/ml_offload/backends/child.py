@@ -20,9 +20,8 @@ from collections import deque
 from pathlib import Path
 from typing import IO
 
-import aiohttp
-
 from ml_offload.backends.base import ExitCallback, Launch
+from ml_offload.backends.http import Upstream
 from ml_offload.backends.pdeathsig import die_with_parent
 from ml_offload.domain import ModelSpec, ModelState
 from ml_offload.errors import EngineError, EngineTimeout, MloError
@@ -35,9 +34,12 @@ STOP_GRACE_S = 5.0
 class ChildProcess:
     """One model's server process; subclasses implement `_launch` (start it, return its URL)."""
 
-    def __init__(self, spec: ModelSpec, on_exit: ExitCallback, *, log_dir: Path) -> None:
+    def __init__(
+        self, spec: ModelSpec, on_exit: ExitCallback, *, log_dir: Path, upstream: Upstream
+    ) -> None:
         self.spec = spec
         self._on_exit = on_exit
+        self._upstream = upstream  # the pooled client, for readiness probes
         self.log_path = log_dir / f"{_safe(spec.name)}.log"
         self._state = ModelState.STOPPED
         self._proc: asyncio.subprocess.Process | None = None
@@ -111,18 +113,17 @@ class ChildProcess:
     async def _probe_health(self, url: str) -> None:
         """Poll /health with a short backoff (10 ms doubling to 100 ms) until it answers 200."""
         delay = 0.01
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self._proc is None or self._proc.returncode is not None:
-                    raise EngineError(
-                        f"model {self.spec.name!r} failed to start: engine exited{self._log_tail()}"
-                    )
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with session.get(f"{url}/health") as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
+        while True:
+            if self._proc is None or self._proc.returncode is not None:
+                raise EngineError(
+                    f"model {self.spec.name!r} failed to start: engine exited{self._log_tail()}"
+                )
+            with contextlib.suppress(EngineError):  # not listening yet
+                status, _ = await self._upstream.get_json_bytes(f"{url}/health")
+                if status == 200:
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()

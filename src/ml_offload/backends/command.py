@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ml_offload.backends.base import ExitCallback
 from ml_offload.backends.child import ChildProcess, free_port
+from ml_offload.backends.http import Upstream
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import EngineError
 from ml_offload.wire.vllm import with_address
@@ -18,9 +19,11 @@ from ml_offload.wire.vllm import with_address
 class CommandProcess(ChildProcess):
     """The state machine, logs and stopping of `ChildProcess`; the launch runs `spec.command`."""
 
-    def __init__(self, spec: ModelSpec, on_exit: ExitCallback, *, log_dir: Path) -> None:
+    def __init__(
+        self, spec: ModelSpec, on_exit: ExitCallback, *, log_dir: Path, upstream: Upstream
+    ) -> None:
         assert spec.command
-        super().__init__(spec, on_exit, log_dir=log_dir)
+        super().__init__(spec, on_exit, log_dir=log_dir, upstream=upstream)
 
     async def _launch(self) -> str:
         port = free_port()

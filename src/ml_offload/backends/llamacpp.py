@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ml_offload.backends.base import ExitCallback, Launch
 from ml_offload.backends.child import ChildProcess, free_port
+from ml_offload.backends.http import Upstream
 from ml_offload.config import EngineSettings
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import ConfigError, EngineError
@@ -82,9 +83,10 @@ class LlamaCppProcess(ChildProcess):
         engine: EngineSettings,
         launcher: Launcher,
         log_dir: Path,
+        upstream: Upstream,
     ) -> None:
         assert spec.path is not None
-        super().__init__(spec, on_exit, log_dir=log_dir)
+        super().__init__(spec, on_exit, log_dir=log_dir, upstream=upstream)
         self._engine = engine
         self._launcher = launcher
 

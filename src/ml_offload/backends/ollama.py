@@ -8,6 +8,7 @@ API (`/v1/...`). Wire format: Ollama's API docs, "Load a model" and "Unload a mo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,15 +18,14 @@ import orjson
 from ml_offload.backends.base import Launch
 from ml_offload.backends.http import Upstream, translate
 from ml_offload.domain import DeploymentKind, ModelSpec, ModelState
-from ml_offload.errors import EngineError, MloError, NotFound, UpstreamClientError
-
-_JSON = {"Content-Type": "application/json"}
+from ml_offload.errors import EngineError, EngineTimeout, MloError, NotFound, UpstreamClientError
 
 
 class OllamaHeldModel:
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, upstream: Upstream) -> None:
         assert spec.url is not None
         self.spec = spec
+        self._upstream = upstream
         self._url = spec.url.rstrip("/")
         self._model = spec.upstream_model
         self._state = ModelState.STOPPED
@@ -70,17 +70,16 @@ class OllamaHeldModel:
 
     async def _generate(self, extra: dict[str, object], timeout_s: float) -> None:
         body = orjson.dumps({"model": self._model, "prompt": "", "stream": False, **extra})
-        url = f"{self._url}/api/generate"
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(url, data=body, headers=_JSON) as resp,
-            ):
-                raw = await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise EngineError(f"cannot reach Ollama at {self._url}: {exc}") from None
-        if resp.status != 200:
+            async with asyncio.timeout(timeout_s):
+                status, raw = await self._upstream.post(f"{self._url}/api/generate", body)
+        except TimeoutError:
+            raise EngineTimeout(
+                f"Ollama at {self._url} did not answer in {timeout_s:.0f}s"
+            ) from None
+        except EngineError as exc:
+            raise EngineError(f"cannot reach Ollama at {self._url}: {exc.message}") from None
+        if status != 200:
             raise EngineError(f"Ollama at {self._url} refused {self._model!r}: {_message(raw)}")
 
 
