@@ -191,6 +191,24 @@ class SecuritySettings(_Section):
     redaction: RedactionSettings = Field(default_factory=lambda: RedactionSettings())
 
 
+class Workspace(_Section):
+    """A folder `build_and_test` may run in, and the only commands it may run there."""
+
+    path: Path
+    commands: dict[str, list[str]] = Field(
+        description='name → argv, e.g. test = ["pytest", "-q"]; never a client\'s command'
+    )
+
+
+class McpSettings(_Section):
+    knowledge_db_path: Path | None = Field(
+        None, description="a separate SQLite file for notes and sessions (default: the registry)"
+    )
+    workspaces: dict[str, Workspace] = Field(default_factory=dict)
+    build_timeout_s: float = Field(600.0, gt=0)
+    build_output_bytes: int = Field(16_384, ge=256, description="the output tail returned")
+
+
 class ServeProfile(_Section):
     """A server ml-offload starts and stops itself (`vllm serve <model> ...`), like its engines."""
 
@@ -337,6 +355,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=lambda: SecuritySettings())
     profile: ProfileName | None = Field(None, description="hardware profile (see PROFILES)")
     vllm: VllmSettings = Field(default_factory=lambda: VllmSettings())
+    mcp: McpSettings = Field(default_factory=lambda: McpSettings())
     models: list[ModelConfig] = Field(default_factory=list)
     demo_model: bool = Field(True, description="register the bundled SmolLM2 when installed")
     scan_models_dir: bool = True

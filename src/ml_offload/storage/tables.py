@@ -69,3 +69,42 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_api_keys_name", "name"),
 )
+
+# Knowledge notes (MCP `save_knowledge`/`search_knowledge`); full-text search by an FTS5 table
+# (SQLite) or a generated tsvector column (PostgreSQL), both made by migration 0005.
+knowledge_notes = sa.Table(
+    "knowledge_notes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("tags", sa.Text, nullable=False),  # space-separated, searched with the text
+    sa.Column("source", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# MCP sessions: a named conversation with a model, continued across calls and restarts.
+mcp_sessions = sa.Table(
+    "mcp_sessions",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("system", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+session_messages = sa.Table(
+    "session_messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "session",
+        sa.String(255),
+        sa.ForeignKey("mcp_sessions.name", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
