@@ -44,6 +44,22 @@ class InvalidRequest(MloError):
     code = "invalid_request"
 
 
+class PayloadTooLarge(InvalidRequest):
+    """The request body is over `server.max_body_bytes`."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class RouteRefused(InvalidRequest):
+    """The HTTP framework refused the request before a route ran (e.g. 405, a method the path
+    does not take); the status is the framework's."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class InvalidModelFile(InvalidRequest):
     """A model file is not GGUF, is truncated, or misses a shard; the message names the file."""
 

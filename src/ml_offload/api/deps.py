@@ -11,6 +11,7 @@ from starlette.responses import Response
 from ml_offload.api.security import context_of
 from ml_offload.domain import RequestContext
 from ml_offload.services import Services
+from ml_offload.wire.body import JSON_MEDIA_TYPE
 
 
 def services(request: Request) -> Services:
@@ -31,10 +32,10 @@ async def read_body(request: Request) -> bytes:
 
 def json_response(data: Any, status: int = 200) -> Response:
     """JSON through orjson (several times faster than the stdlib encoder on the hot path)."""
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON_MEDIA_TYPE)
 
 
 def native_json(data: Any, status: int = 200) -> Response:
     """JSON for the native API, whose maps may be keyed by device index."""
     body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-    return Response(body, status_code=status, media_type="application/json")
+    return Response(body, status_code=status, media_type=JSON_MEDIA_TYPE)

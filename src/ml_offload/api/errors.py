@@ -17,9 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from ml_offload.errors import InvalidRequest, MloError, NotFound
+from ml_offload.errors import InvalidRequest, MloError, NotFound, RouteRefused
 from ml_offload.wire import anthropic, openai
 from ml_offload.wire import ollama as ollama_wire
+from ml_offload.wire.body import JSON_MEDIA_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def error_response(exc: MloError, path: str = "") -> Response:
     return Response(
         orjson.dumps(renderer(path)(exc)),
         status_code=exc.status,
-        media_type="application/json",
+        media_type=JSON_MEDIA_TYPE,
         headers=headers,
     )
 
@@ -72,9 +73,7 @@ def install(app: FastAPI) -> None:
         path = request.url.path
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.method} {path}"), path)
-        err = InvalidRequest(str(exc.detail))
-        err.status = exc.status_code
-        return error_response(err, path)
+        return error_response(RouteRefused(str(exc.detail), status=exc.status_code), path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ml_offload.api.errors import error_response
-from ml_offload.errors import InvalidRequest, MloError
+from ml_offload.errors import MloError, PayloadTooLarge
 
 _HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -25,10 +25,8 @@ _HSTS = (b"strict-transport-security", b"max-age=31536000")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def too_large(limit: int) -> InvalidRequest:
-    err = InvalidRequest(f"request body is larger than {limit} bytes (server.max_body_bytes)")
-    err.status = 413
-    return err
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than {limit} bytes (server.max_body_bytes)")
 
 
 class HardeningMiddleware:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
@@ -23,6 +22,7 @@ from ml_offload.inference import EngineStream
 from ml_offload.placement import Estimate
 from ml_offload.services import Services, host_memory_bytes
 from ml_offload.storage.disk import disk_space
+from ml_offload.wire import sse
 from ml_offload.wire.openai import Kind, error_body
 
 router = APIRouter()
@@ -284,13 +284,11 @@ async def _native_sse(stream: EngineStream) -> AsyncIterator[bytes]:
                 finish = c.get("finish_reason") or finish
                 text = (c.get("delta") or {}).get("content") if "delta" in c else c.get("text")
                 if text:
-                    yield b"data: " + orjson.dumps({"text": text}) + b"\n\n"
+                    yield sse.event({"text": text})
     except MloError as exc:
-        yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+        yield sse.event(error_body(exc))
         return
-    yield (
-        b"data: " + orjson.dumps({"done": True, "finish_reason": finish, "usage": usage}) + b"\n\n"
-    )
+    yield sse.event({"done": True, "finish_reason": finish, "usage": usage})
 
 
 def _one(svc: Services, name: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ml_offload.errors import InvalidRequest, MloError, ModelNotFound
 from ml_offload.inference import EngineStream
 from ml_offload.services import Services
 from ml_offload.wire import ollama as wire
-from ml_offload.wire.body import load_object
+from ml_offload.wire.body import JSON_MEDIA_TYPE, load_object
 
 router = APIRouter(prefix="/api")
 NDJSON_HEADERS = [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-cache")]
@@ -162,7 +162,7 @@ async def pull(request: Request) -> Response:
     base_url, remote = ollama_backend.pull_target(svc.registry.all(), spec, name)
     answer = await ollama_backend.pull(svc.upstream, base_url, remote, body)
     if isinstance(answer, bytes):
-        return Response(answer, media_type="application/json")
+        return Response(answer, media_type=JSON_MEDIA_TYPE)
     return EventStreamResponse(answer.lines(), answer.aclose, NDJSON_HEADERS)
 
 

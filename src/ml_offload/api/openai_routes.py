@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -13,10 +12,10 @@ from ml_offload.api.deps import read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.errors import MloError
 from ml_offload.inference import EngineStream
+from ml_offload.wire import sse
 from ml_offload.wire.openai import Kind, error_body, parse_request
 
 router = APIRouter()
-_DONE = b"data: [DONE]\n\n"
 
 
 @router.get("/v1/models")
@@ -60,8 +59,8 @@ async def openai_sse(stream: EngineStream) -> AsyncIterator[bytes]:
     """OpenAI's framing: `data: {chunk}` events, then `data: [DONE]`; an error as an event."""
     try:
         async for chunk in stream:
-            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            yield sse.event(chunk)
     except MloError as exc:
-        yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+        yield sse.event(error_body(exc))
         return
-    yield _DONE
+    yield sse.DONE

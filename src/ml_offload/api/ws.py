@@ -22,6 +22,7 @@ from ml_offload.errors import InvalidRequest, MloError
 from ml_offload.inference import InferenceService
 from ml_offload.security.guard import Guard
 from ml_offload.wire import ws as wire
+from ml_offload.wire.body import load_object
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -58,12 +59,9 @@ class _Connection:
     async def _handle(self, text: str | bytes) -> None:
         request_id = None
         try:
-            data = orjson.loads(text)
-            request_id = data.get("id") if isinstance(data, dict) else None
+            data = load_object(text, "message")
+            request_id = data.get("id")
             message = wire.parse(data)
-        except orjson.JSONDecodeError as exc:
-            await self.send(wire.error(None, InvalidRequest(f"message is not valid JSON: {exc}")))
-            return
         except MloError as exc:
             await self.send(wire.error(request_id, exc))
             return

@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ml_offload.errors import EngineError, EngineTimeout
-
-_JSON: Mapping[str, str] = {"Content-Type": "application/json"}
+from ml_offload.wire.body import JSON_HEADERS
 
 
 class Upstream:
@@ -45,7 +44,7 @@ class Upstream:
         return self._session
 
     async def post(
-        self, url: str, body: bytes, headers: Mapping[str, str] = _JSON
+        self, url: str, body: bytes, headers: Mapping[str, str] = JSON_HEADERS
     ) -> tuple[int, bytes]:
         try:
             proxy = self.proxy_for(url) if self._proxies else None
@@ -55,7 +54,7 @@ class Upstream:
             raise translate(exc, url) from None
 
     async def open(
-        self, url: str, body: bytes, headers: Mapping[str, str] = _JSON
+        self, url: str, body: bytes, headers: Mapping[str, str] = JSON_HEADERS
     ) -> aiohttp.ClientResponse:
         """Send a request and return the response with its body unread (for streaming)."""
         try:

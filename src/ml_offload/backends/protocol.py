@@ -20,6 +20,7 @@ from ml_offload.backends.http import sse_data
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import EngineError, InvalidRequest
 from ml_offload.wire import anthropic_provider, tgi
+from ml_offload.wire.body import JSON_HEADERS
 from ml_offload.wire.openai import Kind, engine_error_message
 
 PATHS: dict[Kind, str] = {
@@ -27,7 +28,6 @@ PATHS: dict[Kind, str] = {
     "completion": "/v1/completions",
     "embedding": "/v1/embeddings",
 }
-JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 
 DEFAULT_URLS = {
     "openai": "https://api.openai.com",
@@ -76,7 +76,7 @@ class OpenAIProtocol:
         if spec.api_key is None:
             return JSON_HEADERS
         key = spec.api_key.get_secret_value()
-        return {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        return {**JSON_HEADERS, "Authorization": f"Bearer {key}"}
 
     def body(self, spec: ModelSpec, kind: Kind, data: dict[str, Any]) -> bytes:
         """The model under its name on that server (an alias or a fallback's caller's name
@@ -161,7 +161,7 @@ class AnthropicProtocol:
 
     def headers(self, spec: ModelSpec) -> Mapping[str, str]:
         headers = {
-            "Content-Type": "application/json",
+            **JSON_HEADERS,
             "anthropic-version": anthropic_provider.API_VERSION,
         }
         if spec.api_key is not None:

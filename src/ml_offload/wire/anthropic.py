@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ml_offload.errors import InvalidRequest, MloError
 from ml_offload.wire.body import parse
+from ml_offload.wire.sse import event as sse_event
 from ml_offload.wire.stops import StopMatcher
 
 Event = dict[str, Any]
@@ -458,7 +459,7 @@ def fold(events: list[Event]) -> dict[str, Any]:
 
 def sse(event: Event) -> bytes:
     """One server-sent event in Anthropic's framing: `event: <type>` then `data: <json>`."""
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    return sse_event(event, event["type"])
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -11,15 +12,19 @@ from ml_offload.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
 
+JSON_MEDIA_TYPE = "application/json"
+JSON_HEADERS: Mapping[str, str] = {"Content-Type": JSON_MEDIA_TYPE}  # what we send upstream
 
-def load_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidRequest saying what is wrong with it."""
+
+def load_object(raw: bytes | str, what: str = "request body") -> dict[str, Any]:
+    """The body (or a WebSocket message: `what`) as a JSON object, or InvalidRequest saying
+    what is wrong with it."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        raise InvalidRequest(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object")
+        raise InvalidRequest(f"{what} must be a JSON object")
     return data
 
 
