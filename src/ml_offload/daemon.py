@@ -13,11 +13,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -77,6 +79,10 @@ class Daemon:
             raise DaemonError(f"the gateway is already running (pid {current.pid}, {current.url})")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         url = connect_url(host, port)
+        if listening(url):
+            raise DaemonError(
+                f"another server already listens on {url}: stop it, or start on another --port"
+            )
         proc = spawn(
             host=host,
             port=port,
@@ -207,6 +213,16 @@ def last_line(path: Path) -> str:
     lines = [ln.strip() for ln in latest if ln.strip()]
     errors = [ln for ln in lines if re.search(r"\berror\b", ln, re.IGNORECASE)]
     return (errors or lines or ["(empty log)"])[-1]
+
+
+def listening(url: str) -> bool:
+    """Whether something accepts connections at `url` (checked before the long start-up)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 0), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def connect_url(host: str, port: int) -> str:

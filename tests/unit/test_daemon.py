@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,14 @@ def test_start_failure_reason_is_the_last_error_of_the_latest_start(tmp_path: Pa
     )
     assert last_line(log).endswith("address already in use")
     assert last_line(tmp_path / "missing.log") == "(no log)"
+
+
+def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        daemon = Daemon(tmp_path)
+        with pytest.raises(DaemonError, match=f"already listens on http://127.0.0.1:{port}"):
+            daemon.start(host="0.0.0.0", port=port, timeout_s=60)
+    assert not daemon.log_path.exists() and daemon.running() is None  # nothing was spawned
