@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 class DeviceLike(Protocol):
@@ -23,6 +26,31 @@ class DeviceLike(Protocol):
     def free_bytes(self) -> int: ...
     @property
     def utilization_pct(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLoad:
+    name: str
+    queued: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiskGauge:
+    folder: str  # "data" (registry, logs, audit) or "models"
+    free_bytes: int
+    total_bytes: int
+    low: bool  # free space below storage.low_disk_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeGauges:
+    """A snapshot of what the gauges show (built by the status service)."""
+
+    loaded: int  # local models ready
+    devices: Sequence[DeviceLike]
+    models: Sequence[ModelLoad]  # models with runtime state (loaded, loading or failed)
+    disks: Sequence[DiskGauge] = ()
 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -55,11 +83,6 @@ class Metrics:
             registry=r,
         )
         self.tokens = Counter("mlo_tokens", "Tokens in and out", ["model", "direction"], registry=r)
-        self.queue_depth = Gauge(
-            "mlo_queue_depth", "Requests waiting for a slot", ["model"], registry=r
-        )
-        self.in_flight = Gauge("mlo_in_flight", "Requests being served", ["model"], registry=r)
-        self.loaded = Gauge("mlo_models_loaded", "Local models loaded (ready)", registry=r)
         self.load_time = Histogram(
             "mlo_model_load_seconds",
             "Time to load a model",
@@ -70,31 +93,63 @@ class Metrics:
         self.evictions = Counter(
             "mlo_evictions", "Models unloaded", ["model", "reason"], registry=r
         )
-        dev = ["device", "name"]
-        self.gpu_total = Gauge("mlo_gpu_memory_total_bytes", "GPU memory", dev, registry=r)
-        self.gpu_used = Gauge("mlo_gpu_memory_used_bytes", "GPU memory in use", dev, registry=r)
-        self.gpu_free = Gauge("mlo_gpu_memory_free_bytes", "GPU memory free", dev, registry=r)
-        self.gpu_util = Gauge("mlo_gpu_utilization_ratio", "GPU utilization (0-1)", dev, registry=r)
-        disk = ["folder"]  # "data" (registry, logs, audit) or "models"
-        self.disk_free = Gauge("mlo_disk_free_bytes", "Free space on the disk", disk, registry=r)
-        self.disk_total = Gauge("mlo_disk_total_bytes", "Size of the disk", disk, registry=r)
-        self.disk_low = Gauge(
-            "mlo_disk_low", "1 when free space is below storage.low_disk_bytes", disk, registry=r
-        )
 
-    def observe_devices(self, devices: Sequence[DeviceLike]) -> None:
-        for d in devices:
-            labels = (str(d.index), d.name)
-            self.gpu_total.labels(*labels).set(d.total_bytes)
-            self.gpu_used.labels(*labels).set(d.used_bytes)
-            self.gpu_free.labels(*labels).set(d.free_bytes)
-            if d.utilization_pct is not None:
-                self.gpu_util.labels(*labels).set(d.utilization_pct / 100)
-
-    def observe_disk(self, folder: str, free_bytes: int, total_bytes: int, low: bool) -> None:
-        self.disk_free.labels(folder).set(free_bytes)
-        self.disk_total.labels(folder).set(total_bytes)
-        self.disk_low.labels(folder).set(int(low))
+    def watch(self, read: Callable[[], RuntimeGauges]) -> None:
+        """Report the runtime gauges (models loaded, queues, GPU memory) from `read()`, called
+        at each scrape: the numbers are as fresh as the scrape, and no route sets them."""
+        self.registry.register(_RuntimeCollector(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, read: Callable[[], RuntimeGauges]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples (so registering does not read the state)."""
+        return _families(RuntimeGauges(0, (), (), ()), with_loaded=False)
+
+    def collect(self) -> Iterator[Metric]:
+        return _families(self._read())
+
+
+def _families(g: RuntimeGauges, *, with_loaded: bool = True) -> Iterator[Metric]:
+    loaded = GaugeMetricFamily("mlo_models_loaded", "Local models loaded (ready)")
+    if with_loaded:
+        loaded.add_metric([], g.loaded)
+    yield loaded
+    queue = GaugeMetricFamily("mlo_queue_depth", "Requests waiting for a slot", labels=["model"])
+    busy = GaugeMetricFamily("mlo_in_flight", "Requests being served", labels=["model"])
+    for m in g.models:
+        queue.add_metric([m.name], m.queued)
+        busy.add_metric([m.name], m.in_flight)
+    yield from (queue, busy)
+    dev = ["device", "name"]
+    total = GaugeMetricFamily("mlo_gpu_memory_total_bytes", "GPU memory", labels=dev)
+    used = GaugeMetricFamily("mlo_gpu_memory_used_bytes", "GPU memory in use", labels=dev)
+    free = GaugeMetricFamily("mlo_gpu_memory_free_bytes", "GPU memory free", labels=dev)
+    util = GaugeMetricFamily("mlo_gpu_utilization_ratio", "GPU utilization (0-1)", labels=dev)
+    for d in g.devices:
+        labels = [str(d.index), d.name]
+        total.add_metric(labels, d.total_bytes)
+        used.add_metric(labels, d.used_bytes)
+        free.add_metric(labels, d.free_bytes)
+        if d.utilization_pct is not None:
+            util.add_metric(labels, d.utilization_pct / 100)
+    yield from (total, used, free, util)
+    yield from _disk_families(g.disks)
+
+
+def _disk_families(disks: Sequence[DiskGauge]) -> Iterator[Metric]:
+    free = GaugeMetricFamily("mlo_disk_free_bytes", "Free space on the disk", labels=["folder"])
+    total = GaugeMetricFamily("mlo_disk_total_bytes", "Size of the disk", labels=["folder"])
+    low = GaugeMetricFamily(
+        "mlo_disk_low", "1 when free space is below storage.low_disk_bytes", labels=["folder"]
+    )
+    for d in disks:
+        free.add_metric([d.folder], d.free_bytes)
+        total.add_metric([d.folder], d.total_bytes)
+        low.add_metric([d.folder], int(d.low))
+    yield from (free, total, low)

@@ -146,14 +146,24 @@ class Scheduler:
         return self._status(entry)
 
     def status(self, specs: list[ModelSpec]) -> list[ModelStatus]:
-        return [self._status(self._entry(s)) for s in specs]
+        """Each model's state; a model never used has none yet, and asking creates none."""
+        out = []
+        for spec in specs:
+            entry = self._entries.get(spec.name)
+            out.append(self._status(entry) if entry is not None else self._unused(spec))
+        return out
 
     def state(self, spec: ModelSpec) -> ModelState:
         entry = self._entries.get(spec.name)
-        return ModelState.STOPPED if entry is None else entry.process.state
+        if entry is None:
+            return ModelState.READY if _elsewhere(spec) else ModelState.STOPPED
+        return entry.process.state
 
     def estimate(self, spec: ModelSpec) -> Estimate | None:
-        return self._entry(spec).estimate
+        entry = self._entries.get(spec.name)
+        if entry is not None:
+            return entry.estimate
+        return self._estimate(spec) if spec.is_local else None
 
     def loaded(self) -> list[ModelStatus]:
         return [
@@ -177,6 +187,21 @@ class Scheduler:
             )
             self._entries[spec.name] = entry
         return entry
+
+    def _unused(self, spec: ModelSpec) -> ModelStatus:
+        """The status of a model that has no entry yet (what a new entry would report): a
+        server that runs elsewhere and is not loaded by us is ready (backends/remote.py)."""
+        est = self.estimate(spec)
+        elsewhere = _elsewhere(spec)
+        return ModelStatus(
+            name=spec.name,
+            state=ModelState.READY if elsewhere else ModelState.STOPPED,
+            base_url=elsewhere,
+            slots=spec.concurrency,
+            estimate_bytes=0 if est is None else est.cpu_total_bytes(),
+            layers=None if est is None else est.layers,
+            pinned=spec.pinned,
+        )
 
     def _local(self) -> list[_Entry]:
         """Models whose memory we place (engines we run)."""
@@ -344,3 +369,11 @@ class Scheduler:
             last_error=e.process.last_error,
             load_time_s=e.load_time_s,
         )
+
+
+def _elsewhere(spec: ModelSpec) -> str | None:
+    """The address of a server that runs elsewhere and that we do not load (always ready,
+    as backends/remote.py says), or None."""
+    if spec.url is None or spec.kind.holds_memory:
+        return None
+    return spec.url.rstrip("/")

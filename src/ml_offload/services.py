@@ -11,7 +11,6 @@ rather than each command opening the database itself.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -40,16 +39,13 @@ from ml_offload.security.audit import audit_path
 from ml_offload.security.guard import Guard
 from ml_offload.security.keys import KeyStore
 from ml_offload.security.posture import insecure_bind
+from ml_offload.status import StatusService, host_memory_bytes
 from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.models_repo import ModelRepository
 from ml_offload.vram import coarse_estimate, estimate_memory
 
 log = logging.getLogger(__name__)
-
-
-def host_memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def memory_budget(settings: Settings) -> int:
@@ -184,6 +180,7 @@ class Services:
     monitor: GpuMonitor
     guard: Guard
     probes: BackendMonitor  # vLLM /metrics, TGI /info, Ollama /api/tags and /api/ps
+    status: StatusService  # the views of /health, /models, /backends, /vram/status; gauges
     stack: AsyncExitStack = field(repr=False)  # closes every part, last opened first
     started_at: float = field(default_factory=time.time)
 
@@ -237,6 +234,9 @@ class Services:
         stack.push_async_callback(guard.close)
         await guard.start()
         inference = InferenceService(router, scheduler, upstream, metrics, guard)
+        started_at = time.time()
+        status = StatusService(settings, registry, scheduler, router, probes, started_at=started_at)
+        metrics.watch(status.gauges)
         return cls(
             settings,
             metrics,
@@ -249,7 +249,9 @@ class Services:
             monitor,
             guard,
             probes,
+            status,
             stack,
+            started_at,
         )
 
     async def close(self) -> None:

@@ -280,3 +280,16 @@ async def test_remote_deployments_are_not_capped_like_local_engines() -> None:
     release.set()
     await asyncio.gather(*held)
     await sched.close()
+
+
+def test_status_of_an_unused_model_creates_no_process() -> None:
+    sched, procs, _ = make()
+    spec = ModelSpec("never", path=Path("/m/never.gguf"), parallel=3, pinned=True)
+    [status] = sched.status([spec])
+    assert (status.state, status.slots, status.pinned) == (ModelState.STOPPED, 3, True)
+    assert status.estimate_bytes == GIB and status.layers == one_gib(spec).layers
+    assert sched.estimate(spec) is not None
+    remote = ModelSpec("far", kind=DeploymentKind.REMOTE, url="http://127.0.0.1:9/v1/")
+    assert sched.status([remote])[0].state == ModelState.READY  # a server elsewhere: ready
+    assert sched.status([remote])[0].base_url == "http://127.0.0.1:9/v1"
+    assert procs == {}, "reading a model's status made no process"

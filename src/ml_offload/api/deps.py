@@ -24,6 +24,13 @@ def request_context(request: Request) -> RequestContext | None:
     return context_of(request.scope)
 
 
+def reveals_internals(request: Request) -> bool:
+    """Whether the caller may see model paths, upstream URLs and engine addresses in status
+    views: an admin key, or anyone when auth is off (every caller is then an admin)."""
+    ctx = request_context(request)
+    return ctx is None or ctx.admin or not services(request).guard.auth_on
+
+
 async def read_body(request: Request) -> bytes:
     """The request body; `server.max_body_bytes` is enforced before any route runs (413, in
     api/headers.py), declared or chunked."""
@@ -33,9 +40,3 @@ async def read_body(request: Request) -> bytes:
 def json_response(data: Any, status: int = 200) -> Response:
     """JSON through orjson (several times faster than the stdlib encoder on the hot path)."""
     return Response(orjson.dumps(data), status_code=status, media_type=JSON_MEDIA_TYPE)
-
-
-def native_json(data: Any, status: int = 200) -> Response:
-    """JSON for the native API, whose maps may be keyed by device index."""
-    body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-    return Response(body, status_code=status, media_type=JSON_MEDIA_TYPE)

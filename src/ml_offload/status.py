@@ -1,0 +1,248 @@
+"""The status service: typed views of models, deployments, memory and the gateway's health.
+
+Every view (`wire/native.py`) is built here and only read elsewhere: the native routes serialise
+them, the CLI validates them, and the Prometheus gauges are refreshed from them at scrape time.
+Reading has no side effects: asking about a model never creates its runtime state.
+
+`reveal=False` views carry names and state only: no model path, upstream URL, engine address,
+pid or error text (which may name them). The routes decide who may see them (admin keys, or
+everyone when auth is off).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+
+from ml_offload import __version__
+from ml_offload.backends.probe import BackendMonitor, Probe
+from ml_offload.config import Settings
+from ml_offload.domain import DeploymentKind, ModelSpec, ModelState, ModelStatus
+from ml_offload.metrics import DiskGauge, ModelLoad, RuntimeGauges
+from ml_offload.placement import Estimate
+from ml_offload.registry import ModelRegistry
+from ml_offload.router import Router
+from ml_offload.scheduler import Scheduler
+from ml_offload.storage.disk import disk_space
+from ml_offload.wire.native import (
+    BackendList,
+    BackendView,
+    DeviceView,
+    DiskView,
+    EstimateView,
+    HealthView,
+    HostView,
+    LoadView,
+    MemoryView,
+    ModelCounts,
+    ModelList,
+    ModelView,
+    PlacedModelView,
+    ProbeView,
+)
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class StatusService:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        scheduler: Scheduler,
+        router: Router,
+        probes: BackendMonitor,
+        *,
+        started_at: float,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._scheduler = scheduler
+        self._router = router
+        self._probes = probes
+        self.started_at = started_at  # unix time
+
+    # -- views -----------------------------------------------------------------------------
+
+    def health(self, *, reveal: bool) -> HealthView:
+        loaded = self._scheduler.loaded()
+        return HealthView(
+            version=__version__,
+            uptime_s=round(time.time() - self.started_at, 3),
+            models=ModelCounts(
+                known=len(self._registry.all()),
+                loaded=sum(s.state is ModelState.READY for s in loaded),
+            ),
+            disk=self._disk(reveal),
+        )
+
+    def models(self, *, reveal: bool) -> ModelList:
+        specs = self._registry.all()
+        statuses = self._scheduler.status(specs)
+        return ModelList(
+            data=[self._model(sp, st, reveal) for sp, st in zip(specs, statuses, strict=True)]
+        )
+
+    def model(self, name: str, *, reveal: bool) -> ModelView:
+        """One model by name or alias (NotFound naming what exists)."""
+        spec = self._registry.resolve(name)
+        return self._model(spec, self._scheduler.status([spec])[0], reveal)
+
+    def backends(self, *, reveal: bool) -> BackendList:
+        specs = self._registry.all()
+        statuses = self._scheduler.status(specs)
+        return BackendList(
+            data=[self._backend(sp, st, reveal) for sp, st in zip(specs, statuses, strict=True)]
+        )
+
+    def memory(self, *, reveal: bool) -> MemoryView:
+        sched = self._scheduler
+        placed = [st for st in sched.loaded() if st.layers is not None]
+        devices = [
+            DeviceView(
+                **{**asdict(d), "uuid": d.uuid if reveal else None},
+                models=_on_device(d.index, placed),
+            )
+            for d in sched.monitor.devices()
+        ]
+        return MemoryView(
+            monitor=sched.monitor.name,
+            reserve_bytes=sched.reserve_bytes,
+            devices=devices,
+            cpu=HostView(
+                total_bytes=host_memory_bytes(),
+                cores=os.cpu_count(),
+                budget_bytes=sched.budget_bytes,
+                used_estimate_bytes=sum(st.host_bytes or 0 for st in placed),
+            ),
+            models=[_placed(st) for st in placed],
+        )
+
+    def gauges(self) -> RuntimeGauges:
+        """What the Prometheus collector reports at each scrape."""
+        loaded = self._scheduler.loaded()
+        return RuntimeGauges(
+            loaded=sum(s.state is ModelState.READY and s.layers is not None for s in loaded),
+            devices=self._scheduler.monitor.devices(),
+            models=[ModelLoad(s.name, s.queued, s.in_flight) for s in loaded],
+            disks=self._disk_gauges(),
+        )
+
+    def _disk_gauges(self) -> list[DiskGauge]:
+        storage = self._settings.storage
+        gauges = []
+        for folder, path in (("data", storage.data_dir), ("models", storage.models_path)):
+            space = disk_space(path, storage.low_disk_bytes)
+            gauges.append(DiskGauge(folder, space.free_bytes, space.total_bytes, space.low))
+        return gauges
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def _disk(self, reveal: bool) -> DiskView:
+        storage = self._settings.storage
+        space = disk_space(storage.data_dir, storage.low_disk_bytes)
+        return DiskView(
+            path=str(storage.data_dir) if reveal else None,
+            free_bytes=space.free_bytes,
+            total_bytes=space.total_bytes,
+            low=space.low,
+        )
+
+    def _model(self, spec: ModelSpec, st: ModelStatus, reveal: bool) -> ModelView:
+        return ModelView(
+            id=spec.name,
+            aliases=list(spec.aliases),
+            source=spec.source,
+            path=str(spec.path) if spec.path and reveal else None,
+            url=spec.url if reveal else None,
+            ctx_size=spec.ctx_size,
+            parallel=spec.parallel,
+            ttl_s=spec.ttl_s,
+            info=spec.info,
+            estimate=_estimate(self._scheduler.estimate(spec)),
+            state=st.state,
+            in_flight=st.in_flight,
+            queued=st.queued,
+            slots=st.slots,
+            pid=st.pid if reveal else None,
+            idle_s=st.idle_s,
+            loaded_for_s=st.loaded_for_s,
+            estimate_bytes=st.estimate_bytes,
+            measured_bytes=st.measured_bytes,
+            gpu_layers=st.gpu_layers,
+            layers=st.layers,
+            device_bytes=st.device_bytes,
+            host_bytes=st.host_bytes,
+            pinned=st.pinned,
+            last_error=st.last_error if reveal else None,
+            load_time_s=st.load_time_s,
+            base_url=st.base_url if spec.is_local and reveal else None,
+        )
+
+    def _backend(self, spec: ModelSpec, st: ModelStatus, reveal: bool) -> BackendView:
+        health = self._router.health(spec.name)
+        cooling = self._router.cooling_s(spec.name)
+        probe = self._probes.get(spec.name)
+        target = spec.url or (str(spec.path) if spec.path else st.base_url)
+        probed_ok = probe is None or probe.ok  # unreachable or broken when last probed: unhealthy
+        return BackendView(
+            model=spec.name,
+            kind="llama.cpp" if spec.kind is DeploymentKind.LLAMACPP else spec.backend,
+            target=target if reveal else None,
+            state=st.state,
+            healthy=cooling == 0 and st.state is not ModelState.FAILED and probed_ok,
+            cooling_s=round(cooling, 3),
+            failures=health.failures,
+            last_error=(health.last_error or st.last_error) if reveal else None,
+            in_flight=st.in_flight,
+            queued=st.queued,
+            fallbacks=list(spec.fallbacks),
+            probe=None if probe is None else self._probe(probe, reveal),
+        )
+
+    def _probe(self, probe: Probe, reveal: bool) -> ProbeView:
+        load = probe.load
+        return ProbeView(
+            ok=probe.ok,
+            age_s=round(self._probes.age_s(probe), 3),
+            error=probe.error if reveal else None,
+            model_id=probe.model_id,
+            loaded=probe.loaded,
+            vram_bytes=None if probe.loaded is None else probe.vram_bytes,
+            load=None
+            if load is None
+            else LoadView(
+                running=load.running, waiting=load.waiting, kv_cache_usage=load.kv_cache_usage
+            ),
+        )
+
+
+def _estimate(est: Estimate | None) -> EstimateView | None:
+    if est is None:
+        return None
+    return EstimateView(
+        layers=est.layers,
+        gpu_full_bytes=sum(est.layer_bytes) + est.output_bytes + est.gpu_compute_bytes,
+        gpu_compute_bytes=est.gpu_compute_bytes,
+        cpu_only_bytes=est.cpu_total_bytes(),
+    )
+
+
+def _on_device(index: int, placed: list[ModelStatus]) -> dict[str, int]:
+    return {st.name: st.device_bytes[index] for st in placed if index in st.device_bytes}
+
+
+def _placed(st: ModelStatus) -> PlacedModelView:
+    return PlacedModelView(
+        name=st.name,
+        state=st.state,
+        estimate_bytes=st.estimate_bytes,
+        measured_bytes=st.measured_bytes,
+        gpu_layers=st.gpu_layers,
+        layers=st.layers,
+        device_bytes=st.device_bytes,
+        host_bytes=st.host_bytes,
+    )
