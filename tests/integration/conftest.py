@@ -58,8 +58,24 @@ class Gateway:
         data: dict[str, Any] = self.http.get(f"/models/{name}").json()
         return data
 
+    def engine(self, name: str = MODEL) -> httpx.Client:
+        """A client of the model's engine itself, with the key the gateway gave it (read from
+        the engine's environment, which only its own user can read)."""
+        m = self.model(name)
+        return httpx.Client(
+            base_url=m["base_url"], timeout=60, headers={"authorization": engine_key(m["pid"])}
+        )
+
     def engine_pids(self) -> list[int]:
         return [m["pid"] for m in self.http.get("/models").json()["data"] if m["pid"]]
+
+
+def engine_key(pid: int) -> str:
+    """`Bearer <key>` for the engine process `pid` (its `LLAMA_API_KEY`)."""
+    env = dict(
+        item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if item
+    )
+    return f"Bearer {env['LLAMA_API_KEY']}"
 
 
 def _toml(value: Any) -> str:

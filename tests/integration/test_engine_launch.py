@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Gateway, GatewayFactory
@@ -49,6 +50,8 @@ p.n_parallel = int(value("--parallel"))
 p.n_gpu_layers = int(value("--n-gpu-layers"))
 p.model_alias = {{value("--alias")}}
 p.endpoint_metrics = "--metrics" in args
+if os.environ.get("LLAMA_API_KEY"):  # llama-server reads --api-key from this variable
+    p.api_keys = [os.environ["LLAMA_API_KEY"]]
 if value("--threads"):
     p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(value("--threads"))
 if value("--tensor-split"):
@@ -118,8 +121,10 @@ def test_llama_server_binary_gets_the_placed_layers_and_split(
     binary.write_text(FAKE_LLAMA_SERVER.format(python=sys.executable, record=str(record)))
     binary.chmod(0o755)
     engine = {"kind": "llama-server", "llama_server_bin": str(binary)}
-    _, placed = placed_gateway(gateway_factory, smollm_path, engine)
+    gw, placed = placed_gateway(gateway_factory, smollm_path, engine)
     [args] = [json.loads(line) for line in record.read_text().splitlines()]
+    assert "--api-key" not in args  # the key is in its environment, not on `ps`
+    assert httpx.get(f"{gw.model('big')['base_url']}/slots").status_code == 401
     given = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--")}
     assert given["--model"] == str(smollm_path)
     assert int(given["--n-gpu-layers"]) == placed["gpu_layers"]  # not the cap (-1)

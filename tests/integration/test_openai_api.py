@@ -11,7 +11,6 @@ import json
 import time
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai.types import Completion, CreateEmbeddingResponse
@@ -213,10 +212,10 @@ def test_disconnect_mid_stream_frees_the_slot(gateway: Gateway) -> None:
         got = [line for line in (next(lines) for _ in range(6)) if line.startswith("data:")]
         assert got
         assert gateway.model()["in_flight"] == 1
-    engine = gateway.model()["base_url"]
+    engine = gateway.engine()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        busy = [s for s in httpx.get(f"{engine}/slots").json() if s.get("is_processing")]
+        busy = [s for s in engine.get("/slots").json() if s.get("is_processing")]
         if gateway.model()["in_flight"] == 0 and not busy:
             break
         time.sleep(0.05)

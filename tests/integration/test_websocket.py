@@ -6,7 +6,6 @@ import json
 import time
 from typing import Any
 
-import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
@@ -60,11 +59,11 @@ def test_two_requests_one_cancelled_mid_stream(gateway: Gateway) -> None:
     assert all(set(m) == {"id", "delta"} for m in short[:-1]) and len(short) > 2
     done = short[-1]
     assert done["finish_reason"] in ("stop", "length") and done["usage"]["completion_tokens"] > 0
-    engine = gateway.model()["base_url"]
+    engine = gateway.engine()
     deadline = time.monotonic() + 5
     busy = True
     while time.monotonic() < deadline:
-        busy = any(s.get("is_processing") for s in httpx.get(f"{engine}/slots").json())
+        busy = any(s.get("is_processing") for s in engine.get("/slots").json())
         if gateway.model()["in_flight"] == 0 and not busy:
             break
         time.sleep(0.05)

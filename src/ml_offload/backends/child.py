@@ -5,6 +5,9 @@
 The child runs in its own process group and dies with the gateway (`PR_SET_PDEATHSIG`, and EOF
 on its stdin). Its stderr is the model's log file. Stopping TERMs the group, then KILLs it:
 killing the process is how its memory is given back.
+
+A launcher that starts its engine with an API key (`_engine_key`, new for each start) has the
+pooled client send it to that engine's address, and only while the engine runs.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -49,6 +54,8 @@ class ChildProcess:
         self._watcher: asyncio.Task[None] | None = None
         self.started_at: float | None = None
         self._launch_plan = Launch.unplaced(spec)
+        self._engine_key: str | None = None  # set by a launcher whose engine requires it
+        self._authorized: str | None = None  # the address the pooled client sends it to
 
     @property
     def state(self) -> ModelState:
@@ -95,14 +102,25 @@ class ChildProcess:
             await self._kill()
             self._fail(exc.message)
             raise
+        if self._engine_key is not None:
+            self._upstream.authorize(url, self._engine_key)
+            self._authorized = url
         self._url, self._state, self.started_at = url, ModelState.READY, time.monotonic()
         assert self._proc is not None
         self._watcher = asyncio.create_task(self._watch(self._proc))
         return url
 
-    async def _spawn(self, argv: list[str], log_file: IO[bytes]) -> asyncio.subprocess.Process:
+    def _new_engine_key(self) -> str:
+        """A fresh random API key for the engine about to start; only the gateway knows it."""
+        self._engine_key = secrets.token_urlsafe(32)
+        return self._engine_key
+
+    async def _spawn(
+        self, argv: list[str], log_file: IO[bytes], env: Mapping[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             *argv,
+            env=None if env is None else {**os.environ, **env},
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
@@ -130,6 +148,7 @@ class ChildProcess:
         if self._proc is not proc or self._state is not ModelState.READY:
             return
         self._url = None
+        self._deauthorize()
         self._fail(f"engine for model {self.spec.name!r} exited with code {code}{self._log_tail()}")
         self._on_exit(self.spec, self._error or "")
 
@@ -152,6 +171,7 @@ class ChildProcess:
     async def _kill(self) -> None:
         """TERM the process group, KILL it after a grace period; killing frees the memory."""
         proc, self._proc = self._proc, None
+        self._deauthorize()
         if proc is None:
             return
         if self._watcher:
@@ -165,6 +185,11 @@ class ChildProcess:
                 await proc.wait()
         if proc.stdin:
             proc.stdin.close()
+
+    def _deauthorize(self) -> None:
+        if self._authorized is not None:
+            self._upstream.forget(self._authorized)
+            self._authorized = None
 
     def _log_tail(self, lines: int = 5) -> str:
         try:

@@ -3,7 +3,9 @@
 Started by `LlamaCppProcess` as `python -m ml_offload.backends.engine_child JSON`. It prints
 `READY <url>` on stdout as soon as the engine listens (so the parent needs no polling), then
 lives until its stdin closes (the parent died or asked it to stop) or it gets a signal.
-Engine logs go to stderr, which the parent points at the model's log file.
+Engine logs go to stderr, which the parent points at the model's log file. The engine's API key
+comes in the environment (`LLAMA_API_KEY`, as llama-server reads it), never on the command line,
+which every local user can read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 from typing import Any
 
 from ml_offload.backends.pdeathsig import die_with_parent
+
+API_KEY_ENV = "LLAMA_API_KEY"  # llama.cpp's own name (common/arg.cpp, --api-key)
 
 
 def build_params(cfg: dict[str, Any]) -> Any:
@@ -30,6 +34,8 @@ def build_params(cfg: dict[str, Any]) -> Any:
     p.port = int(cfg.get("port", 0))
     p.model_alias = {cfg["name"]}
     p.endpoint_metrics = True
+    if os.environ.get(API_KEY_ENV):
+        p.api_keys = [os.environ[API_KEY_ENV]]
     if cfg.get("tensor_split"):
         split = [float(x) for x in cfg["tensor_split"]]
         p.tensor_split = split + [0.0] * (len(p.tensor_split) - len(split))  # fixed-size array

@@ -5,6 +5,10 @@ aiohttp's exceptions are translated into our error tree here, where they enter.
 Proxies: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` (read once at start, as every HTTP client honours
 them) choose a proxy per request; loopback hosts (local engines) always go direct. Not aiohttp's
 `trust_env`, which would also send `~/.netrc` credentials and proxy loopback engines.
+
+Engine keys: each engine we start listens with its own random API key (`authorize`); this client
+adds it to every request for that engine's address, so nothing else on the machine can use the
+engine past the gateway's auth, limits and audit.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str] = {}
+        self._engine_keys: dict[str, str] = {}  # an engine's origin -> its Authorization value
 
     async def start(self) -> None:
         self._proxies = urllib.request.getproxies_environment()
@@ -33,6 +38,17 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False, trust_env=False
         )
+
+    def authorize(self, base_url: str, api_key: str) -> None:
+        """Send `api_key` with every request to the engine at `base_url` (until `forget`)."""
+        self._engine_keys[_origin(base_url)] = f"Bearer {api_key}"
+
+    def forget(self, base_url: str) -> None:
+        self._engine_keys.pop(_origin(base_url), None)
+
+    def _headers(self, url: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+        key = self._engine_keys.get(_origin(url)) if self._engine_keys else None
+        return headers if key is None else {**headers, "Authorization": key}
 
     async def close(self) -> None:
         if self._session:
@@ -48,6 +64,7 @@ class Upstream:
     ) -> tuple[int, bytes]:
         try:
             proxy = self.proxy_for(url) if self._proxies else None
+            headers = self._headers(url, headers)
             async with self.session.post(url, data=body, headers=headers, proxy=proxy) as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -59,6 +76,7 @@ class Upstream:
         """Send a request and return the response with its body unread (for streaming)."""
         try:
             proxy = self.proxy_for(url) if self._proxies else None
+            headers = self._headers(url, headers)
             return await self.session.post(url, data=body, headers=headers, proxy=proxy)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
@@ -66,7 +84,8 @@ class Upstream:
     async def get_json_bytes(self, url: str) -> tuple[int, bytes]:
         try:
             proxy = self.proxy_for(url) if self._proxies else None
-            async with self.session.get(url, proxy=proxy) as resp:
+            headers = self._headers(url, {})
+            async with self.session.get(url, headers=headers, proxy=proxy) as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
@@ -79,6 +98,12 @@ class Upstream:
         if _loopback(host) or bypass(host, self._proxies):
             return None
         return self._proxies.get(parts.scheme)
+
+
+def _origin(url: str) -> str:
+    """`scheme://host:port` of a URL (string slicing: this runs on every engine request)."""
+    end = url.find("/", url.find("//") + 2)
+    return url if end < 0 else url[:end]
 
 
 def _loopback(host: str) -> bool:

@@ -3,7 +3,8 @@
 Two launchers: `xllamacpp` (llama.cpp's server in a Python child, which reports readiness on
 stdout the moment it listens) and a `llama-server` binary (readiness probed on /health with a
 short backoff). Both are given the same values from one place (`engine_config`): the layer count
-and tensor split the scheduler placed, never the configured cap.
+and tensor split the scheduler placed, never the configured cap. Each start gets a new random
+API key in the engine's environment (`LLAMA_API_KEY`), so the engine answers only the gateway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 from ml_offload.backends.base import ExitCallback, Launch
 from ml_offload.backends.child import ChildProcess, free_port
+from ml_offload.backends.engine_child import API_KEY_ENV
 from ml_offload.backends.http import Upstream
 from ml_offload.config import EngineSettings
 from ml_offload.domain import ModelSpec
@@ -106,7 +108,7 @@ class LlamaCppProcess(ChildProcess):
         }
         argv = [sys.executable, "-m", "ml_offload.backends.engine_child", json.dumps(cfg)]
         with self.log_path.open("ab") as log_file:
-            self._proc = await self._spawn(argv, log_file)
+            self._proc = await self._spawn(argv, log_file, self._key_env())
         assert self._proc.stdout is not None
         line = (await self._proc.stdout.readline()).decode(errors="replace").strip()
         if line.startswith("READY "):
@@ -121,12 +123,15 @@ class LlamaCppProcess(ChildProcess):
         argv += [*self._engine.extra_args, *self.spec.extra_args]
         try:
             with self.log_path.open("ab") as log_file:
-                self._proc = await self._spawn(argv, log_file)
+                self._proc = await self._spawn(argv, log_file, self._key_env())
         except OSError as exc:
             raise EngineError(f"cannot run llama-server {binary!r}: {exc}") from None
         url = f"http://127.0.0.1:{port}"
         await self._probe_health(url)
         return url
+
+    def _key_env(self) -> dict[str, str]:
+        return {API_KEY_ENV: self._new_engine_key()}
 
 
 # engine.flash_attn as xllamacpp's CommonParams.flash_attn_type (llama_flash_attn_type)
