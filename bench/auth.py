@@ -19,8 +19,8 @@ import uvloop
 
 from ml_offload.config import SecuritySettings
 from ml_offload.domain import DeploymentKind, ModelSpec
-from ml_offload.security.guard import Guard
 from ml_offload.security.keys import KeyStore, split_key
+from ml_offload.services import build_guard
 from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 
@@ -52,7 +52,7 @@ async def main(args: argparse.Namespace) -> None:
             "limits": {"default_rpm": 10**9, "default_tpm": 10**12},
         }
     )
-    guard = Guard(
+    guard = build_guard(
         settings, lambda name: ModelSpec(name=name, kind=DeploymentKind.REMOTE, url="http://x"), db
     )
     await guard.start()

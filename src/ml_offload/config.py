@@ -118,6 +118,11 @@ class LimitSettings(_Section):
     `rediss://`) is shared by every gateway that points at it."""
 
     storage_url: str = "memory://"
+    on_storage_error: Literal["closed", "open"] = Field(
+        "closed",
+        description="when the storage cannot be reached: `closed` refuses limited callers "
+        "(503), `open` lets them through unlimited (logged once per outage)",
+    )
     default_rpm: int | None = Field(None, ge=1, description="for keys without their own rpm")
     default_tpm: int | None = Field(None, ge=1, description="for keys without their own tpm")
     default_max_tokens: int = Field(

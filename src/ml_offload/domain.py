@@ -42,19 +42,22 @@ class DeploymentKind(enum.StrEnum):
         return self.runs_here or self is DeploymentKind.OLLAMA
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback addresses; a wildcard or any other name is not."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def leaves_machine(url: str | None) -> bool:
     """The redaction rule, for every way a deployment's address is given (config `url`, a
     provider's default URL, `LLAMACPP_URL`): prompts sent to `url` leave this machine unless
     its host is `localhost` or a loopback address (any other name is assumed to be elsewhere)."""
-    if url is None:
-        return False
-    host = (urlsplit(url).hostname or "").strip("[]")
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
+    return url is not None and not is_loopback_host(urlsplit(url).hostname or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,28 @@ class ApiKey:
     created_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One rate limit's state after a charge, for the `x-ratelimit-*` headers."""
+
+    limit: int
+    used: int
+    reset_s: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a rate limit took, so that it can be settled (refunded or topped up) later."""
+
+    key: str
+    window: int
+    amount: int
+
+
 @dataclass(slots=True)
 class RequestContext:
     """What the security layer learns about one request as it goes: who asked (auth), what for
@@ -212,7 +237,11 @@ class RequestContext:
     started: float = 0.0  # time.perf_counter() at arrival
     time: float = 0.0  # unix time at arrival
     settled: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    public: bool = False  # a path that needs no key (`security.public_paths`): not audited
+    error: str | None = None  # the refusal's error code, for the audit event
+    rpm_due: bool = False  # a message on a long connection: its request is charged at admit
+    windows: dict[str, Window] = field(default_factory=dict)  # limits seen, for the headers
+    charges: list[Charge] = field(default_factory=list)  # tokens reserved, settled at the end
 
     def record_usage(self, usage: object) -> None:
         """Take OpenAI-shaped usage (the last report wins: streams report it once, at the end)."""

@@ -6,6 +6,8 @@ Messages say what went wrong and how to fix it.
 
 from __future__ import annotations
 
+import re
+
 
 class MloError(Exception):
     """Base of every error ml-offload raises on purpose."""
@@ -146,3 +148,12 @@ class AnalysisError(InvalidRequest):
     revision. Single files that cannot be analysed are reported and skipped, not raised."""
 
     code = "analysis_error"
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s'\"]*)@")
+
+
+def safe_url(text: object) -> str:
+    """`text` with the userinfo of every URL in it masked (`redis://***@host:6379`): what the
+    gateway prints wherever a URL (a database, Redis, an upstream) could carry a credential."""
+    return _USERINFO.sub(r"\g<scheme>***@", str(text))

@@ -93,6 +93,12 @@ class Metrics:
         self.evictions = Counter(
             "mlo_evictions", "Models unloaded", ["model", "reason"], registry=r
         )
+        self.refusals = Counter(
+            "mlo_guard_refusals",
+            "Requests the security guard refused, by status (401, 403, 429, 503) and reason",
+            ["status", "reason"],
+            registry=r,
+        )
 
     def watch(self, read: Callable[[], RuntimeGauges]) -> None:
         """Report the runtime gauges (models loaded, queues, GPU memory) from `read()`, called

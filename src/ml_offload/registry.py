@@ -92,8 +92,7 @@ class ModelRegistry:
         for config in settings.models:
             await self._add_config(found, config)
         if settings.llamacpp_url:
-            url = settings.llamacpp_url
-            found.add(self._remote(ENV_MODEL_NAME, DeploymentKind.REMOTE, url, "env"))
+            found.add(_env_remote(settings))
         if settings.scan_models_dir:
             for name, path in _scan(settings.storage.models_path):
                 if _identity(path) in found.files:
@@ -109,12 +108,10 @@ class ModelRegistry:
 
     async def _add_config(self, found: _Found, config: ModelConfig) -> None:
         if config.serve is not None:  # a server we start: local, like our engines
-            spec = self._remote(config.name, DeploymentKind.MANAGED, None, "config")
+            spec = _remote(self._settings, config.name, DeploymentKind.MANAGED, None, "config")
             found.add(_apply(spec, config))
         elif config.path is None:  # a server elsewhere, or a cloud provider's default URL
-            url = config.url or DEFAULT_URLS[config.backend]
-            spec = self._remote(config.name, _remote_kind(config), url, "config")
-            found.add(_apply(spec, config))
+            found.add(_declared_remote(self._settings, config))
         else:
             path = self._settings.storage.models_path / config.path.expanduser()
             await self._add_local(found, config.name, path.absolute(), "config", config)
@@ -138,19 +135,6 @@ class ModelRegistry:
             source=source,
         )
         found.add(_apply(spec, config) if config else spec, stamp)
-
-    def _remote(self, name: str, kind: DeploymentKind, url: str | None, source: str) -> ModelSpec:
-        """A deployment that is no GGUF file of ours; redacted when `url` leaves the machine."""
-        return ModelSpec(
-            name=name,
-            kind=kind,
-            url=url,
-            redact=leaves_machine(url),
-            ctx_size=self._settings.engine.default_ctx_size,
-            parallel=self._settings.engine.default_parallel,
-            ttl_s=self._settings.scheduler.default_ttl_s,
-            source=source,
-        )
 
     def _default_ctx_size(self, info: GgufInfo | None) -> int:
         """The configured default, capped at what the model was trained for."""
@@ -211,6 +195,45 @@ class ModelRegistry:
         listed = ", ".join(names[:_LISTED_NAMES])
         more = f" and {len(names) - _LISTED_NAMES} more" if len(names) > _LISTED_NAMES else ""
         return f"model {name!r} not found; available: {listed}{more} (see GET /v1/models)"
+
+
+def remote_specs(settings: Settings) -> list[ModelSpec]:
+    """The deployments served elsewhere (config `url`, a cloud provider's default URL,
+    `LLAMACPP_URL`), built as `refresh` builds them but with no file or database read: what
+    `mlo security-audit` checks (where prompts go, and whether they are redacted)."""
+    found = _Found()
+    for config in settings.models:
+        if config.serve is None and config.path is None:
+            found.add(_declared_remote(settings, config))
+    if settings.llamacpp_url:
+        found.add(_env_remote(settings))
+    return found.specs
+
+
+def _declared_remote(settings: Settings, config: ModelConfig) -> ModelSpec:
+    url = config.url or DEFAULT_URLS[config.backend]
+    return _apply(_remote(settings, config.name, _remote_kind(config), url, "config"), config)
+
+
+def _env_remote(settings: Settings) -> ModelSpec:
+    url = settings.llamacpp_url
+    return _remote(settings, ENV_MODEL_NAME, DeploymentKind.REMOTE, url, "env")
+
+
+def _remote(
+    settings: Settings, name: str, kind: DeploymentKind, url: str | None, source: str
+) -> ModelSpec:
+    """A deployment that is no GGUF file of ours; redacted when `url` leaves the machine."""
+    return ModelSpec(
+        name=name,
+        kind=kind,
+        url=url,
+        redact=leaves_machine(url),
+        ctx_size=settings.engine.default_ctx_size,
+        parallel=settings.engine.default_parallel,
+        ttl_s=settings.scheduler.default_ttl_s,
+        source=source,
+    )
 
 
 def _remote_kind(config: ModelConfig) -> DeploymentKind:

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ml_offload.backends.base import EngineProcess, ExitCallback, ProcessFactory
 from ml_offload.backends.command import CommandProcess
@@ -23,7 +24,7 @@ from ml_offload.backends.llamacpp import Launcher, LlamaCppProcess, resolve_engi
 from ml_offload.backends.ollama import OllamaHeldModel
 from ml_offload.backends.probe import PROBED, BackendMonitor
 from ml_offload.backends.remote import RemoteServer
-from ml_offload.config import Settings
+from ml_offload.config import SecuritySettings, Settings
 from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError
 from ml_offload.gguf import host_repack_family, repack_bytes
@@ -35,10 +36,12 @@ from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry
 from ml_offload.router import Router, deployment_load
 from ml_offload.scheduler import Scheduler
-from ml_offload.security.audit import audit_path
-from ml_offload.security.guard import Guard
+from ml_offload.security.audit import AuditLog, audit_path
+from ml_offload.security.guard import Guard, insecure_bind
 from ml_offload.security.keys import KeyStore
-from ml_offload.security.posture import insecure_bind
+from ml_offload.security.limits import Limiter
+from ml_offload.security.quota import Quota
+from ml_offload.security.redact import Redactor
 from ml_offload.status import StatusService, host_memory_bytes
 from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
@@ -121,6 +124,34 @@ def process_factory(settings: Settings, upstream: Upstream) -> ProcessFactory:
         return PROCESS_FACTORIES[spec.kind](engines, spec, on_exit)
 
     return make
+
+
+def build_guard(
+    sec: SecuritySettings,
+    resolve: Callable[[str], ModelSpec],
+    db: Database | None,
+    *,
+    audit_file: Path | None = None,
+    metrics: Metrics | None = None,
+) -> Guard:
+    """The guard and the parts the settings choose: keys in `db`, the limit storage, the audit
+    log (at `sec.audit.path`, else `audit_file`), the redactor."""
+    red = sec.redaction
+    audit = None
+    if sec.audit.enabled:
+        where = sec.audit.path or audit_file
+        if where is None:
+            raise ValueError("the audit log is on but has no file: pass audit_file")
+        audit = AuditLog(sec.audit, where)
+    return Guard(
+        sec,
+        resolve,
+        keys=KeyStore(KeyRepository(db)) if db is not None else None,
+        quota=Quota(sec.limits, Limiter(sec.limits.storage_url)),
+        audit=audit,
+        redactor=Redactor(red) if (red.secrets or red.emails or red.phones) else None,
+        metrics=metrics,
+    )
 
 
 def probe_targets(registry: ModelRegistry, scheduler: Scheduler) -> list[tuple[ModelSpec, str]]:
@@ -230,7 +261,13 @@ class Services:
             cooldown_s=settings.router.cooldown_s,
             load_of=deployment_load(scheduler, probes),
         )
-        guard = Guard(settings.security, registry.resolve, db, audit_path(settings))
+        guard = build_guard(
+            settings.security,
+            registry.resolve,
+            db,
+            audit_file=audit_path(settings),
+            metrics=metrics,
+        )
         stack.push_async_callback(guard.close)
         await guard.start()
         inference = InferenceService(router, scheduler, upstream, metrics, guard)

@@ -110,17 +110,30 @@ def write_config(path: Path, data_dir: Path, extra: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throw-away Redis on a free loopback port (no persistence); its `redis://` URL.
-    Skips the test when `redis-server` is not installed (`.ci/run` installs it)."""
+def redis_server(password: str | None = None) -> Iterator[str]:
+    """A throw-away Redis on a free loopback port (no persistence); its `redis://` URL (with
+    the password when one is given). Skips the test when `redis-server` is not installed
+    (`.ci/run` installs it)."""
     binary = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
     )
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     port = _free_port()
+    auth = ["--requirepass", password] if password else []
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *auth,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -132,7 +145,7 @@ def redis_server() -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {port}")
             time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}"
+        yield f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import GatewayFactory
+from tests.integration.conftest import GatewayFactory, redis_server, stop
 from tests.integration.fake_upstream import FakeOpenAI, Reply, fake_openai
-from tests.integration.test_auth import CHAT, Keys, answer, start
+from tests.integration.test_auth import ADMIN, CHAT, Keys, answer, start
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +141,69 @@ def test_two_gateways_share_a_limit_in_redis(
     codes = asyncio.run(spread())
     assert set(codes) == {200, 429}
     assert abs(codes.count(200) - 60) <= 2, codes.count(200)
+
+
+def test_a_limit_storage_outage_never_shows_its_password(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI, keys: Keys
+) -> None:
+    """`closed` (the default): a limited key gets 503 while Redis is down, and neither the
+    answer nor the gateway's log shows the storage's password."""
+    secret = "hunter2-" + "x" * 12
+    key = keys.create("--name", "limited", "--rpm", "100")
+    with redis_server(password=secret) as url:
+        assert secret in url
+        gw = start(gateway_factory, fake, keys, limits={"storage_url": url})
+        gw.use_key(key)
+        assert gw.http.post("/v1/chat/completions", json=CHAT).status_code == 200
+    down = gw.http.post("/v1/chat/completions", json=CHAT)
+    assert down.status_code == 503, down.text
+    assert down.json()["error"]["type"] == "server_error"
+    assert "rate limit storage redis://***@127.0.0.1" in down.json()["error"]["message"]
+    assert secret not in down.text
+    assert secret not in gw.http.get("/metrics").text
+    stop(gw)  # the log is complete once the gateway has exited
+    log = gw.log.read_text()
+    assert "redis://***@" in log and secret not in log
+
+
+def test_a_limit_storage_outage_with_open_admits_unlimited(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI, keys: Keys
+) -> None:
+    """`on_storage_error = "open"`: a gateway starts without its Redis and admits limited keys
+    without limits, saying so once in its log (without the password)."""
+    secret = "hunter2-" + "y" * 12
+    key = keys.create("--name", "limited", "--rpm", "1")
+    with redis_server(password=secret) as url:
+        pass  # a Redis URL whose server is gone: its port is closed now
+    limits = {"storage_url": url, "on_storage_error": "open"}
+    gw = start(gateway_factory, fake, keys, limits=limits)
+    gw.use_key(key)
+    for _ in range(3):  # past the 1 request per minute: nothing counts while Redis is down
+        answered = gw.http.post("/v1/chat/completions", json=CHAT)
+        assert answered.status_code == 200, answered.text
+        assert "x-ratelimit-limit-requests" not in answered.headers
+    stop(gw)
+    log = gw.log.read_text()
+    assert secret not in log
+    assert log.count("admitting requests without limits") == 1
+
+
+def test_guard_refusals_are_counted_in_metrics(
+    gateway_factory: GatewayFactory, fake: FakeOpenAI, keys: Keys
+) -> None:
+    key = keys.create("--name", "scoped", "--rpm", "2", "--models", "m")
+    gw = start(gateway_factory, fake, keys, admin_key=ADMIN)
+    assert gw.http.post("/v1/chat/completions", json=CHAT).status_code == 401  # no key
+    gw.use_key(key)
+    assert gw.http.post("/v1/chat/completions", json=CHAT).status_code == 200
+    other = gw.http.post("/v1/chat/completions", json={**CHAT, "model": "other"})
+    assert other.status_code == 403  # out of its scope
+    assert gw.http.post("/v1/chat/completions", json=CHAT).status_code == 429  # third this minute
+    gw.use_key(ADMIN)  # no limits of its own
+    metrics = gw.http.get("/metrics").text
+    for reason, status in (
+        ("invalid_api_key", 401),
+        ("permission_denied", 403),
+        ("rate_limit_exceeded", 429),
+    ):
+        assert f'mlo_guard_refusals_total{{reason="{reason}",status="{status}"}} 1.0' in metrics

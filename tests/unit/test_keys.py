@@ -29,6 +29,7 @@ from ml_offload.security.keys import (
     sha256_hex,
     split_key,
 )
+from ml_offload.services import build_guard
 from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.tables import api_keys
@@ -233,7 +234,7 @@ def test_downgrade_and_upgrade_the_keys_table(tmp_path: Path) -> None:
 
 def guard_for(db: Database | None, tmp_path: Path, **security: Any) -> Guard:
     settings = SecuritySettings.model_validate({"audit": {"enabled": False}, **security})
-    return Guard(settings, resolve, db)
+    return build_guard(settings, resolve, db)
 
 
 async def ask(
@@ -351,7 +352,7 @@ async def test_refused_and_answered_requests_are_audited(
     store: KeyStore, db: Database, tmp_path: Path
 ) -> None:
     settings = SecuritySettings.model_validate({"auth": "required", "audit": {"log_prompts": True}})
-    guard = Guard(settings, resolve, db, tmp_path / "audit" / "audit.jsonl")
+    guard = build_guard(settings, resolve, db, audit_file=tmp_path / "audit" / "audit.jsonl")
     await guard.start()
     created = await store.create("ci")
     with pytest.raises(AuthError):

@@ -13,9 +13,10 @@ import pytest
 
 from ml_offload.config import SecuritySettings
 from ml_offload.domain import DeploymentKind, ModelSpec, RequestContext
-from ml_offload.errors import RateLimited
+from ml_offload.errors import ConfigError, RateLimited, Unavailable
 from ml_offload.security.guard import Guard
 from ml_offload.security.limits import Charge, Limiter, reset_text
+from ml_offload.services import build_guard
 from tests.integration.conftest import redis_server
 
 SPEC = ModelSpec(name="m", kind=DeploymentKind.REMOTE, url="http://127.0.0.1:1")
@@ -120,7 +121,7 @@ async def guard_with(tmp_path: Path, storage_url: str, **limits: Any) -> Guard:
     settings = SecuritySettings.model_validate(
         {"audit": {"enabled": False}, "limits": {"storage_url": storage_url, **limits}}
     )
-    guard = Guard(settings, lambda name: SPEC)
+    guard = build_guard(settings, lambda name: SPEC, None)
     await guard.start()
     return guard
 
@@ -206,3 +207,53 @@ async def test_websocket_messages_each_count_a_request(tmp_path: Path) -> None:
     with pytest.raises(RateLimited, match="3 requests per minute"):
         await guard.admit(guard.derive(conn), "chat", {"model": "m"})
     await guard.close()
+
+
+# -- the storage is down ---------------------------------------------------------------------
+
+DEAD_REDIS = "redis://:hunter2@127.0.0.1:1"  # nothing listens on port 1
+
+
+async def test_an_unreachable_redis_never_shows_its_password() -> None:
+    with pytest.raises(ConfigError) as failed:
+        await Limiter(DEAD_REDIS).start()
+    assert "redis://***@127.0.0.1:1" in failed.value.message
+    assert "hunter2" not in failed.value.message
+
+
+async def test_limits_fail_closed_with_a_503_that_shows_no_password() -> None:
+    with redis_server(password="hunter2") as url:
+        settings = SecuritySettings.model_validate(
+            {"audit": {"enabled": False}, "limits": {"storage_url": url, "default_rpm": 5}}
+        )
+        guard = build_guard(settings, lambda name: SPEC, None)
+        await guard.start()
+        await arrive(guard)
+    with pytest.raises(Unavailable) as refused:  # the Redis is gone
+        await arrive(guard)
+    assert refused.value.status == 503 and "hunter2" not in refused.value.message
+    assert "rate limit storage redis://***@127.0.0.1:" in refused.value.message
+    await guard.close()
+
+
+async def test_limits_fail_open_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    settings = SecuritySettings.model_validate(
+        {
+            "audit": {"enabled": False},
+            "limits": {"storage_url": DEAD_REDIS, "on_storage_error": "open", "default_rpm": 1},
+        }
+    )
+    guard = build_guard(settings, lambda name: SPEC, None)
+    await guard.start()  # open: starts without its storage
+    for _ in range(3):  # past the limit of 1: nothing is counted while it is down
+        ctx = await arrive(guard)
+        await guard.admit(ctx, "chat", {"model": "m"})
+        assert guard.response_headers(ctx) == []
+        await guard.finish(ctx)
+    warned = [r.getMessage() for r in caplog.records if "without limits" in r.getMessage()]
+    assert len(warned) == 1 and "hunter2" not in warned[0]
+    await guard.close()
+
+
+async def arrive(guard: Guard) -> RequestContext:
+    return await guard.authenticate({}, method="POST", path="/x", client="c:1", cert_subject=None)

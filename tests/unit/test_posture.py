@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from ml_offload.cli.main import app
 from ml_offload.config import Settings
 from ml_offload.domain import ApiKey
+from ml_offload.registry import remote_specs
 from ml_offload.security import posture
 from ml_offload.security.keys import KeyStore
 from ml_offload.security.posture import Finding, check, insecure_bind, is_loopback_host
@@ -151,7 +152,8 @@ def test_providers_unredacted_or_in_clear(tmp_path: Path) -> None:
         {"name": "lan", "url": "http://10.0.0.9:8000/v1"},
         {"name": "local", "url": "http://127.0.0.1:8080/v1", "redact": False},
     ]
-    found = check(settings(tmp_path, models=models, llamacpp_url="http://gpu.example.com"), [])
+    s = settings(tmp_path, models=models, llamacpp_url="http://gpu.example.com")
+    found = check(s, [], deployments=remote_specs(s))
     messages = [(f.check, f.message) for f in found if f.check.startswith("provider-")]
     assert [c for c, m in messages if "cloud" in m] == ["provider-unredacted"]
     assert [c for c, m in messages if "lan" in m] == ["provider-cleartext"]
@@ -221,3 +223,16 @@ def test_cli_reads_the_stored_keys(tmp_path: Path) -> None:
     assert "'ci-runner'" in done.output and '"key-without-limits"' in done.output
     assert '"auth-off-exposed"' not in done.output  # a stored key turns auth on (auto)
     assert done.exit_code == 1, done.output  # still no TLS on 0.0.0.0
+
+
+def test_cli_finds_a_cloud_provider_on_its_default_url_unredacted(tmp_path: Path) -> None:
+    """A provider without `url` goes to its default address (the registry's rule), so
+    `redact = false` there is a finding; one left to the default is redacted, so it is not."""
+    toml = (
+        '[[models]]\nname = "gpt"\nbackend = "openai"\napi_key = "sk-x"\nredact = false\n'
+        '[[models]]\nname = "claude"\nbackend = "anthropic"\napi_key = "sk-y"\n'
+    )
+    done = _audit(tmp_path, toml, "--json")
+    assert done.exit_code == 0, done.output
+    assert "prompts for gpt go to https://api.openai.com without masking secrets" in done.output
+    assert "claude" not in done.output

@@ -7,6 +7,7 @@ stream, or the WebSocket) has ended asks the guard to settle tokens and write th
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -17,6 +18,8 @@ from ml_offload.domain import RequestContext
 from ml_offload.errors import MloError
 
 CTX_KEY = "mlo_ctx"
+
+log = logging.getLogger(__name__)
 
 
 def cert_subject(scope: Scope) -> str | None:
@@ -74,6 +77,8 @@ class SecurityMiddleware:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: MloError) -> None:
+    if exc.status >= 500:  # ours to fix (the limit storage is down), as api/errors.py logs them
+        log.warning("%s %s: %s", scope.get("method", "WEBSOCKET"), scope["path"], exc.message)
     response = error_response(exc, scope["path"])
     if scope["type"] == "http":
         await response(scope, receive, send)

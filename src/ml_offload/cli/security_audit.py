@@ -12,7 +12,9 @@ from ml_offload.cli.common import ConfigOpt, JsonOpt, out, settings_for
 from ml_offload.config import Settings
 from ml_offload.domain import ApiKey
 from ml_offload.errors import MloError
+from ml_offload.registry import remote_specs
 from ml_offload.security import posture
+from ml_offload.services import open_key_store
 
 _STYLES = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
@@ -20,7 +22,7 @@ _STYLES = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 def security_audit(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Check TLS, auth, the admin key, keys' limits, file permissions, providers and CORS."""
     settings = settings_for(config)
-    findings = posture.check(settings, read_keys(settings))
+    findings = posture.check(settings, read_keys(settings), deployments=remote_specs(settings))
     if as_json:
         out.print_json(data=[f.as_dict() for f in findings])
     elif not findings:
@@ -41,17 +43,11 @@ def read_keys(settings: Settings) -> list[ApiKey] | None:
     if db_file is not None and not db_file.exists():
         return []
     try:
-        return asyncio.run(_stored_keys(settings.storage.db_url))
+        return asyncio.run(_stored_keys(settings))
     except MloError:
         return None
 
 
-async def _stored_keys(url: str) -> list[ApiKey]:
-    from ml_offload.storage.db import Database
-    from ml_offload.storage.keys_repo import KeyRepository
-
-    db = await Database.open(url, migrate=False)  # a check writes nothing
-    try:
-        return await KeyRepository(db).list_all()
-    finally:
-        await db.close()
+async def _stored_keys(settings: Settings) -> list[ApiKey]:
+    async with open_key_store(settings, migrate=False) as store:  # a check writes nothing
+        return await store.list()

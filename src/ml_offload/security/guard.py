@@ -1,12 +1,26 @@
-"""The one object the request path talks to for security.
+"""Security as one step: the one object the request path talks to, and where each decision lives.
 
-Order per request: `authenticate` (key, certificate binding, admin paths, requests per minute)
-at arrival, `admit` (model scope, tokens reserved from the prompt and max_tokens) once the model
-is known, `outbound` (redaction) for each deployment tried, `finish` (tokens settled from real
-usage, audit event) when the response, or the stream, ends.
+Per request, in order:
 
-The key is checked against the database on every request (one primary-key lookup), so a key
-revoked through any gateway, or `mlo keys revoke`, is refused by every gateway at once.
+- **authenticated** at arrival (`authenticate`): a public path passes; otherwise the bearer key
+  is checked against the database (one primary-key lookup, so a key revoked anywhere is refused
+  everywhere at once) or against the admin key, its client-certificate binding is checked, and a
+  non-admin key is refused admin paths (`is_admin_path`). The caller's requests per minute are
+  charged (`quota.Quota.charge_caller`).
+- **admitted** once the model is known (`admit`): the key's model scope (`keys.in_scope`, names,
+  aliases, `provider:*`), then the model's requests per minute and the tokens reserved from the
+  prompt and max_tokens (`quota.Quota.admit`). `authorize` is the same scope check for actions
+  other than inference (Ollama's load and unload).
+- **redacted** for each deployment tried (`outbound`): secrets masked (`redact.Redactor`) when
+  the deployment's `redact` is set (the registry sets it for deployments whose prompts leave
+  the machine, unless the config says otherwise).
+- **finished** when the response, or the stream, ends (`finish`): tokens settled from the real
+  usage, and the audit event written (`audit.AuditLog`, batched off the request's path).
+
+Every refusal (401, 403, 429, 503 from the limit storage) is counted in `/metrics`
+(`mlo_guard_refusals_total`) and audited. The rules here are also the ones `mlo security-audit`
+(posture.py) reports from: `auth_on`, `insecure_bind`, `is_live`, the audit file, `redact`.
+The guard builds none of its parts: `services.build_guard` chooses them from settings.
 """
 
 from __future__ import annotations
@@ -16,19 +30,16 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from ml_offload.config import SecuritySettings
-from ml_offload.domain import ModelSpec, RequestContext
-from ml_offload.errors import AuthError, MloError, PermissionDenied, RateLimited
+from ml_offload.config import SecuritySettings, Settings
+from ml_offload.domain import ModelSpec, RequestContext, is_loopback_host
+from ml_offload.errors import AuthError, MloError, ModelNotFound, PermissionDenied
+from ml_offload.metrics import Metrics
 from ml_offload.security.audit import AuditLog
 from ml_offload.security.keys import KeyStore, bearer_token, in_scope
-from ml_offload.security.limits import Charge, Limiter, Window, reset_text
+from ml_offload.security.quota import Quota
 from ml_offload.security.redact import Redactor
-from ml_offload.storage.db import Database
-from ml_offload.storage.keys_repo import KeyRepository
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Native and Ollama endpoints that change what is loaded or stored: admin only (reads are not).
@@ -43,7 +54,6 @@ _MUTATING_PREFIXES = (
     "/api/push",
 )
 _RECHECK_S = 1.0  # auth = auto with no key yet: how often to look whether one was created
-_CHARS_PER_TOKEN = 4  # the prompt's share of a reservation, before the real count is known
 
 
 def is_admin_path(method: str, path: str) -> bool:
@@ -52,43 +62,66 @@ def is_admin_path(method: str, path: str) -> bool:
     return method not in _READS and path.startswith(_MUTATING_PREFIXES)
 
 
+def auth_on(settings: SecuritySettings, keys_exist: bool) -> bool:
+    """Whether requests need a key: `required`, an admin key set, or (`auto`) a key exists."""
+    fixed = _auth_fixed(settings)
+    return keys_exist if fixed is None else fixed
+
+
+def _auth_fixed(settings: SecuritySettings) -> bool | None:
+    """Auth as the settings alone decide it; None: `auto` with no admin key (on once a key
+    exists)."""
+    if settings.auth == "off":
+        return False
+    admin = settings.admin_key is not None and bool(settings.admin_key.get_secret_value())
+    return True if settings.auth == "required" or admin else None
+
+
+def insecure_bind(settings: Settings, auth_on: bool) -> str | None:
+    """Why the gateway must not start (a non-loopback bind without auth), or None."""
+    host = settings.server.host
+    if auth_on or is_loopback_host(host) or settings.security.allow_insecure_bind:
+        return None
+    return (
+        f"refusing to listen on {host} without auth (anyone who can reach it could use every "
+        "model): set an admin key (MLO_ADMIN_KEY or security.admin_key) or create a key, bind to "
+        "127.0.0.1, or pass --allow-insecure (security.allow_insecure_bind = true)"
+    )
+
+
 class Guard:
     def __init__(
         self,
         settings: SecuritySettings,
         resolve: Callable[[str], ModelSpec],
-        db: Database | None = None,
-        audit_file: Path | None = None,
+        *,
+        keys: KeyStore | None,
+        quota: Quota,
+        audit: AuditLog | None,
+        redactor: Redactor | None,
+        metrics: Metrics | None = None,
     ) -> None:
-        """`audit_file`: where the audit log goes (`audit.audit_path(settings)`); needed when
-        the audit log is on and `settings.audit.path` is not set."""
+        """`resolve`: a model name or alias to its spec (scopes by provider, per-model limits);
+        `keys` None: no database (only the admin key gets in when auth is on); `audit` and
+        `redactor` None: off."""
         self._settings = settings
-        self._resolve = resolve  # a model name or alias to its spec (scopes by provider)
-        self.keys: KeyStore | None = KeyStore(KeyRepository(db)) if db is not None else None
+        self._resolve = resolve
+        self.keys = keys
         admin = settings.admin_key.get_secret_value() if settings.admin_key else ""
         self._admin_key = admin.encode() if admin else None
         self._public = frozenset(settings.public_paths)
+        self._auth = _auth_fixed(settings)
         self._keys_exist = False
         self._checked_at = -math.inf
-        self._limits = settings.limits
-        self._limiter = Limiter(settings.limits.storage_url)
-        self._audit: AuditLog | None = None
-        audit = settings.audit
-        if audit.enabled:
-            where = audit.path or audit_file
-            if where is None:
-                raise ValueError("the audit log is on but has no file: pass audit_file")
-            self._audit = AuditLog(audit, where)
-        red = settings.redaction
-        self._redactor = Redactor(red) if (red.secrets or red.emails or red.phones) else None
+        self._quota = quota
+        self._audit = audit
+        self._redactor = redactor
+        self._refusals = metrics.refusals if metrics is not None else None
 
     @property
     def auth_on(self) -> bool:
-        """Whether requests need a key: `required`, an admin key set, or (`auto`) a key exists."""
-        mode = self._settings.auth
-        if mode == "off":
-            return False
-        return mode == "required" or self._admin_key is not None or self._keys_exist
+        """Whether requests need a key (`auth_on` of the settings and whether keys exist)."""
+        return self._keys_exist if self._auth is None else self._auth
 
     def key_created(self) -> None:
         """A key was just created here: auth is on from now (`auto`)."""
@@ -96,7 +129,7 @@ class Guard:
 
     async def start(self) -> None:
         """Open the limiter storage and the audit log; learn whether keys exist."""
-        await self._limiter.start()
+        await self._quota.start()
         if self._audit is not None:
             await self._audit.start()
         await self._refresh_keys_exist()
@@ -105,11 +138,11 @@ class Guard:
         """Flush the audit log and close storages."""
         if self._audit is not None:
             await self._audit.close()
-        await self._limiter.close()
+        await self._quota.close()
         if self.keys is not None:
             await self.keys.close()
 
-    # -- arrival ---------------------------------------------------------------------------
+    # -- arrival: authenticated -------------------------------------------------------------
 
     async def authenticate(
         self,
@@ -131,14 +164,15 @@ class Guard:
             time=time.time(),
         )
         if path in self._public:
-            ctx.extra["public"] = True
+            ctx.public = True
             return ctx
         try:
             await self._identify(ctx, bearer_token(headers))
-            await self._charge_request(ctx, self._subject(ctx))
+            await self._quota.charge_caller(ctx)
         except MloError as exc:
             ctx.status = exc.status
-            ctx.extra["error"] = exc.code
+            ctx.error = exc.code
+            self._count_refusal(exc)
             self._record(ctx)
             raise
         return ctx
@@ -195,77 +229,35 @@ class Guard:
             admin=parent.admin,
             started=time.perf_counter(),
             time=time.time(),
-            extra={"rpm_due": True},
+            rpm_due=True,
         )
-
-    # -- limits ----------------------------------------------------------------------------
-
-    def _subject(self, ctx: RequestContext) -> _Subject | None:
-        """Whose per-key limits apply: the key's (its own, else the defaults), the client
-        address's when auth is off; none for the admin key."""
-        lim = self._limits
-        if ctx.key is not None:
-            who = f"key {ctx.key.id} ({ctx.key.name})"
-            rpm, tpm = ctx.key.rpm or lim.default_rpm, ctx.key.tpm or lim.default_tpm
-            return _Subject(f"key:{ctx.key.id}", who, rpm, tpm)
-        if ctx.admin or (lim.default_rpm is None and lim.default_tpm is None):
-            return None
-        host = (ctx.client or "").rpartition(":")[0] or ctx.client or "unknown"
-        return _Subject(f"client:{host}", f"client {host}", lim.default_rpm, lim.default_tpm)
-
-    def _model_subject(self, name: str) -> _Subject:
-        lim = self._limits
-        return _Subject(
-            f"model:{name}", f"model {name!r}", lim.model_rpm.get(name), lim.model_tpm.get(name)
-        )
-
-    async def _charge_request(self, ctx: RequestContext, subject: _Subject | None) -> None:
-        """One request against the subject's requests per minute."""
-        if subject is None or subject.rpm is None:
-            return
-        window, charge = await self._limiter.charge(subject.scope, subject.rpm, 1)
-        _windows(ctx)["requests"] = window
-        if charge is None:
-            raise _refusal(ctx, subject.who, window, f"{subject.rpm} requests per minute")
-
-    async def _reserve_tokens(self, ctx: RequestContext, subject: _Subject, cost: int) -> None:
-        tpm = subject.tpm
-        assert tpm is not None
-        if cost > tpm:
-            raise RateLimited(
-                f"this request may use {cost} tokens (prompt and max_tokens), more than "
-                f"{subject.who}'s limit of {tpm} tokens per minute; lower max_tokens",
-                headers=_headers({"tokens": await self._limiter.peek(subject.scope, tpm)}),
-            )
-        window, charge = await self._limiter.charge(subject.scope, tpm, cost)
-        _windows(ctx)["tokens"] = window
-        if charge is None:
-            raise _refusal(ctx, subject.who, window, f"{tpm} tokens per minute")
-        _charges(ctx).append(charge)
 
     def response_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
         """`x-ratelimit-*` for a response that was let through (empty with no limits)."""
-        if not ctx.extra.get("windows"):
-            return []
-        return [(k.encode(), v.encode()) for k, v in _headers(_windows(ctx)).items()]
+        return self._quota.headers(ctx)
 
-    # -- the model is known ----------------------------------------------------------------
+    # -- the model is known: admitted -----------------------------------------------------
 
     async def admit(self, ctx: RequestContext, kind: str, data: Mapping[str, Any]) -> None:
         """May this request use `data["model"]`, and are there tokens left for it?"""
         model = str(data.get("model"))
         ctx.model = model
-        if ctx.extra.pop("rpm_due", False):  # a message on a long connection
-            if ctx.key is not None and self.keys is not None:
-                ctx.key = await self.keys.recheck(ctx.key, time.time())  # revoked since?
-            await self._charge_request(ctx, self._subject(ctx))
-        if self._audit is not None:  # hashed by the audit writer, off the request's path
-            ctx.prompt = data.get("messages") if kind == "chat" else data.get("prompt")
-            if ctx.prompt is None:
-                ctx.prompt = data.get("input")
-        spec = self._spec_if_needed(ctx, model)
-        self._check_scope(ctx, model, spec)
-        await self._admit_limits(ctx, kind, data, spec)
+        try:
+            if ctx.rpm_due:  # a message on a long connection
+                ctx.rpm_due = False
+                if ctx.key is not None and self.keys is not None:
+                    ctx.key = await self.keys.recheck(ctx.key, time.time())  # revoked since?
+                await self._quota.charge_caller(ctx)
+            if self._audit is not None:  # hashed by the audit writer, off the request's path
+                ctx.prompt = data.get("messages") if kind == "chat" else data.get("prompt")
+                if ctx.prompt is None:
+                    ctx.prompt = data.get("input")
+            spec = self._spec_if_needed(ctx, model)
+            self._check_scope(ctx, model, spec)
+            await self._quota.admit(ctx, kind, data, spec)
+        except MloError as exc:
+            self._count_refusal(exc)
+            raise
 
     def authorize(self, ctx: RequestContext | None, model: str, *, admin: bool = False) -> None:
         """For actions on a model other than inference (Ollama's load and unload idiom): the
@@ -273,10 +265,14 @@ class Guard:
         if ctx is None or not self.auth_on:
             return
         ctx.model = model
-        if admin and not ctx.admin:
-            raise PermissionDenied(f"unloading {model!r} needs an admin key")
-        if ctx.key is not None and ctx.key.models:
-            self._check_scope(ctx, model, self._resolve(model))
+        try:
+            if admin and not ctx.admin:
+                raise PermissionDenied(f"unloading {model!r} needs an admin key")
+            if ctx.key is not None and ctx.key.models:
+                self._check_scope(ctx, model, self._resolve(model))
+        except MloError as exc:
+            self._count_refusal(exc)
+            raise
 
     def _check_scope(self, ctx: RequestContext, model: str, spec: ModelSpec | None) -> None:
         key = ctx.key
@@ -287,37 +283,16 @@ class Guard:
             )
 
     def _spec_if_needed(self, ctx: RequestContext, model: str) -> ModelSpec | None:
-        lim = self._limits
-        if (ctx.key is not None and ctx.key.models) or lim.model_rpm or lim.model_tpm:
+        if (ctx.key is not None and ctx.key.models) or self._quota.per_model:
             return self._resolve(model)
         return None
 
-    async def _admit_limits(
-        self, ctx: RequestContext, kind: str, data: Mapping[str, Any], spec: ModelSpec | None
-    ) -> None:
-        subjects = [self._subject(ctx)]
-        if spec is not None:
-            model = self._model_subject(spec.name)
-            await self._charge_request(ctx, model)
-            subjects.append(model)
-        limited = [s for s in subjects if s is not None and s.tpm is not None]
-        if not limited:
-            return
-        cost = _estimate_tokens(kind, data, self._limits.default_max_tokens)
-        try:
-            for subject in limited:
-                await self._reserve_tokens(ctx, subject, cost)
-        except MloError:
-            await self._settle(ctx, 0)  # give back what another limit took
-            raise
-        ctx.reserved_tokens = cost
-
-    # -- leaving and ending ----------------------------------------------------------------
+    # -- leaving: redacted; ending: finished ----------------------------------------------
 
     def outbound(
         self, spec: ModelSpec, data: dict[str, Any], ctx: RequestContext | None
     ) -> dict[str, Any]:
-        """The request as it may leave for `spec` (secrets masked for cloud providers)."""
+        """The request as it may leave for `spec` (secrets masked where `spec.redact`)."""
         if not spec.redact or self._redactor is None:
             return data
         masked, count = self._redactor.redact_request(data)
@@ -330,14 +305,13 @@ class Guard:
         if ctx.settled:
             return
         ctx.settled = True
-        if ctx.extra.get("charges"):
-            await self._settle(ctx, _actual_tokens(ctx))
-        if not ctx.extra.get("public"):
+        await self._quota.settle(ctx)
+        if not ctx.public:
             self._record(ctx)
 
-    async def _settle(self, ctx: RequestContext, actual: int) -> None:
-        for charge in cast(list[Charge], ctx.extra.pop("charges", [])):
-            await self._limiter.settle(charge, actual)
+    def _count_refusal(self, exc: MloError) -> None:
+        if self._refusals is not None and not isinstance(exc, ModelNotFound):
+            self._refusals.labels(str(exc.status), exc.code or "error").inc()
 
     def _record(self, ctx: RequestContext) -> None:
         if self._audit is not None:
@@ -365,77 +339,6 @@ def audit_event(ctx: RequestContext) -> dict[str, Any]:
     }
     if ctx.prompt is not None:
         event["prompt"] = ctx.prompt  # the writer hashes it, keeps it only with log_prompts
-    if ctx.extra.get("error"):
-        event["error"] = ctx.extra["error"]
+    if ctx.error:
+        event["error"] = ctx.error
     return event
-
-
-@dataclass(frozen=True, slots=True)
-class _Subject:
-    """What a limit is kept for (a key, a client address, a model), and its limits."""
-
-    scope: str
-    who: str
-    rpm: int | None
-    tpm: int | None
-
-
-def _windows(ctx: RequestContext) -> dict[str, Window]:
-    return cast(dict[str, Window], ctx.extra.setdefault("windows", {}))
-
-
-def _charges(ctx: RequestContext) -> list[Charge]:
-    return cast(list[Charge], ctx.extra.setdefault("charges", []))
-
-
-def _refusal(ctx: RequestContext, who: str, window: Window, limit: str) -> RateLimited:
-    return RateLimited(
-        f"{who} is over its limit of {limit}; retry after {reset_text(window.reset_s)}",
-        retry_after_s=window.reset_s,
-        headers=_headers(_windows(ctx)),
-    )
-
-
-def _headers(windows: Mapping[str, Window]) -> dict[str, str]:
-    """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`."""
-    out: dict[str, str] = {}
-    for what, w in windows.items():
-        out[f"x-ratelimit-limit-{what}"] = str(w.limit)
-        out[f"x-ratelimit-remaining-{what}"] = str(w.remaining)
-        out[f"x-ratelimit-reset-{what}"] = reset_text(w.reset_s)
-    return out
-
-
-def _estimate_tokens(kind: str, data: Mapping[str, Any], default_max_tokens: int) -> int:
-    """Prompt (about 4 characters a token, images not counted) plus the most it may write."""
-    chars = _text_chars(data.get("messages") if kind == "chat" else data.get("prompt"))
-    chars += _text_chars(data.get("input"))
-    prompt = math.ceil(chars / _CHARS_PER_TOKEN)
-    if kind == "embedding":
-        return max(1, prompt)
-    most = data.get("max_completion_tokens") or data.get("max_tokens")
-    if not isinstance(most, int) or isinstance(most, bool):
-        most = default_max_tokens  # absent, or not a number (the engine will refuse it)
-    return prompt + max(1, most)
-
-
-def _text_chars(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(v) for v in value)
-    if isinstance(value, dict):
-        if value.get("type") in ("image_url", "input_audio", "image"):
-            return 0
-        return sum(_text_chars(value.get(k)) for k in ("content", "text", "arguments"))
-    return 0
-
-
-def _actual_tokens(ctx: RequestContext) -> int:
-    """What the request really used; all of the reservation when the engine reported nothing
-    for an answer that went out, none for one that failed."""
-    used = ctx.prompt_tokens + ctx.completion_tokens
-    if used:
-        return used
-    failed = ctx.status >= 400 and ctx.status != 499
-    return 0 if failed else ctx.reserved_tokens

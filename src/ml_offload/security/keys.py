@@ -185,10 +185,15 @@ class KeyStore:
         return _live(found[0], now)
 
 
+def is_live(key: ApiKey, now: float) -> bool:
+    """Not revoked and not expired: a key the guard lets in."""
+    return key.revoked_at is None and (key.expires_at is None or key.expires_at > now)
+
+
 def _live(key: ApiKey, now: float) -> ApiKey:
-    if key.revoked_at is not None:
+    if is_live(key, now):
+        return key
+    if key.revoked_at is not None or key.expires_at is None:
         raise AuthError(f"API key {key.id} ({key.name}) was revoked; ask for a new key")
-    if key.expires_at is not None and key.expires_at <= now:
-        when = datetime.fromtimestamp(key.expires_at, UTC).isoformat(timespec="seconds")
-        raise AuthError(f"API key {key.id} ({key.name}) expired at {when}; ask for a new key")
-    return key
+    when = datetime.fromtimestamp(key.expires_at, UTC).isoformat(timespec="seconds")
+    raise AuthError(f"API key {key.id} ({key.name}) expired at {when}; ask for a new key")

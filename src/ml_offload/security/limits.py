@@ -10,62 +10,50 @@ admitted past the limit together.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import Storage
 from limits.errors import ConfigurationError, StorageError
 from limits.storage import storage_from_string
 
-from ml_offload.errors import ConfigError, Unavailable
+from ml_offload.domain import Charge, Window
+from ml_offload.errors import ConfigError, Unavailable, safe_url
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 60
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """One limit's state after a charge, for the `x-ratelimit-*` headers."""
-
-    limit: int
-    used: int
-    reset_s: float
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.limit - self.used)
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """What was taken, so that it can be settled (refunded or topped up) later."""
-
-    key: str
-    window: int
-    amount: int
 
 
 class Limiter:
     def __init__(self, storage_url: str) -> None:
         self._url = storage_url
+        self._shown = safe_url(storage_url)  # for messages: never its password
         self._storage: Storage | None = None
 
-    async def start(self) -> None:
-        """Open the storage and check it answers (a wrong Redis address fails at start)."""
+    async def start(self, *, must_answer: bool = True) -> None:
+        """Open the storage and check it answers: a wrong Redis address fails at start, or,
+        with `must_answer` False, is logged (each charge then tries it again)."""
         try:
             storage = storage_from_string("async+" + self._url, wrap_exceptions=True)
         except (ConfigurationError, ValueError) as exc:
             raise ConfigError(
-                f"security.limits.storage_url {self._url!r}: {exc}; use memory:// or "
+                f"security.limits.storage_url {self._shown!r}: {safe_url(exc)}; use memory:// or "
                 "redis://host:port"
             ) from None
         if not isinstance(storage, Storage):
-            raise ConfigError(f"security.limits.storage_url {self._url!r} is not async")
-        if not await storage.check():
+            raise ConfigError(f"security.limits.storage_url {self._shown!r} is not async")
+        answers = await storage.check()
+        if not answers and not must_answer:
+            log.warning(
+                "rate limit storage %s does not answer; limits are off until it does", self._shown
+            )
+        elif not answers:
             raise ConfigError(
-                f"security.limits.storage_url {self._url!r} does not answer; start it or fix "
+                f"security.limits.storage_url {self._shown!r} does not answer; start it or fix "
                 "the address"
             )
         self._storage = storage
@@ -113,7 +101,7 @@ class Limiter:
             return int(await op)
         except StorageError as exc:
             raise Unavailable(
-                f"rate limit storage {self._url} failed: {exc.storage_error}; check "
+                f"rate limit storage {self._shown} failed: {safe_url(exc.storage_error)}; check "
                 "security.limits.storage_url and that it is reachable",
                 retry_after_s=1,
             ) from None

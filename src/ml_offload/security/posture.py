@@ -1,12 +1,15 @@
 """The security posture of a configuration: pure checks behind `mlo security-audit`.
 
-Each check looks at settings (and the stored keys, and the data folder's permissions) and
-returns findings with a severity and the fix; nothing here changes anything.
+Each check looks at settings (and the stored keys, the data folder's permissions, and the
+registry's deployments) and returns findings with a severity and the fix; nothing here changes
+anything. The facts come from the gateway's own rules, not re-derived: whether auth is on, the
+bind refusal (guard.py), whether a key is live (keys.py), the audit file (audit.py), and where
+each deployment's prompts go and whether they are redacted (the registry's `ModelSpec`s:
+`url` and `redact`, as the guard's `outbound` reads them).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import stat
 import time
@@ -18,7 +21,15 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from ml_offload.config import Settings
-from ml_offload.domain import ApiKey, leaves_machine
+from ml_offload.domain import ApiKey, ModelSpec, is_loopback_host, leaves_machine
+from ml_offload.errors import safe_url
+from ml_offload.security.audit import audit_path
+from ml_offload.security.guard import auth_on as guard_auth_on
+from ml_offload.security.guard import insecure_bind
+from ml_offload.security.keys import is_live
+
+# the bind rule and loopback test are the guard's and domain's; named here for the CLI
+__all__ = ["SEVERITIES", "Finding", "check", "insecure_bind", "is_loopback_host", "sqlite_path"]
 
 Severity = Literal["high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("high", "medium", "low", "info")
@@ -37,45 +48,21 @@ class Finding:
         return asdict(self)
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for `localhost` and loopback addresses; a wildcard or any other name is not."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def auth_effective(settings: Settings, keys: Sequence[ApiKey] | None) -> bool:
-    """Whether requests need a key: `required`, or `auto` with an admin key or any key."""
-    sec = settings.security
-    if sec.auth != "auto":
-        return sec.auth == "required"
-    return sec.admin_key is not None or bool(keys)
-
-
-def insecure_bind(settings: Settings, auth_on: bool) -> str | None:
-    """Why the gateway must not start (a non-loopback bind without auth), or None."""
-    host = settings.server.host
-    if auth_on or is_loopback_host(host) or settings.security.allow_insecure_bind:
-        return None
-    return (
-        f"refusing to listen on {host} without auth (anyone who can reach it could use every "
-        "model): set an admin key (MLO_ADMIN_KEY or security.admin_key) or create a key, bind to "
-        "127.0.0.1, or pass --allow-insecure (security.allow_insecure_bind = true)"
-    )
+    """Whether requests need a key, as the guard decides it (any stored key counts)."""
+    return guard_auth_on(settings.security, bool(keys))
 
 
 def check(
     settings: Settings,
     keys: Sequence[ApiKey] | None,
     *,
+    deployments: Sequence[ModelSpec] = (),
     now: float | None = None,
     auth_on: bool | None = None,
 ) -> list[Finding]:
-    """Every finding for `settings`, most severe first. `keys` None: they could not be read."""
+    """Every finding for `settings`, most severe first. `keys` None: they could not be read.
+    `deployments`: the registry's deployments served elsewhere (`registry.remote_specs`)."""
     now = time.time() if now is None else now
     auth = auth_effective(settings, keys) if auth_on is None else auth_on
     found = [
@@ -83,7 +70,7 @@ def check(
         *check_admin_key(settings),
         *check_permissions(settings),
         *check_keys(settings, keys, now),
-        *check_providers(settings),
+        *check_providers(deployments),
         *check_cors(settings),
         *check_audit(settings),
     ]
@@ -160,7 +147,7 @@ def data_paths(settings: Settings) -> list[tuple[str, Path]]:
     db = sqlite_path(settings.storage.db_url)
     if db is not None:
         paths.append(("database", db))
-    audit = settings.security.audit.path or settings.storage.data_dir / "audit" / "audit.jsonl"
+    audit = audit_path(settings)
     paths += [("audit folder", audit.parent), ("audit log", audit)]
     return paths
 
@@ -218,9 +205,7 @@ def _mode(path: Path) -> int | None:
 def check_keys(settings: Settings, keys: Sequence[ApiKey] | None, now: float) -> list[Finding]:
     if keys is None:
         return [Finding("info", "keys-unread", "keys were not checked: the database is unreadable")]
-    live = [
-        k for k in keys if k.revoked_at is None and (k.expires_at is None or k.expires_at > now)
-    ]
+    live = [k for k in keys if is_live(k, now)]
     limits = settings.security.limits
     unlimited = [
         k
@@ -275,17 +260,18 @@ def _verb(keys: Sequence[ApiKey], one: str, many: str) -> str:
     return one if len(keys) == 1 else many
 
 
-def check_providers(settings: Settings) -> list[Finding]:
+def check_providers(deployments: Sequence[ModelSpec]) -> list[Finding]:
     """Prompts that leave the machine unmasked, or in clear text."""
-    fix = "remove `redact = false` from its [[models]] entry"
-    urls = [(m.name, m.url, m.redact, fix) for m in settings.models if m.url is not None]
-    if settings.llamacpp_url:  # redacted by the same rule (`leaves_machine`); never unmasked
-        urls.append(("the LLAMACPP_URL model", settings.llamacpp_url, None, fix))
     found = []
-    for name, url, redact, fix in urls:
-        if not leaves_machine(url):
+    for spec in deployments:
+        if spec.url is None or not leaves_machine(spec.url):
             continue
-        if redact is False:
+        url = safe_url(spec.url)
+        if spec.source == "env":
+            name, fix = f"{spec.name} (LLAMACPP_URL)", "declare it in [[models]] instead"
+        else:
+            name, fix = spec.name, "remove `redact = false` from its [[models]] entry"
+        if not spec.redact:
             found.append(
                 Finding(
                     "medium",
@@ -293,7 +279,7 @@ def check_providers(settings: Settings) -> list[Finding]:
                     f"prompts for {name} go to {url} without masking secrets; {fix}",
                 )
             )
-        if urlsplit(url).scheme in ("http", "ws"):
+        if urlsplit(spec.url).scheme in ("http", "ws"):
             found.append(
                 Finding(
                     "medium",

@@ -1,0 +1,240 @@
+"""Rate limits for one request: whose limits apply, what is charged when, what comes back.
+
+At arrival the caller (its key; the client address when auth is off; nobody for the admin key)
+is charged one request per minute (`charge_caller`). Once the model is known, `admit` charges
+one request to the model's own limit and reserves tokens (the prompt at about 4 characters a
+token, plus max_tokens) from every token limit that applies. When the request ends, `settle`
+makes the reservation cost what it really used. The windows seen give the `x-ratelimit-*`
+headers (`headers`); a refusal is a RateLimited (429) carrying them.
+
+When the storage (Redis) cannot be reached, `security.limits.on_storage_error` decides:
+`closed` refuses limited callers with 503 (the default), `open` lets them through unlimited and
+logs once per outage. Unlimited callers never touch the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ml_offload.config import LimitSettings
+from ml_offload.domain import Charge, ModelSpec, RequestContext, Window
+from ml_offload.errors import MloError, RateLimited, Unavailable
+from ml_offload.security.limits import Limiter, reset_text
+
+log = logging.getLogger(__name__)
+
+_CHARS_PER_TOKEN = 4  # the prompt's share of a reservation, before the real count is known
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a limit is kept for (a key, a client address, a model), and its limits."""
+
+    scope: str
+    who: str
+    rpm: int | None
+    tpm: int | None
+
+
+class Quota:
+    def __init__(self, settings: LimitSettings, limiter: Limiter) -> None:
+        self._settings = settings
+        self._limiter = limiter
+        self._fail_open = settings.on_storage_error == "open"
+        self._storage_down = False  # open: an outage is logged once, and its end
+        self.per_model = bool(settings.model_rpm or settings.model_tpm)
+
+    async def start(self) -> None:
+        await self._limiter.start(must_answer=not self._fail_open)
+
+    async def close(self) -> None:
+        await self._limiter.close()
+
+    # -- whose limits ----------------------------------------------------------------------
+
+    def subject(self, ctx: RequestContext) -> Subject | None:
+        """Whose per-key limits apply: the key's (its own, else the defaults), the client
+        address's when auth is off; none for the admin key."""
+        lim = self._settings
+        if ctx.key is not None:
+            who = f"key {ctx.key.id} ({ctx.key.name})"
+            rpm, tpm = ctx.key.rpm or lim.default_rpm, ctx.key.tpm or lim.default_tpm
+            return Subject(f"key:{ctx.key.id}", who, rpm, tpm)
+        if ctx.admin or (lim.default_rpm is None and lim.default_tpm is None):
+            return None
+        host = (ctx.client or "").rpartition(":")[0] or ctx.client or "unknown"
+        return Subject(f"client:{host}", f"client {host}", lim.default_rpm, lim.default_tpm)
+
+    def model_subject(self, name: str) -> Subject:
+        lim = self._settings
+        return Subject(
+            f"model:{name}", f"model {name!r}", lim.model_rpm.get(name), lim.model_tpm.get(name)
+        )
+
+    # -- charging --------------------------------------------------------------------------
+
+    async def charge_caller(self, ctx: RequestContext) -> None:
+        """One request against the caller's requests per minute."""
+        await self._charge_request(ctx, self.subject(ctx))
+
+    async def admit(
+        self, ctx: RequestContext, kind: str, data: Mapping[str, Any], spec: ModelSpec | None
+    ) -> None:
+        """The model's requests per minute (when `spec` is given), then tokens reserved from
+        every token limit that applies (all or none)."""
+        subjects = [self.subject(ctx)]
+        if spec is not None:
+            model = self.model_subject(spec.name)
+            await self._charge_request(ctx, model)
+            subjects.append(model)
+        limited = [s for s in subjects if s is not None and s.tpm is not None]
+        if not limited:
+            return
+        cost = estimate_tokens(kind, data, self._settings.default_max_tokens)
+        try:
+            for subject in limited:
+                await self._reserve_tokens(ctx, subject, cost)
+        except MloError:
+            await self._settle(ctx, 0)  # give back what another limit took
+            raise
+        ctx.reserved_tokens = cost
+
+    async def settle(self, ctx: RequestContext) -> None:
+        """Make the reservation cost what the request really used."""
+        if ctx.charges:
+            await self._settle(ctx, actual_tokens(ctx))
+
+    def headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+        """`x-ratelimit-*` for a response that was let through (empty with no limits)."""
+        if not ctx.windows:
+            return []
+        return [(k.encode(), v.encode()) for k, v in _headers(ctx.windows).items()]
+
+    async def _charge_request(self, ctx: RequestContext, subject: Subject | None) -> None:
+        if subject is None or subject.rpm is None:
+            return
+        taken = await self._charge(subject.scope, subject.rpm, 1)
+        if taken is None:
+            return
+        window, charge = taken
+        ctx.windows["requests"] = window
+        if charge is None:
+            raise _refusal(ctx, subject.who, window, f"{subject.rpm} requests per minute")
+
+    async def _reserve_tokens(self, ctx: RequestContext, subject: Subject, cost: int) -> None:
+        tpm = subject.tpm
+        assert tpm is not None
+        if cost > tpm:
+            raise RateLimited(
+                f"this request may use {cost} tokens (prompt and max_tokens), more than "
+                f"{subject.who}'s limit of {tpm} tokens per minute; lower max_tokens",
+                headers=await self._peek_headers(subject.scope, tpm),
+            )
+        taken = await self._charge(subject.scope, tpm, cost)
+        if taken is None:
+            return
+        window, charge = taken
+        ctx.windows["tokens"] = window
+        if charge is None:
+            raise _refusal(ctx, subject.who, window, f"{tpm} tokens per minute")
+        ctx.charges.append(charge)
+
+    async def _settle(self, ctx: RequestContext, actual: int) -> None:
+        charges, ctx.charges = ctx.charges, []
+        try:
+            for charge in charges:
+                await self._limiter.settle(charge, actual)
+        except Unavailable as exc:  # the answer went out; nothing left to refuse
+            log.warning("tokens not settled: %s", exc.message)
+
+    # -- the storage -----------------------------------------------------------------------
+
+    async def _charge(
+        self, scope: str, limit: int, amount: int
+    ) -> tuple[Window, Charge | None] | None:
+        """The limiter's charge; None when the storage is down and limits fail open."""
+        try:
+            taken = await self._limiter.charge(scope, limit, amount)
+        except Unavailable as exc:
+            self._storage_failed(exc)
+            return None
+        if self._storage_down:
+            self._storage_down = False
+            log.warning("rate limit storage answers again; limits are back on")
+        return taken
+
+    async def _peek_headers(self, scope: str, limit: int) -> dict[str, str]:
+        try:
+            return _headers({"tokens": await self._limiter.peek(scope, limit)})
+        except Unavailable as exc:
+            self._storage_failed(exc)
+            return {}
+
+    def _storage_failed(self, exc: Unavailable) -> None:
+        """Closed: refuse (503). Open: let the request through, and say so once per outage."""
+        if not self._fail_open:
+            raise exc
+        if not self._storage_down:
+            self._storage_down = True
+            log.warning(
+                "%s; admitting requests without limits until it answers "
+                "(security.limits.on_storage_error = open)",
+                exc.message,
+            )
+
+
+def _refusal(ctx: RequestContext, who: str, window: Window, limit: str) -> RateLimited:
+    return RateLimited(
+        f"{who} is over its limit of {limit}; retry after {reset_text(window.reset_s)}",
+        retry_after_s=window.reset_s,
+        headers=_headers(ctx.windows),
+    )
+
+
+def _headers(windows: Mapping[str, Window]) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`."""
+    out: dict[str, str] = {}
+    for what, w in windows.items():
+        out[f"x-ratelimit-limit-{what}"] = str(w.limit)
+        out[f"x-ratelimit-remaining-{what}"] = str(w.remaining)
+        out[f"x-ratelimit-reset-{what}"] = reset_text(w.reset_s)
+    return out
+
+
+def estimate_tokens(kind: str, data: Mapping[str, Any], default_max_tokens: int) -> int:
+    """Prompt (about 4 characters a token, images not counted) plus the most it may write."""
+    chars = _text_chars(data.get("messages") if kind == "chat" else data.get("prompt"))
+    chars += _text_chars(data.get("input"))
+    prompt = math.ceil(chars / _CHARS_PER_TOKEN)
+    if kind == "embedding":
+        return max(1, prompt)
+    most = data.get("max_completion_tokens") or data.get("max_tokens")
+    if not isinstance(most, int) or isinstance(most, bool):
+        most = default_max_tokens  # absent, or not a number (the engine will refuse it)
+    return prompt + max(1, most)
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    if isinstance(value, dict):
+        if value.get("type") in ("image_url", "input_audio", "image"):
+            return 0
+        return sum(_text_chars(value.get(k)) for k in ("content", "text", "arguments"))
+    return 0
+
+
+def actual_tokens(ctx: RequestContext) -> int:
+    """What the request really used; all of the reservation when the engine reported nothing
+    for an answer that went out, none for one that failed."""
+    used = ctx.prompt_tokens + ctx.completion_tokens
+    if used:
+        return used
+    failed = ctx.status >= 400 and ctx.status != 499
+    return 0 if failed else ctx.reserved_tokens
