@@ -19,6 +19,7 @@ from ml_offload import __version__
 from ml_offload.backends.probe import BackendMonitor, Probe
 from ml_offload.config import Settings
 from ml_offload.domain import DeploymentKind, ModelSpec, ModelState, ModelStatus
+from ml_offload.errors import safe_url
 from ml_offload.metrics import DiskGauge, ModelLoad, RuntimeGauges
 from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry
@@ -157,7 +158,7 @@ class StatusService:
             aliases=list(spec.aliases),
             source=spec.source,
             path=str(spec.path) if spec.path and reveal else None,
-            url=spec.url if reveal else None,
+            url=safe_url(spec.url) if spec.url and reveal else None,
             ctx_size=spec.ctx_size,
             parallel=spec.parallel,
             ttl_s=spec.ttl_s,
@@ -191,7 +192,7 @@ class StatusService:
         return BackendView(
             model=spec.name,
             kind="llama.cpp" if spec.kind is DeploymentKind.LLAMACPP else spec.backend,
-            target=target if reveal else None,
+            target=safe_url(target) if target and reveal else None,
             state=st.state,
             healthy=cooling == 0 and st.state is not ModelState.FAILED and probed_ok,
             cooling_s=round(cooling, 3),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ml_offload.backends.http import translate
 from ml_offload.errors import safe_url
 
 
@@ -24,3 +25,13 @@ from ml_offload.errors import safe_url
 )
 def test_userinfo_is_masked_and_nothing_else(text: str, shown: str) -> None:
     assert safe_url(text) == shown
+
+
+@pytest.mark.parametrize(
+    "exc", [ConnectionRefusedError("refused"), TimeoutError(), OSError("reset by peer")]
+)
+def test_upstream_errors_show_no_credentials(exc: BaseException) -> None:
+    """An upstream address with a password in it (`https://user:pass@host`) is shown masked
+    in the error the caller gets (and the log)."""
+    err = translate(exc, "https://user:s3cret@llm.example.com/v1/chat/completions")
+    assert "s3cret" not in err.message and "https://***@llm.example.com/v1" in err.message

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ml_offload.errors import EngineError, EngineTimeout
+from ml_offload.errors import EngineError, EngineTimeout, safe_url
 from ml_offload.wire.body import JSON_HEADERS
 
 
@@ -126,8 +126,11 @@ async def sse_data(resp: aiohttp.ClientResponse, url: str) -> AsyncIterator[byte
 
 
 def translate(exc: BaseException, url: str) -> EngineError:
+    """The engine's failure as ours; no credential in `url` (or in `exc`) is shown."""
+    url = safe_url(url)
     if isinstance(exc, asyncio.TimeoutError):
         return EngineTimeout(f"the engine at {url} did not answer in time")
     if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
-        return EngineError(f"cannot reach the engine at {url}: {exc}")
-    return EngineError(f"the engine at {url} closed the connection: {exc or type(exc).__name__}")
+        return EngineError(f"cannot reach the engine at {url}: {safe_url(exc)}")
+    cause = safe_url(exc) or type(exc).__name__
+    return EngineError(f"the engine at {url} closed the connection: {cause}")

@@ -18,7 +18,14 @@ import orjson
 from ml_offload.backends.base import Launch
 from ml_offload.backends.http import Upstream, translate
 from ml_offload.domain import DeploymentKind, ModelSpec, ModelState
-from ml_offload.errors import EngineError, EngineTimeout, MloError, NotFound, UpstreamClientError
+from ml_offload.errors import (
+    EngineError,
+    EngineTimeout,
+    MloError,
+    NotFound,
+    UpstreamClientError,
+    safe_url,
+)
 
 
 class OllamaHeldModel:
@@ -75,12 +82,16 @@ class OllamaHeldModel:
                 status, raw = await self._upstream.post(f"{self._url}/api/generate", body)
         except TimeoutError:
             raise EngineTimeout(
-                f"Ollama at {self._url} did not answer in {timeout_s:.0f}s"
+                f"Ollama at {safe_url(self._url)} did not answer in {timeout_s:.0f}s"
             ) from None
         except EngineError as exc:
-            raise EngineError(f"cannot reach Ollama at {self._url}: {exc.message}") from None
+            raise EngineError(
+                f"cannot reach Ollama at {safe_url(self._url)}: {exc.message}"
+            ) from None
         if status != 200:
-            raise EngineError(f"Ollama at {self._url} refused {self._model!r}: {_message(raw)}")
+            raise EngineError(
+                f"Ollama at {safe_url(self._url)} refused {self._model!r}: {_message(raw)}"
+            )
 
 
 def _message(raw: bytes) -> str:

@@ -20,7 +20,7 @@ import orjson
 
 from ml_offload.backends.http import Upstream
 from ml_offload.domain import DeploymentKind, ModelSpec
-from ml_offload.errors import EngineError
+from ml_offload.errors import EngineError, safe_url
 from ml_offload.wire.vllm import VllmLoad, parse_metrics
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,9 @@ class BackendMonitor:
                 return Probe(self._clock(), True, load=parse_metrics(body.decode()))
             model_id = orjson.loads(body).get("model_id")
         except (ValueError, AttributeError) as exc:
-            return Probe(self._clock(), False, error=f"{base_url}{path}: unreadable ({exc})")
+            return Probe(
+                self._clock(), False, error=safe_url(f"{base_url}{path}: unreadable ({exc})")
+            )
         return Probe(self._clock(), True, model_id=str(model_id) if model_id else None)
 
     async def _probe_ollama(self, spec: ModelSpec, base_url: str) -> Probe:
@@ -118,9 +120,13 @@ class BackendMonitor:
             present = _ollama_entry(orjson.loads(tags), name) is not None
             running = _ollama_entry(orjson.loads(ps), name)
         except (ValueError, AttributeError, TypeError) as exc:
-            return Probe(self._clock(), False, error=f"{base_url}: unreadable answer ({exc})")
+            return Probe(
+                self._clock(), False, error=safe_url(f"{base_url}: unreadable answer ({exc})")
+            )
         if not present:
-            error = f"model {name!r} is not in Ollama at {base_url}; pull it (POST /api/pull)"
+            error = (
+                f"model {name!r} is not in Ollama at {safe_url(base_url)}; pull it (POST /api/pull)"
+            )
             return Probe(self._clock(), False, error=error, loaded=False)
         vram = running.get("size_vram") if running else None
         return Probe(
@@ -137,11 +143,11 @@ class BackendMonitor:
             async with asyncio.timeout(max(1.0, self.interval_s)):
                 status, body = await self._upstream.get_json_bytes(url)
         except TimeoutError:
-            return Probe(self._clock(), False, error=f"{url} did not answer in time")
+            return Probe(self._clock(), False, error=f"{safe_url(url)} did not answer in time")
         except EngineError as exc:
             return Probe(self._clock(), False, error=exc.message)
         if status != 200:
-            return Probe(self._clock(), False, error=f"{url} answered {status}")
+            return Probe(self._clock(), False, error=f"{safe_url(url)} answered {status}")
         return body
 
 

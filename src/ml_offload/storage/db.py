@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ml_offload.errors import ConfigError, Unavailable
+from ml_offload.errors import ConfigError, Unavailable, safe_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -37,7 +37,7 @@ def async_url(url: str) -> sa.URL:
         parsed = sa.make_url(url)
     except ArgumentError:
         raise ConfigError(
-            f"storage.database_url {url!r} is not a database URL; use {_EXAMPLES}"
+            f"storage.database_url {safe_url(url)!r} is not a database URL; use {_EXAMPLES}"
         ) from None
     parsed = parsed.set(drivername=_ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
@@ -104,7 +104,7 @@ class Database:
         except (SQLAlchemyError, OSError) as exc:
             cause = exc.orig if isinstance(exc, DBAPIError) else exc
             raise Unavailable(
-                f"database {self.url} failed: {cause}; check storage.database_url "
+                f"database {self.url} failed: {safe_url(cause)}; check storage.database_url "
                 "(MLO_STORAGE__DATABASE_URL) and that the database is reachable"
             ) from exc
 
