@@ -46,7 +46,7 @@ from ml_offload.status import StatusService, host_memory_bytes
 from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.models_repo import ModelRepository
-from ml_offload.vram import coarse_estimate, estimate_memory
+from ml_offload.vram import coarse_estimate, engine_ubatch, estimate_memory
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def spec_estimate(spec: ModelSpec) -> Estimate:
         ctx_tokens=spec.ctx_size * spec.parallel,
         parallel=spec.parallel,
         embeddings=spec.embeddings,
+        ubatch=engine_ubatch(spec.parallel, spec.embeddings),
         flash_attn=True,  # llama.cpp's default `auto` turns it on for CPU and CUDA
         repack=repack_bytes(spec.info, host_repack_family()),
     )

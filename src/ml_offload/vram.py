@@ -104,6 +104,19 @@ class _Shape:
     ffn: int  # f32 values per token alive at the FFN's peak, less the residual stream
 
 
+DEFAULT_UBATCH = 512  # llama.cpp's n_ubatch
+
+
+def engine_ubatch(parallel: int, embeddings: bool) -> int:
+    """The micro-batch the gateway gives llama.cpp: with embeddings on, every token is an
+    output and llama.cpp reserves its graph with n_ubatch // n_seq tokens per slot, so a
+    micro-batch that is not a multiple of `parallel` aborts the engine on load
+    (`GGML_ASSERT(ggml_can_mul_mat)` for parallel 3, 5, 6, 7...). Rounded down to a multiple."""
+    if not embeddings or parallel <= 1:
+        return DEFAULT_UBATCH
+    return max(parallel, DEFAULT_UBATCH // parallel * parallel)
+
+
 def estimate_memory(
     info: GgufInfo,
     *,
@@ -111,7 +124,7 @@ def estimate_memory(
     parallel: int = 1,
     kv_type: str = "f16",
     flash_attn: bool = False,
-    ubatch: int = 512,
+    ubatch: int = DEFAULT_UBATCH,
     embeddings: bool = False,
     kv_unified: bool = False,
     repack: tuple[int, ...] = (),

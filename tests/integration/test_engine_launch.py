@@ -48,6 +48,8 @@ p.port = int(value("--port"))
 p.n_ctx = int(value("--ctx-size"))
 p.n_parallel = int(value("--parallel"))
 p.n_gpu_layers = int(value("--n-gpu-layers"))
+if value("--ubatch-size"):
+    p.n_ubatch = int(value("--ubatch-size"))
 p.model_alias = {{value("--alias")}}
 p.endpoint_metrics = "--metrics" in args
 if os.environ.get("LLAMA_API_KEY"):  # llama-server reads --api-key from this variable

@@ -17,6 +17,7 @@ from ml_offload.domain import GgufInfo
 from ml_offload.gguf import read_gguf_info, repack_bytes, repack_family
 from ml_offload.vram import (
     MemoryEstimate,
+    engine_ubatch,
     estimate_bytes,
     estimate_memory,
     kv_cache_bytes,
@@ -309,3 +310,10 @@ def test_repacked_copies_count_on_the_host_only() -> None:
     # 2 layers offloaded (the head and block 3): blocks 0-2 and their copies stay on the host
     assert est.host_bytes(2) == plain.host_bytes(2) + 5 + 6 + 7
     assert est.host_bytes(0) == est.cpu_total_bytes()
+
+
+@pytest.mark.parametrize("parallel", range(1, 65))
+def test_engine_micro_batch_is_a_multiple_of_the_slots_with_embeddings(parallel: int) -> None:
+    ubatch = engine_ubatch(parallel, embeddings=True)
+    assert ubatch % parallel == 0 and 0 < ubatch <= 512
+    assert engine_ubatch(parallel, embeddings=False) == 512

@@ -30,6 +30,8 @@ def build_params(cfg: dict[str, Any]) -> Any:
     p.n_ctx = int(cfg["ctx_size"]) * int(cfg["parallel"])
     p.n_parallel = int(cfg["parallel"])
     p.n_gpu_layers = int(cfg["gpu_layers"])
+    if cfg.get("ubatch"):  # a multiple of `parallel` (vram.engine_ubatch)
+        p.n_ubatch = int(cfg["ubatch"])
     p.hostnames = ["127.0.0.1"]
     p.port = int(cfg.get("port", 0))
     p.model_alias = {cfg["name"]}

@@ -23,6 +23,7 @@ from ml_offload.backends.http import Upstream
 from ml_offload.config import EngineSettings
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import ConfigError, EngineError
+from ml_offload.vram import engine_ubatch
 
 Launcher = Literal["xllamacpp", "llama-server"]
 
@@ -53,6 +54,7 @@ def engine_config(spec: ModelSpec, launch: Launch, engine: EngineSettings) -> di
         "tensor_split": list(launch.tensor_split),
         "threads": engine.threads,
         "embeddings": spec.embeddings,
+        "ubatch": engine_ubatch(spec.parallel, spec.embeddings),
         "flash_attn": engine.flash_attn,
     }
 
@@ -62,7 +64,7 @@ def server_argv(binary: str, cfg: dict[str, Any], port: int) -> list[str]:
     argv = [binary, "--model", cfg["path"], "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--ctx-size", str(cfg["ctx_size"] * cfg["parallel"])]
     argv += ["--parallel", str(cfg["parallel"]), "--n-gpu-layers", str(cfg["gpu_layers"])]
-    argv += ["--alias", cfg["name"], "--metrics"]
+    argv += ["--ubatch-size", str(cfg["ubatch"]), "--alias", cfg["name"], "--metrics"]
     if cfg["threads"]:
         argv += ["--threads", str(cfg["threads"])]
     if cfg["tensor_split"]:
