@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from ml_offload import __version__
 from ml_offload.api import admin, anthropic_routes, errors, native, ollama_routes, openai_routes, ws
@@ -18,6 +19,8 @@ from ml_offload.api.security import SecurityMiddleware
 from ml_offload.api.streaming import ClientGone
 from ml_offload.backends.base import ProcessFactory
 from ml_offload.config import Settings
+from ml_offload.mcp.http import PATH as MCP_PATH
+from ml_offload.mcp.http import McpEndpoint
 from ml_offload.services import Services
 
 
@@ -27,10 +30,12 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
         app.state.services = await Services.start(settings, factory)
         tune_gc()
         try:
-            yield
+            async with mcp_endpoint.running(app, app.state.services):
+                yield
         finally:
             await app.state.services.close()
 
+    mcp_endpoint = McpEndpoint()  # streamable HTTP MCP at /mcp (issue 16)
     app = FastAPI(
         title="ml-offload",
         version=__version__,
@@ -53,6 +58,9 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
     app.include_router(ollama_routes.router)
     app.include_router(ws.router)
     app.include_router(admin.router)
+    app.router.routes.append(  # an ASGI app on the exact path (a Mount would want /mcp/)
+        Route(MCP_PATH, mcp_endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    )
     return app
 
 

@@ -15,6 +15,7 @@ from ml_offload.cli import (
     bootstrap,
     health,
     keys,
+    mcp,
     pull,
     run,
     serve,
@@ -149,6 +150,7 @@ app.command()(bootstrap.bootstrap)
 app.add_typer(audit.app, name="audit")  # issue 5: the audit log file
 app.command("security-audit")(security_audit)
 app.command("analyze")(analyze.analyze_command)  # issue 17: the code analyzer
+app.command("mcp")(mcp.mcp)  # issue 16: the MCP server over stdio
 
 
 def main() -> None:
