@@ -119,5 +119,5 @@ class ToolPolicy:
             return
         event.status = status
         if error:
-            event.extra["error"] = error
+            event.error = error
         await self._guard.finish(event)
