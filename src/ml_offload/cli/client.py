@@ -6,15 +6,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from ml_offload.cli.common import err, settings_for, state_dir
 from ml_offload.config import client_headers
 from ml_offload.errors import MloError
 
 URL_ENV = "MLO_URL"
+V = TypeVar("V", bound=BaseModel)
 
 
 class CliError(Exception):
@@ -76,6 +78,25 @@ class GatewayClient:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._call("POST", path, body)
+
+    def view(self, kind: type[V], path: str) -> V:
+        """A view of our own API (`wire/native.py`), validated: the CLI reads the same types
+        the gateway serialises, never guessed keys."""
+        return self.validate(kind, path, self._call("GET", path))
+
+    def post_view(self, kind: type[V], path: str, body: dict[str, Any] | None = None) -> V:
+        return self.validate(kind, path, self._call("POST", path, body))
+
+    def validate(self, kind: type[V], path: str, data: Any) -> V:
+        try:
+            return kind.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the body"
+            raise CliError(
+                f"the gateway at {self.url} answered {path} in another shape ({where}: "
+                f"{first['msg']}): is it the same ml-offload version as this mlo?"
+            ) from None
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:

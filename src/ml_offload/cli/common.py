@@ -13,6 +13,7 @@ from rich.console import Console
 
 from ml_offload.config import CONFIG_ENV, Settings, load_settings, xdg_dir
 from ml_offload.errors import MloError
+from ml_offload.wire.native import DeviceView
 
 # No markup: paths, model names and error text print as they are (brackets included).
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -81,23 +82,15 @@ async def _registry_specs(settings: Settings) -> list[Any]:
         return await registry.stored()
 
 
-def device_summary(device: dict[str, Any]) -> tuple[str, str, str, str]:
+def device_summary(device: DeviceView) -> tuple[str, str, str, str]:
     """(name, free, total, utilization) of a device from `/vram/status`."""
-    name = str(device.get("name") or "device")
-    if device.get("index") is not None:
-        name = f"{device['index']}: {name}"
-    free = next((v for k, v in device.items() if k.endswith("free_bytes")), None)
-    total = next((v for k, v in device.items() if k.endswith("total_bytes")), None)
-    util = device.get("utilization_pct")
-    return name, human_bytes(free), human_bytes(total), "-" if util is None else f"{util:.0f}%"
-
-
-def host_budget(vram: dict[str, Any]) -> tuple[int | None, int | None]:
-    """(budget, estimated use) of host memory from `/vram/status`."""
-    cpu = vram.get("cpu") or {}
-    budget = cpu.get("budget_bytes", vram.get("budget_bytes"))
-    used = cpu.get("used_estimate_bytes", vram.get("used_estimate_bytes"))
-    return budget, used
+    util = device.utilization_pct
+    return (
+        f"{device.index}: {device.name}",
+        human_bytes(device.free_bytes),
+        human_bytes(device.total_bytes),
+        "-" if util is None else f"{util:.0f}%",
+    )
 
 
 def warn_if_low_disk(settings: Settings) -> None:

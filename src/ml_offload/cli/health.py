@@ -14,12 +14,12 @@ from ml_offload.cli.common import (
     JsonOpt,
     UrlOpt,
     device_summary,
-    host_budget,
     human_bytes,
     human_secs,
     out,
 )
 from ml_offload.pipeline import PromptResult, percentile, run_prompts
+from ml_offload.wire.native import HealthView, MemoryView, ModelList, ModelView
 
 PROBE_PROMPT = "Reply with one short sentence about the sea."
 
@@ -39,21 +39,24 @@ def health(
     token, total time and tokens per second, at p50 and p95.
     """
     client = connect(url, config, timeout_s=120)
-    report = {
-        "gateway": client.get("/health"),
-        "vram": client.get("/vram/status"),
-        "models": client.get("/models")["data"],
-    }
-    ready = [m["id"] for m in report["models"] if m["state"] == "ready"]
-    report["latency"] = [
-        _latency(client.url, name, requests, max_tokens) for name in ready if requests > 0
-    ]
+    gateway = client.view(HealthView, "/health")
+    vram = client.view(MemoryView, "/vram/status")
+    models = client.view(ModelList, "/models").data
+    ready = [m.id for m in models if m.state == "ready"]
+    latency = [_latency(client.url, name, requests, max_tokens) for name in ready if requests > 0]
     if as_json:
-        out.print_json(data=report)
+        out.print_json(
+            data={
+                "gateway": gateway.model_dump(mode="json"),
+                "vram": vram.model_dump(mode="json"),
+                "models": [m.model_dump(mode="json") for m in models],
+                "latency": latency,
+            }
+        )
     else:
-        _print(report)
-    failed = [m["id"] for m in report["models"] if m["state"] == "failed"]
-    erring = [lat["model"] for lat in report["latency"] if lat["errors"]]
+        _print(gateway, vram, models, latency)
+    failed = [m.id for m in models if m.state == "failed"]
+    erring = [lat["model"] for lat in latency if lat["errors"]]
     if failed or erring:
         raise CliError(f"unhealthy: {', '.join(failed + erring)} (see above)")
 
@@ -77,38 +80,37 @@ def _latency(url: str, model: str, n: int, max_tokens: int) -> dict[str, Any]:
     }
 
 
-def _print(report: dict[str, Any]) -> None:
-    gw, vram = report["gateway"], report["vram"]
+def _print(
+    gw: HealthView, vram: MemoryView, models: list[ModelView], latency: list[dict[str, Any]]
+) -> None:
     out.print(
-        f"gateway: {gw['status']}, version {gw['version']}, up {human_secs(gw['uptime_s'])}, "
-        f"{gw['models']['loaded']} of {gw['models']['known']} models loaded"
+        f"gateway: {gw.status}, version {gw.version}, up {human_secs(gw.uptime_s)}, "
+        f"{gw.models.loaded} of {gw.models.known} models loaded"
     )
-    disk = gw.get("disk")
-    if disk:
-        out.print(
-            f"disk: {human_bytes(disk['free_bytes'])} free of {human_bytes(disk['total_bytes'])}"
-            + (" (LOW)" if disk.get("low") else "")
-        )
-    devices = vram.get("devices") or []
+    disk = gw.disk
+    out.print(
+        f"disk: {human_bytes(disk.free_bytes)} free of {human_bytes(disk.total_bytes)}"
+        + (" (LOW)" if disk.low else "")
+    )
     table = Table("DEVICE", "FREE", "TOTAL", "BUSY", title="memory")
-    for device in devices:
+    for device in vram.devices:
         table.add_row(*device_summary(device))
-    budget, used = host_budget(vram)
-    left = budget - used if budget is not None and used is not None else None
-    table.add_row("host budget (est.)", human_bytes(left), human_bytes(budget), "-")
+    cpu = vram.cpu
+    table.add_row(
+        "host budget (est.)", human_bytes(cpu.left_bytes), human_bytes(cpu.budget_bytes), "-"
+    )
     out.print(table)
-    if not devices:
-        out.print(f"no GPU devices reported (monitor: {vram.get('monitor') or 'none'})")
+    if not vram.devices:
+        out.print(f"no GPU devices reported (monitor: {vram.monitor})")
     engines = Table("MODEL", "STATE", "PID", "SLOTS", "LAST ERROR", title="engines")
-    for m in report["models"]:
-        if m["state"] != "stopped" or m.get("last_error"):
-            engines.add_row(
-                m["id"], m["state"], str(m["pid"] or "-"), str(m["slots"]), m["last_error"] or ""
-            )
+    for m in models:
+        if m.state != "stopped" or m.last_error:
+            slots = "-" if m.slots is None else str(m.slots)
+            engines.add_row(m.id, m.state, str(m.pid or "-"), slots, m.last_error or "")
     out.print(engines if engines.row_count else "engines: no model loaded")
-    if report["latency"]:
+    if latency:
         lat = Table("MODEL", "N", "TTFT P50/P95", "TOTAL P50/P95", "TOK/S P50", "ERRORS")
-        for r in report["latency"]:
+        for r in latency:
             rate = r["tokens_per_s"]["p50"]
             lat.add_row(
                 r["model"],

@@ -27,6 +27,7 @@ from ml_offload.cli.common import ConfigOpt, UrlOpt, err, human_bytes, human_sec
 from ml_offload.cli.security_audit import security_audit
 from ml_offload.cli.vram import vram
 from ml_offload.errors import MloError
+from ml_offload.wire.native import ModelList, ModelView, Unloaded
 
 app = typer.Typer(
     name="mlo",
@@ -48,26 +49,26 @@ def models_ls(
     config: ConfigOpt = None,
 ) -> None:
     """List every model the gateway can serve."""
-    data = connect(url, config).get("/models")["data"]
+    data = connect(url, config).view(ModelList, "/models").data
     if as_json:
-        out.print_json(data=data)
+        out.print_json(data=[m.model_dump(mode="json") for m in data])
         return
     table = Table(
         "NAME", "ALIASES", "SOURCE", "ARCH", "PARAMS", "QUANT", "SIZE", "CTX", "SLOTS", "STATE"
     )
     for m in data:
-        info = m.get("info") or {}
+        info = m.info
         table.add_row(
-            m["id"],
-            ", ".join(m["aliases"]),
-            m["source"],
-            info.get("architecture") or "-",
-            _count(info.get("parameters")),
-            info.get("quantization") or "-",
-            human_bytes(info.get("file_size_bytes") or None),
-            str(m["ctx_size"]),
-            str(m["parallel"]),
-            m["state"],
+            m.id,
+            ", ".join(m.aliases),
+            m.source,
+            info.architecture if info else "-",
+            _count(info.parameters if info else None),
+            (info.quantization if info else None) or "-",
+            human_bytes(info.file_size_bytes if info else None),
+            str(m.ctx_size),
+            str(m.parallel),
+            m.state,
         )
     out.print(table)
 
@@ -75,8 +76,8 @@ def models_ls(
 @app.command()
 def ps(url: UrlOpt = None, config: ConfigOpt = None) -> None:
     """Show loaded models: state, requests in flight, idle time, memory estimate."""
-    data = connect(url, config).get("/models")["data"]
-    rows = [m for m in data if m["state"] != "stopped"]
+    data = connect(url, config).view(ModelList, "/models").data
+    rows = [m for m in data if m.state != "stopped"]
     if not rows:
         out.print("no models loaded")
         return
@@ -85,15 +86,15 @@ def ps(url: UrlOpt = None, config: ConfigOpt = None) -> None:
     )
     for m in rows:
         table.add_row(
-            m["id"],
-            m["state"],
-            str(m["pid"] or "-"),
-            f"{m['in_flight']}/{m['slots']}",
-            str(m["queued"]),
-            human_secs(m["idle_s"]),
-            human_secs(m["loaded_for_s"]),
-            human_bytes(m["estimate_bytes"] or None),
-            "yes" if m["pinned"] else "no",
+            m.id,
+            m.state,
+            str(m.pid or "-"),
+            f"{m.in_flight}/{'-' if m.slots is None else m.slots}",
+            str(m.queued),
+            human_secs(m.idle_s),
+            human_secs(m.loaded_for_s),
+            human_bytes(m.estimate_bytes or None),
+            "yes" if m.pinned else "no",
         )
     out.print(table)
 
@@ -107,8 +108,8 @@ def load(
 ) -> None:
     """Load a model now (instead of on its first request)."""
     body = {"pin": True} if pin else None
-    m = connect(url, config).post(f"/models/{name}/load", body)
-    out.print(f"{m['id']} {m['state']} in {m['load_time_s'] or 0:.2f}s (pid {m['pid'] or '-'})")
+    m = connect(url, config).post_view(ModelView, f"/models/{name}/load", body)
+    out.print(f"{m.id} {m.state} in {m.load_time_s or 0:.2f}s (pid {m.pid or '-'})")
 
 
 @app.command()
@@ -123,11 +124,11 @@ def unload(
         raise CliError("give a model name or --all")
     client = connect(url, config)
     if all_:
-        names = client.post("/models/unload_all")["unloaded"]
+        names = client.post_view(Unloaded, "/models/unload_all").unloaded
         out.print(f"unloaded {len(names)} model(s){': ' + ', '.join(names) if names else ''}")
         return
-    m = client.post(f"/models/{name}/unload")
-    out.print(f"{m['id']} {m['state']}")
+    m = client.post_view(ModelView, f"/models/{name}/unload")
+    out.print(f"{m.id} {m.state}")
 
 
 def _count(n: Any) -> str:

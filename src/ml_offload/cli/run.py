@@ -37,6 +37,7 @@ from ml_offload.pipeline import (
     run_prompts,
     write_results,
 )
+from ml_offload.wire.native import ModelList, ModelView
 
 FormatOpt = Annotated[
     str | None,
@@ -135,15 +136,15 @@ def _prompts(prompt: str | None, prompts: Path | None) -> list[str]:
 def _model(client: GatewayClient, explicit: str | None) -> tuple[str, int]:
     """The model to use and its slots: explicit, else the one loaded, else the only one."""
     if explicit is not None:
-        m = client.get(f"/models/{explicit}")
-        return m["id"], int(m["parallel"])
-    models = client.get("/models")["data"]
-    ready = [m for m in models if m["state"] == "ready"]
+        m = client.view(ModelView, f"/models/{explicit}")
+        return m.id, m.parallel
+    models = client.view(ModelList, "/models").data
+    ready = [m for m in models if m.state == "ready"]
     pick = ready if len(ready) == 1 else models
     if len(pick) != 1:
-        names = ", ".join(m["id"] for m in models) or "none"
+        names = ", ".join(m.id for m in models) or "none"
         raise CliError(f"choose a model with --model; the gateway has: {names}")
-    return pick[0]["id"], int(pick[0]["parallel"])
+    return pick[0].id, pick[0].parallel
 
 
 def _run(

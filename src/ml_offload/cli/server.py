@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
@@ -15,7 +15,6 @@ from ml_offload.cli.common import (
     ConfigOpt,
     JsonOpt,
     device_summary,
-    host_budget,
     human_bytes,
     human_secs,
     out,
@@ -25,6 +24,7 @@ from ml_offload.cli.common import (
 from ml_offload.cli.hardening import AllowInsecureOpt
 from ml_offload.config import config_path
 from ml_offload.daemon import Daemon, DaemonInfo
+from ml_offload.wire.native import HealthView, MemoryView, ModelList, ModelView
 
 app = typer.Typer(
     help="Run the gateway in the background: start, stop, restart, status.",
@@ -82,16 +82,20 @@ def status(as_json: JsonOpt = False) -> None:
     if info is None:
         raise CliError(f"the gateway daemon is not running (state folder {state_dir()})")
     client = GatewayClient(info.url, timeout_s=10)
-    data = {
-        "daemon": {"pid": info.pid, "url": info.url, "log": info.log_path},
-        "health": client.get("/health"),
-        "vram": client.get("/vram/status"),
-        "models": [m for m in client.get("/models")["data"] if m["state"] != "stopped"],
-    }
+    health = client.view(HealthView, "/health")
+    vram = client.view(MemoryView, "/vram/status")
+    models = [m for m in client.view(ModelList, "/models").data if m.state != "stopped"]
     if as_json:
-        out.print_json(data=data)
+        out.print_json(
+            data={
+                "daemon": {"pid": info.pid, "url": info.url, "log": info.log_path},
+                "health": health.model_dump(mode="json"),
+                "vram": vram.model_dump(mode="json"),
+                "models": [m.model_dump(mode="json") for m in models],
+            }
+        )
         return
-    _print_status(info, data)
+    _print_status(info, health, vram, models)
 
 
 def _start(
@@ -112,35 +116,35 @@ def _start(
     )
 
 
-def _print_status(info: DaemonInfo, data: dict[str, Any]) -> None:
-    health, vram = data["health"], data["vram"]
+def _print_status(
+    info: DaemonInfo, health: HealthView, vram: MemoryView, models: list[ModelView]
+) -> None:
     out.print(
-        f"gateway: running, pid {info.pid}, {info.url}, up {human_secs(health['uptime_s'])} "
+        f"gateway: running, pid {info.pid}, {info.url}, up {human_secs(health.uptime_s)} "
         f"(since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.started_at))}), "
-        f"version {health['version']}"
+        f"version {health.version}"
     )
     out.print(f"log: {info.log_path}")
-    out.print(f"models: {health['models']['known']} known, {health['models']['loaded']} loaded")
-    budget, used = host_budget(vram)
+    out.print(f"models: {health.models.known} known, {health.models.loaded} loaded")
+    cpu = vram.cpu
     out.print(
-        f"host memory: {human_bytes(used)} estimated in use of a {human_bytes(budget)} budget"
+        f"host memory: {human_bytes(cpu.used_estimate_bytes)} estimated in use of a "
+        f"{human_bytes(cpu.budget_bytes)} budget"
     )
-    for device in vram.get("devices") or []:
+    for device in vram.devices:
         name, free, total, util = device_summary(device)
         out.print(f"GPU {name}: {free} free of {total}, {util} busy")
-    disk = health.get("disk")
-    if disk:
-        low = " (LOW)" if disk.get("low") else ""
-        out.print(f"disk: {human_bytes(disk['free_bytes'])} free{low}")
-    if data["models"]:
+    low = " (LOW)" if health.disk.low else ""
+    out.print(f"disk: {human_bytes(health.disk.free_bytes)} free{low}")
+    if models:
         table = Table("NAME", "STATE", "PID", "IN FLIGHT", "IDLE", "MEMORY (EST.)")
-        for m in data["models"]:
+        for m in models:
             table.add_row(
-                m["id"],
-                m["state"],
-                str(m["pid"] or "-"),
-                f"{m['in_flight']}/{m['slots']}",
-                human_secs(m["idle_s"]),
-                human_bytes(m["estimate_bytes"]),
+                m.id,
+                m.state,
+                str(m.pid or "-"),
+                f"{m.in_flight}/{'-' if m.slots is None else m.slots}",
+                human_secs(m.idle_s),
+                human_bytes(m.estimate_bytes),
             )
         out.print(table)

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ml_offload.cli.client import connect
 from ml_offload.cli.common import ConfigOpt, UrlOpt, human_bytes, out
+from ml_offload.wire.native import MemoryView
 
 
 def vram(
@@ -17,46 +18,44 @@ def vram(
     config: ConfigOpt = None,
 ) -> None:
     """GPU devices and memory, and where each loaded model is placed."""
-    data = connect(url, config).get("/vram/status")
+    data = connect(url, config).view(MemoryView, "/vram/status")
     if as_json:
-        out.print_json(data=data)
+        out.print_json(data=data.model_dump(mode="json"))
         return
-    out.print(
-        f"monitor: {data['monitor']} (reserve {human_bytes(data['reserve_bytes'])} per device)"
-    )
+    out.print(f"monitor: {data.monitor} (reserve {human_bytes(data.reserve_bytes)} per device)")
     devices = Table("GPU", "NAME", "TOTAL", "USED", "FREE", "UTIL", "MODELS")
-    for d in data["devices"]:
-        util = "-" if d["utilization_pct"] is None else f"{d['utilization_pct']:.0f}%"
+    for d in data.devices:
+        util = "-" if d.utilization_pct is None else f"{d.utilization_pct:.0f}%"
         devices.add_row(
-            str(d["index"]),
-            d["name"],
-            human_bytes(d["total_bytes"]),
-            human_bytes(d["used_bytes"]),
-            human_bytes(d["free_bytes"]),
+            str(d.index),
+            d.name,
+            human_bytes(d.total_bytes),
+            human_bytes(d.used_bytes),
+            human_bytes(d.free_bytes),
             util,
-            ", ".join(d["models"]) or "-",
+            ", ".join(d.models) or "-",
         )
-    cpu = data["cpu"]
+    cpu = data.cpu
     devices.add_row(
         "cpu",
-        f"{cpu['cores']} cores",
-        human_bytes(cpu["total_bytes"]),
-        human_bytes(cpu["used_estimate_bytes"]),
-        human_bytes(cpu["budget_bytes"] - cpu["used_estimate_bytes"]),
+        f"{cpu.cores} cores",
+        human_bytes(cpu.total_bytes),
+        human_bytes(cpu.used_estimate_bytes),
+        human_bytes(cpu.left_bytes),
         "-",
         "(budget)",
     )
     out.print(devices)
     models = Table("MODEL", "STATE", "LAYERS ON GPU", "GPU (EST.)", "HOST (EST.)", "MEASURED")
-    for m in data["models"]:
-        gpu = sum(m["device_bytes"].values())
-        where = ", ".join(f"gpu{i}: {human_bytes(b)}" for i, b in m["device_bytes"].items()) or "-"
+    for m in data.models:
+        gpu = sum(m.device_bytes.values())
+        where = ", ".join(f"gpu{i}: {human_bytes(b)}" for i, b in m.device_bytes.items()) or "-"
         models.add_row(
-            m["name"],
-            m["state"],
-            f"{m['gpu_layers'] or 0}/{m['layers']}",
+            m.name,
+            m.state,
+            f"{m.gpu_layers or 0}/{m.layers}",
             f"{human_bytes(gpu)} ({where})" if gpu else "-",
-            human_bytes(m["host_bytes"]),
-            human_bytes(m["measured_bytes"]),
+            human_bytes(m.host_bytes),
+            human_bytes(m.measured_bytes),
         )
     out.print(models)
