@@ -107,6 +107,12 @@ class GpuSettings(_Section):
     monitor: Literal["auto", "nvml", "simulated", "none"] = "auto"
     simulated_devices: list[SimulatedDevice] = Field(default_factory=list)
     reserve_bytes: int = Field(512 * 2**20, ge=0, description="kept free on every device")
+    context_overhead_bytes: int = Field(
+        512 * 2**20,
+        ge=0,
+        description="what an engine process holds on each GPU it uses beside its buffers "
+        "(the CUDA context); counted on GPUs only",
+    )
 
 
 class RouterSettings(_Section):

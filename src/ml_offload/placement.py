@@ -38,6 +38,16 @@ class Estimate(Protocol):
     @property
     def cpu_bytes(self) -> int: ...
 
+    @property
+    def context_bytes(self) -> int:
+        """On each GPU used: the backend's own context (`gpu.context_overhead_bytes`)."""
+        ...
+
+    @property
+    def companion_bytes(self) -> int:
+        """A projector and a draft model loaded beside it (counted on each GPU used)."""
+        ...
+
     def cpu_total_bytes(self) -> int: ...
 
     def host_bytes(self, n_layers: int) -> int:
@@ -97,10 +107,10 @@ def fit_layers(
     """Spread `n_layers` offloaded layers over the devices, most room first, None if they do
     not fit. llama.cpp offloads from the end: the output head first, then blocks from the last
     one, in index order across devices (so the head sits on the last device used); each device
-    used pays a compute buffer."""
+    used pays a compute buffer, the backend's context and the companions (mmproj, draft)."""
     blocks = est.layer_bytes[len(est.layer_bytes) - (n_layers - 1) :] if n_layers > 1 else ()
     todo = [int(b * gpu_factor) for b in (*blocks, est.output_bytes)]
-    compute = int(est.gpu_compute_bytes * gpu_factor)
+    compute = int((est.gpu_compute_bytes + est.companion_bytes) * gpu_factor) + est.context_bytes
     fit = _Fit()
     for room in sorted(rooms, key=lambda r: -r.free_bytes):
         if not todo:

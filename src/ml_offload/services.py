@@ -10,6 +10,7 @@ rather than each command opening the database itself.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +28,6 @@ from ml_offload.backends.remote import RemoteServer
 from ml_offload.config import SecuritySettings, Settings
 from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError
-from ml_offload.gguf import host_repack_family, repack_bytes
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
 from ml_offload.inference import InferenceService
@@ -42,11 +42,11 @@ from ml_offload.security.keys import KeyStore
 from ml_offload.security.limits import Limiter
 from ml_offload.security.quota import Quota
 from ml_offload.security.redact import Redactor
+from ml_offload.sizing import load_estimate
 from ml_offload.status import StatusService, host_memory_bytes
 from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.models_repo import ModelRepository
-from ml_offload.vram import coarse_estimate, engine_ubatch, estimate_memory
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,9 @@ def memory_budget(settings: Settings) -> int:
     return settings.scheduler.memory_budget_bytes or int(host_memory_bytes() * 0.8)
 
 
-def spec_estimate(spec: ModelSpec) -> Estimate:
-    """The calibrated per-layer estimate, for the settings the engine is launched with."""
-    if spec.info is None or not spec.info.layer_weight_bytes:
-        size = spec.path.stat().st_size if spec.path and spec.path.exists() else 0
-        return coarse_estimate(size, ctx_tokens=spec.ctx_size * spec.parallel)
-    return estimate_memory(
-        spec.info,
-        ctx_tokens=spec.ctx_size * spec.parallel,
-        parallel=spec.parallel,
-        embeddings=spec.embeddings,
-        ubatch=engine_ubatch(spec.parallel, spec.embeddings),
-        flash_attn=True,  # llama.cpp's default `auto` turns it on for CPU and CUDA
-        repack=repack_bytes(spec.info, host_repack_family()),
-    )
+def spec_estimate(spec: ModelSpec, *, context_overhead_bytes: int = 0) -> Estimate:
+    """What loading `spec` takes, as the engine is launched (see sizing.py)."""
+    return load_estimate(spec, context_overhead_bytes=context_overhead_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +236,9 @@ class Services:
             factory or process_factory(settings, upstream),
             metrics,
             budget_bytes=memory_budget(settings),
-            estimate=spec_estimate,
+            estimate=functools.partial(
+                spec_estimate, context_overhead_bytes=settings.gpu.context_overhead_bytes
+            ),
             monitor=monitor,
             reserve_bytes=settings.gpu.reserve_bytes,
         )

@@ -11,7 +11,9 @@ The compute-buffer terms are calibrated against the buffer sizes llama.cpp logs 
 llama, gemma2/3 and qwen3moe shapes; `bench/estimate.py` prints the comparison):
   flash attention:  ubatch × 4 × max(3·n_ff + 5·n_embd, outputs/ubatch·n_vocab + 5·n_embd)
                     + the attention masks, kv cells × ubatch × 2 bytes (one per window size)
-  without it, also: ubatch × 4 × (kv cells·n_head + 5·n_embd + q + 2·k), masks at 4 bytes.
+  without it, also: ubatch × 4 × (kv cells·n_head + 5·n_embd + q + 2·k + 4·max(0, q - n_embd)),
+                    masks at 4 bytes.
+A model with sliding-window layers has two masks (full and window), even of equal sizes.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class MemoryEstimate:
     # CPU weight repacking: the copies a block (then the head, last) adds while in host memory
     host_repack_bytes: tuple[int, ...] = ()
     unmapped_bytes: int = 0  # file bytes the CPU mapping stops spanning when all is on the CPU
+    context_bytes: int = 0  # on each GPU the process uses: the backend's context (CUDA's)
+    # beside the model, wherever its layers go (on each GPU used, or in host memory): a
+    # multimodal projector, a draft model (see sizing.py)
+    companion_bytes: int = 0
 
     @property
     def layers(self) -> int:
@@ -67,14 +73,16 @@ class MemoryEstimate:
         if n == 0:
             return 0
         blocks = sum(self.layer_bytes[len(self.layer_bytes) - (n - 1) :]) if n > 1 else 0
-        return self.output_bytes + blocks + self.gpu_compute_bytes
+        fixed = self.gpu_compute_bytes + self.context_bytes + self.companion_bytes
+        return self.output_bytes + blocks + fixed
 
     def cpu_total_bytes(self) -> int:
         """Everything in host memory (`n_gpu_layers = 0`, or no GPU)."""
         output = self.output_bytes - self.tied_output_bytes
         host = self.cpu_bytes - self.host_compute_bytes
         repacked = sum(self.host_repack_bytes) - self.unmapped_bytes
-        return sum(self.layer_bytes) + output + host + self.gpu_compute_bytes + repacked
+        compute = self.gpu_compute_bytes + self.companion_bytes
+        return sum(self.layer_bytes) + output + host + compute + repacked
 
     def host_bytes(self, n_layers: int) -> int:
         """Host memory with `n_layers` offloaded: the blocks not offloaded stay on the CPU,
@@ -128,6 +136,7 @@ def estimate_memory(
     embeddings: bool = False,
     kv_unified: bool = False,
     repack: tuple[int, ...] = (),
+    kv_type_v: str | None = None,
 ) -> MemoryEstimate:
     """Estimate llama.cpp's buffers for `info` served with n_ctx = `ctx_tokens` (all slots).
 
@@ -135,18 +144,21 @@ def estimate_memory(
     the compute buffer holds ubatch × n_vocab logits). `flash_attn`: llama.cpp's `auto` turns
     it on wherever the backend supports it (CPU, CUDA); False is the larger, safe estimate.
     `repack`: the host CPU's weight repacking, `gguf.repack_bytes(info, family)`.
+    `kv_type` is the K cache's type, and V's unless `kv_type_v` says otherwise.
     """
     shape = _shape(info)
     streams = 1 if kv_unified else max(parallel, 1)
     base = _pad(max(ctx_tokens // streams, 1))
     swa = _pad(min(base, shape.window * (parallel if kv_unified else 1) + ubatch))
+    types = (kv_type, kv_type_v or kv_type)
     kv = [
-        _kv_layer_bytes(shape, i, swa if shape.swa[i] else base, kv_type) * streams
+        _kv_layer_bytes(shape, i, swa if shape.swa[i] else base, types) * streams
         for i in range(shape.n_layer)
     ]
     weights = _layer_weights(info, shape.n_layer)
     n_outputs = ubatch if embeddings else streams
-    sizes = sorted({swa if s else base for s in shape.swa})
+    # a model with sliding-window layers gets two caches and two masks, even of equal sizes
+    sizes = [base, swa] if any(shape.swa) else [base]
     tied = info.input_weight_bytes if info.output_tied else 0
     output_buffer = max(parallel, 1) * (shape.n_vocab + (shape.n_embd if embeddings else 0)) * F32
     host_compute = ubatch * F32 * (shape.n_embd + sum(sizes))
@@ -167,7 +179,8 @@ def estimate_memory(
 def kv_cache_bytes(info: GgufInfo, ctx_tokens: int, kv_type: str = "f16") -> int:
     """K and V for every layer and token, one stream of `ctx_tokens` cells (no SWA saving)."""
     shape = _shape(info)
-    return sum(_kv_layer_bytes(shape, i, ctx_tokens, kv_type) for i in range(shape.n_layer))
+    types = (kv_type, kv_type)
+    return sum(_kv_layer_bytes(shape, i, ctx_tokens, types) for i in range(shape.n_layer))
 
 
 def coarse_estimate(file_size_bytes: int, *, ctx_tokens: int) -> MemoryEstimate:
@@ -233,10 +246,10 @@ def _ffn_values(info: GgufInfo, n_embd: int) -> int:
     return 3 * (info.feed_forward_length or 4 * n_embd)
 
 
-def _kv_layer_bytes(shape: _Shape, layer: int, cells: int, kv_type: str) -> int:
+def _kv_layer_bytes(shape: _Shape, layer: int, cells: int, types: tuple[str, str]) -> int:
     heads = shape.kv_heads[layer]
     return cells * (
-        _row_bytes(heads * shape.head_k, kv_type) + _row_bytes(heads * shape.head_v, kv_type)
+        _row_bytes(heads * shape.head_k, types[0]) + _row_bytes(heads * shape.head_v, types[1])
     )
 
 
@@ -266,8 +279,11 @@ def _compute_bytes(
     residual = 5 * shape.n_embd
     peaks = [ubatch * (shape.ffn + residual), n_outputs * shape.n_vocab + ubatch * residual]
     if not flash_attn:
-        qkv = shape.n_head * shape.head_k + 2 * max(shape.kv_heads, default=0) * shape.head_k
-        peaks.append(ubatch * (max(kv_sizes, default=0) * shape.n_head + residual + qkv))
+        q = shape.n_head * shape.head_k
+        qkv = q + 2 * max(shape.kv_heads, default=0) * shape.head_k
+        # heads wider than the embedding (gemma's 256): up to four more rows of that excess
+        wide = 4 * max(0, q - shape.n_embd)
+        peaks.append(ubatch * (max(kv_sizes, default=0) * shape.n_head + residual + qkv + wide))
     masks = sum(kv_sizes) * ubatch * (2 if flash_attn else F32)
     return max(peaks) * F32 + masks
 

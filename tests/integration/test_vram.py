@@ -47,7 +47,12 @@ def test_simulated_two_devices_evict_split_and_report(
     devices = [{"name": f"sim{i}", "total_bytes": usable + RESERVE} for i in range(2)]
     gw = gateway_factory(
         demo_model=False,
-        gpu={"monitor": "simulated", "reserve_bytes": RESERVE, "simulated_devices": devices},
+        gpu={
+            "monitor": "simulated",
+            "reserve_bytes": RESERVE,
+            "context_overhead_bytes": 0,  # the windows above count model buffers only
+            "simulated_devices": devices,
+        },
         models=models(smollm_path),
     )
     for name in ("small-a", "small-b", "big"):
@@ -94,6 +99,7 @@ def test_model_too_big_for_the_gpu_is_partially_offloaded(
         gpu={
             "monitor": "simulated",
             "reserve_bytes": RESERVE,
+            "context_overhead_bytes": 0,
             "simulated_devices": [{"name": "sim0", "total_bytes": usable + RESERVE}],
         },
         models=models(smollm_path)[2:],

@@ -19,7 +19,7 @@ from bench import gguf_shapes
 from ml_offload.domain import ModelSpec
 from ml_offload.gguf import demo_model_path, read_gguf_info
 from ml_offload.services import spec_estimate
-from ml_offload.vram import parse_llama_log
+from ml_offload.vram import engine_ubatch, parse_llama_log
 
 pytestmark = pytest.mark.integration
 LOW, HIGH = -0.01, 0.05  # never more than 1% short, at most 5% over
@@ -68,6 +68,7 @@ def launch_error(spec: ModelSpec) -> float:
         "parallel": spec.parallel,
         "gpu_layers": 0,
         "embeddings": spec.embeddings,
+        "ubatch": engine_ubatch(spec.parallel, spec.embeddings),  # as the launch sets it
         "threads": 2,
         "engine_params": {"verbosity": 4, "warmup": False, "fit_params": False},
     }

@@ -3,6 +3,8 @@ models and request traces."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -251,3 +253,22 @@ def test_request_traces_keep_devices_within_capacity(
             plan,
         )
     assert all(f >= 0 for f in free.values())
+
+
+def test_context_overhead_and_companions_are_paid_on_each_gpu_used() -> None:
+    """10 blocks of 100 MiB + a 50 MiB head + 100 MiB compute = 1150 MiB on one device; with a
+    300 MiB CUDA context and a 200 MiB projector, 1650 MiB."""
+    plain = est()
+    extra = dataclasses.replace(plain, context_bytes=300 * MIB, companion_bytes=200 * MIB)
+    assert go(plain, [DeviceRoom(0, 1150 * MIB)]).gpu_layers == 11
+    partial = go(extra, [DeviceRoom(0, 1150 * MIB)])
+    assert partial.gpu_layers == 6  # 650 MiB of fixed costs leave room for 5 blocks + the head
+    assert partial.device_bytes == ((0, 1150 * MIB),)
+    full = go(extra, [DeviceRoom(0, 1650 * MIB)])
+    assert full.gpu_layers == 11 and full.device_bytes == ((0, 1650 * MIB),)
+    split = go(extra, [DeviceRoom(0, 1200 * MIB), DeviceRoom(1, 1200 * MIB)])
+    assert split.kind == "split" and split.gpu_layers == 11  # 1050 MiB of layers over two
+    assert sum(b for _, b in split.device_bytes) == 1050 * MIB + 2 * 600 * MIB  # fixed: each
+    # in host memory (no GPU) the projector counts, the CUDA context does not
+    assert extra.cpu_total_bytes() == plain.cpu_total_bytes() + 200 * MIB
+    assert host_bytes(extra, 0) == host_bytes(plain, 0) + 200 * MIB
