@@ -115,10 +115,11 @@ class Router:
         return out
 
     def health(self, name: str) -> Health:
-        return self._health.setdefault(name, Health())
+        """A deployment's health; one that never failed has a fresh record (none is stored)."""
+        return self._health.get(name) or Health()
 
     def failed(self, spec: ModelSpec, exc: MloError) -> None:
-        h = self.health(spec.name)
+        h = self._health.setdefault(spec.name, Health())
         h.failures += 1
         h.cooling_until = self._clock() + self._cooldown_s
         h.last_error = exc.message

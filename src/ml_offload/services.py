@@ -26,6 +26,7 @@ from ml_offload.backends.ollama import OllamaHeldModel
 from ml_offload.backends.probe import PROBED, BackendMonitor
 from ml_offload.backends.remote import RemoteServer
 from ml_offload.config import SecuritySettings, Settings
+from ml_offload.control import ModelControl
 from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError
 from ml_offload.gpu.base import GpuMonitor
@@ -202,8 +203,12 @@ class Services:
     guard: Guard
     probes: BackendMonitor  # vLLM /metrics, TGI /info, Ollama /api/tags and /api/ps
     status: StatusService  # the views of /health, /models, /backends, /vram/status; gauges
+    control: ModelControl  # load, unload, pin, pull: for every entry point
     stack: AsyncExitStack = field(repr=False)  # closes every part, last opened first
-    started_at: float = field(default_factory=time.time)
+
+    @property
+    def started_at(self) -> float:
+        return self.status.started_at
 
     @classmethod
     async def start(cls, settings: Settings, factory: ProcessFactory | None = None) -> Services:
@@ -279,8 +284,8 @@ class Services:
             guard,
             probes,
             status,
+            ModelControl(registry, scheduler, upstream),
             stack,
-            started_at,
         )
 
     async def close(self) -> None:

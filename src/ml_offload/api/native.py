@@ -41,7 +41,7 @@ async def models(request: Request) -> ModelList:
 
 @router.post("/models/unload_all", response_model=Unloaded)
 async def unload_all(request: Request) -> Unloaded:
-    return Unloaded(unloaded=await services(request).scheduler.unload_all())
+    return Unloaded(unloaded=await services(request).control.unload_all())
 
 
 class LoadBody(BaseModel):
@@ -63,7 +63,7 @@ async def model(request: Request, name: str) -> ModelView:
 async def load(request: Request, name: str, body: LoadBody | None = None) -> ModelView:
     svc = services(request)
     spec = svc.registry.resolve(name)
-    await svc.scheduler.load(spec, pin=body.pin if body else None)
+    await svc.control.load(spec, pin=body.pin if body else None)
     return svc.status.model(spec.name, reveal=reveals_internals(request))
 
 
@@ -71,7 +71,7 @@ async def load(request: Request, name: str, body: LoadBody | None = None) -> Mod
 async def unload(request: Request, name: str) -> ModelView:
     svc = services(request)
     spec = svc.registry.resolve(name)
-    await svc.scheduler.unload(spec.name)
+    await svc.control.unload(spec)
     return svc.status.model(spec.name, reveal=reveals_internals(request))
 
 
@@ -79,7 +79,7 @@ async def unload(request: Request, name: str) -> ModelView:
 async def pin(request: Request, name: str, body: PinBody) -> ModelView:
     svc = services(request)
     spec = svc.registry.resolve(name)
-    svc.scheduler.set_pinned(spec, body.pinned)
+    svc.control.pin(spec, body.pinned)
     return svc.status.model(spec.name, reveal=reveals_internals(request))
 
 

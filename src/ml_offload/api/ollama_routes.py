@@ -15,7 +15,6 @@ from starlette.responses import Response
 
 from ml_offload.api.deps import json_response, read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
-from ml_offload.backends import ollama as ollama_backend
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import InvalidRequest, MloError, ModelNotFound
 from ml_offload.inference import EngineStream
@@ -117,10 +116,9 @@ async def _load_or_unload(
     unload = wire.is_unload(keep_alive)
     svc.guard.authorize(request_context(request), spec.name, admin=unload)
     if unload:
-        if spec.is_local and svc.scheduler.status([spec])[0].state != "stopped":
-            await svc.scheduler.unload(spec.name)
+        await svc.control.unload_if_loaded(spec)
         return json_response(wire.load_response(model, "unload", kind))
-    await svc.scheduler.load(spec)
+    await svc.control.load(spec)
     return json_response(wire.load_response(model, "load", kind))
 
 
@@ -159,8 +157,7 @@ async def pull(request: Request) -> Response:
         spec: ModelSpec | None = _resolve(svc, name)
     except ModelNotFound:
         spec = None
-    base_url, remote = ollama_backend.pull_target(svc.registry.all(), spec, name)
-    answer = await ollama_backend.pull(svc.upstream, base_url, remote, body)
+    answer = await svc.control.pull(name, spec, body)
     if isinstance(answer, bytes):
         return Response(answer, media_type=JSON_MEDIA_TYPE)
     return EventStreamResponse(answer.lines(), answer.aclose, NDJSON_HEADERS)

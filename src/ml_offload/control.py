@@ -1,0 +1,52 @@
+"""What changes which models are loaded, for every entry point.
+
+The native API, Ollama's load/unload idiom, `/api/pull`, the MCP tools and the dashboard all ask
+this one service; the routes only parse their dialect, check the caller (the guard) and render.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ml_offload.backends import ollama
+from ml_offload.backends.http import Upstream
+from ml_offload.domain import ModelSpec, ModelState, ModelStatus
+from ml_offload.registry import ModelRegistry
+from ml_offload.scheduler import Scheduler
+
+
+class ModelControl:
+    """Load, unload, pin and pull, by model spec (names are resolved by the caller's dialect)."""
+
+    def __init__(self, registry: ModelRegistry, scheduler: Scheduler, upstream: Upstream) -> None:
+        self._registry, self._scheduler, self._upstream = registry, scheduler, upstream
+
+    async def load(self, spec: ModelSpec, *, pin: bool | None = None) -> ModelStatus:
+        return await self._scheduler.load(spec, pin=pin)
+
+    async def unload(self, spec: ModelSpec) -> ModelStatus:
+        """Unload a loaded model; raises NotFound when it is not loaded."""
+        return await self._scheduler.unload(spec.name)
+
+    async def unload_if_loaded(self, spec: ModelSpec) -> bool:
+        """Unload when loaded (Ollama's `keep_alive: 0` is idempotent); True if it was."""
+        if not spec.holds_memory:
+            return False
+        if self._scheduler.status([spec])[0].state is ModelState.STOPPED:
+            return False
+        await self._scheduler.unload(spec.name)
+        return True
+
+    async def unload_all(self) -> list[str]:
+        return await self._scheduler.unload_all()
+
+    def pin(self, spec: ModelSpec, pinned: bool) -> ModelStatus:
+        return self._scheduler.set_pinned(spec, pinned)
+
+    async def pull(
+        self, name: str, spec: ModelSpec | None, body: dict[str, Any]
+    ) -> bytes | ollama.PullProgress:
+        """Pull `name` on the Ollama server behind `spec` (or the one configured): its JSON
+        answer, or its NDJSON progress to stream back."""
+        base_url, remote = ollama.pull_target(self._registry.all(), spec, name)
+        return await ollama.pull(self._upstream, base_url, remote, body)
