@@ -67,9 +67,13 @@ def test_security_headers_on_answers_and_errors(gw: Gateway) -> None:
     )
     assert chat.status_code == 200, chat.text
     assert_hardened(chat)
-    missing = gw.http.post("/v1/chat/completions", json={"model": "nope", "messages": []})
-    assert missing.status_code in (400, 404)
+    one = [{"role": "user", "content": "x"}]
+    missing = gw.http.post("/v1/chat/completions", json={"model": "nope", "messages": one})
+    assert missing.status_code == 404, missing.text
     assert_hardened(missing)
+    invalid = gw.http.post("/v1/chat/completions", json={"model": "m", "messages": []})
+    assert invalid.status_code == 400, invalid.text
+    assert_hardened(invalid)
     streamed = gw.http.post(
         "/v1/chat/completions",
         json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},

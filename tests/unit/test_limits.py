@@ -184,6 +184,9 @@ async def test_failed_requests_give_all_their_tokens_back(tmp_path: Path) -> Non
         await guard.admit(ctx, "chat", {"model": "m", "max_tokens": 80})
         ctx.status = 502
         await guard.finish(ctx)
+    admitted = ctx_for("c:1")
+    await guard.admit(admitted, "chat", {"model": "m", "max_tokens": 80})  # still room for 80
+    assert admitted.reserved_tokens >= 80
     await guard.close()
 
 

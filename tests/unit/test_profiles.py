@@ -20,7 +20,9 @@ def test_every_profile_name_has_a_table_entry() -> None:
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
 def test_every_profile_validates(name: str) -> None:
-    Settings(profile=name)
+    settings = Settings(profile=name)
+    assert settings.profile == name
+    assert settings.engine.default_ctx_size >= 256
 
 
 def test_b200_is_the_original_b200_optimized() -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec
 from ml_offload.errors import ConfigError, Unavailable
 from ml_offload.storage import Database, FileStamp, ModelRepository, async_url
-from ml_offload.storage.db import HEAD_REVISION
+from ml_offload.storage.db import HEAD_REVISION, _current_revision
 from ml_offload.storage.tables import metadata
 
 POSTGRES_ENV = "MLO_TEST_POSTGRES_URL"
@@ -126,9 +126,15 @@ def _not_full_text(name: str | None, kind: str, parents: dict[str, str | None]) 
     return not (kind == "column" and name == "search" and in_notes)
 
 
+async def _revision(db: Database) -> str | None:
+    async with db.begin() as conn:
+        return await conn.run_sync(_current_revision)
+
+
 async def test_open_is_idempotent(url: str) -> None:
     for _ in range(2):
         db = await Database.open(url)
+        assert await _revision(db) == HEAD_REVISION
         await db.close()
 
 
@@ -137,6 +143,7 @@ async def test_concurrent_opens_migrate_once(url: str) -> None:
         pytest.skip("SQLite is one host's file; concurrent first opens are a PostgreSQL concern")
     dbs = await asyncio.gather(*(Database.open(url) for _ in range(4)))
     for db in dbs:
+        assert await _revision(db) == HEAD_REVISION
         await db.close()
 
 
@@ -225,7 +232,7 @@ async def test_remove_missing(repo: ModelRepository) -> None:
 def test_head_revision_constant_matches_the_migrations() -> None:
     from alembic.script import ScriptDirectory
 
-    from ml_offload.storage.db import HEAD_REVISION, alembic_config
+    from ml_offload.storage.db import alembic_config
 
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION
 
