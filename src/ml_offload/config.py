@@ -53,6 +53,9 @@ class ServerSettings(_Section):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     upstream_timeout_s: float = Field(600.0, gt=0)
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="close a connection whose request headers take longer (408)"
+    )
 
 
 class StorageSettings(_Section):

@@ -127,6 +127,12 @@ class EngineError(MloError):
     code = "engine_error"
 
 
+class EngineUnreachable(EngineError):
+    """The engine refused the connection: nothing was sent, so the request can be retried."""
+
+    code = "engine_unreachable"
+
+
 class UpstreamClientError(MloError):
     """The engine rejected the request as the client's mistake (4xx); status is the engine's."""
 

@@ -19,7 +19,13 @@ import aiohttp
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.protocol import UpstreamProtocol, protocol_for
 from ml_offload.domain import ModelSpec, RequestContext
-from ml_offload.errors import EngineError, MloError, UpstreamClientError
+from ml_offload.errors import (
+    EngineError,
+    EngineTimeout,
+    EngineUnreachable,
+    MloError,
+    UpstreamClientError,
+)
 from ml_offload.metrics import Metrics
 from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
@@ -29,6 +35,7 @@ from ml_offload.wire.openai import (
     STREAM_NORMALIZERS,
     Kind,
     engine_error_message,
+    is_request_fault,
 )
 
 T = TypeVar("T")
@@ -101,10 +108,7 @@ class InferenceService:
         protocol = protocol_for(spec)
         try:
             request = protocol.body(spec, kind, outbound)
-            async with self._scheduler.lease(spec) as base_url:
-                code, body = await self._upstream.post(
-                    protocol.url(base_url, kind, False), request, protocol.headers(spec)
-                )
+            code, body = await self._post(spec, protocol, kind, request)
             _raise_for_status(code, body)
             out = NORMALIZERS[kind](protocol.answer(kind, body), model)
             self._count_tokens(spec.name, out.get("usage"))
@@ -134,9 +138,7 @@ class InferenceService:
         stack = contextlib.AsyncExitStack()
         try:
             request = protocol.body(spec, kind, data)
-            base_url = await stack.enter_async_context(self._scheduler.lease(spec))
-            url = protocol.url(base_url, kind, True)
-            resp = await self._upstream.open(url, request, protocol.headers(spec))
+            url, resp = await self._open(stack, spec, protocol, kind, request)
             stack.callback(resp.close)
             if resp.status != 200:
                 _raise_for_status(resp.status, await resp.read())
@@ -152,6 +154,56 @@ class InferenceService:
         return EngineStream(
             kind, model, spec.name, url, resp, stack, self._metrics, want_usage, count, protocol
         )
+
+    async def _post(
+        self, spec: ModelSpec, protocol: UpstreamProtocol, kind: Kind, request: bytes
+    ) -> tuple[int, bytes]:
+        """Send under a slot; an engine of ours found dead (connection refused, or dropped by a
+        process that exited) is restarted and the request sent again, once."""
+        for retry in (True, False):
+            async with self._scheduler.lease(spec) as base_url:
+                try:
+                    return await self._upstream.post(
+                        protocol.url(base_url, kind, False), request, protocol.headers(spec)
+                    )
+                except EngineError as exc:
+                    if not (retry and await self._engine_died(spec, base_url, exc)):
+                        raise
+        raise AssertionError("unreachable")
+
+    async def _open(
+        self,
+        stack: contextlib.AsyncExitStack,
+        spec: ModelSpec,
+        protocol: UpstreamProtocol,
+        kind: Kind,
+        request: bytes,
+    ) -> tuple[str, aiohttp.ClientResponse]:
+        """`_post` for a stream: the slot stays held on `stack` while the response is open."""
+        for retry in (True, False):
+            lease = contextlib.AsyncExitStack()
+            base_url = await lease.enter_async_context(self._scheduler.lease(spec))
+            url = protocol.url(base_url, kind, True)
+            try:
+                resp = await self._upstream.open(url, request, protocol.headers(spec))
+            except EngineError as exc:
+                await lease.aclose()
+                if retry and await self._engine_died(spec, base_url, exc):
+                    continue
+                raise
+            except BaseException:
+                await lease.aclose()
+                raise
+            stack.push_async_callback(lease.aclose)
+            return url, resp
+        raise AssertionError("unreachable")
+
+    async def _engine_died(self, spec: ModelSpec, base_url: str, exc: EngineError) -> bool:
+        """Whether the request met a dead engine of ours, now being replaced: send it again."""
+        if isinstance(exc, EngineTimeout) or exc.upstream:
+            return False  # slow, or it answered: alive
+        refused = isinstance(exc, EngineUnreachable)
+        return await self._scheduler.replace_dead(spec, base_url, refused=refused)
 
     def _count_and_record(self, ctx: RequestContext, name: str, usage: Any) -> None:
         self._count_tokens(name, usage)
@@ -224,6 +276,6 @@ def _raise_for_status(code: int, body: bytes) -> None:
     if code < 400:
         return
     message = engine_error_message(body)
-    if code < 500:
-        raise UpstreamClientError(message, status=code)
+    if code < 500 or is_request_fault(message):  # the request's fault: not the deployment's
+        raise UpstreamClientError(message, status=code if code < 500 else 400)
     raise EngineError(f"engine error {code}: {message}", upstream=True)

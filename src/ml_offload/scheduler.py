@@ -34,6 +34,7 @@ from ml_offload.slots import SlotGate
 log = logging.getLogger(__name__)
 
 LOADED_STATES = (ModelState.STARTING, ModelState.READY)
+DEATH_CHECK_S = 0.5  # how long a dropped connection waits for the engine's exit to be seen
 
 
 @dataclass(slots=True)
@@ -119,6 +120,21 @@ class Scheduler:
             entry.last_used = self._clock()
             if not entry.gate.busy:
                 self._idle.set()
+
+    async def replace_dead(self, spec: ModelSpec, base_url: str, *, refused: bool) -> bool:
+        """The engine at `base_url` refused the connection (`refused`) or dropped it before
+        answering. For an engine we run, a refusal means it died (its exit may not be noticed
+        yet), and a drop does when its process has exited: stop it, so that the next lease
+        starts a fresh one. True when the caller should send the request again."""
+        entry = self._entries.get(spec.name)
+        if entry is None or not spec.is_local:
+            return False
+        if entry.process.base_url not in (None, base_url):
+            return True  # another request already replaced it
+        if not refused and not await entry.process.exited(DEATH_CHECK_S):
+            return False  # alive: the drop was about this request, not a dead engine
+        await self._unload(entry, "dead")
+        return True
 
     async def load(self, spec: ModelSpec, *, pin: bool | None = None) -> ModelStatus:
         entry = self._entry(spec)

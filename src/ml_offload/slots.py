@@ -39,7 +39,10 @@ class SlotGate:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            # Not `wait_for`: on 3.11 it returns the result when the slot is handed over in the
+            # same loop turn as the caller's cancellation, and a departed client gets the slot.
+            async with asyncio.timeout(timeout_s):
+                await fut
         except TimeoutError:
             self._drop(fut)
             raise Unavailable(

@@ -32,8 +32,9 @@ def answer(text: str) -> dict[str, Any]:
 
 
 class Primary:
-    """A scripted primary: 'ok', 'error' (500), 'slow' (answers after 3 s), or 'drop' (breaks
-    its stream after the first chunk)."""
+    """A scripted primary: 'ok', 'error' (500), 'parse' (llama.cpp's 500 for a request its
+    parser refused), 'slow' (answers after 3 s), or 'drop' (breaks its stream after the first
+    chunk)."""
 
     def __init__(self) -> None:
         self.mode = "error"
@@ -43,6 +44,9 @@ class Primary:
             time.sleep(3)
         if self.mode == "error":
             return Reply(status=500, body={"error": {"message": "CUDA out of memory", "code": 500}})
+        if self.mode == "parse":  # llama.cpp's answer to a request its parser refused
+            msg = "Failed to parse tools: Expected 'tools' to be an array, got 5"
+            return Reply(status=500, body={"error": {"message": msg, "code": 500}})
         if self.mode == "drop":
             return Reply(chunks=[chunk({"role": "assistant", "content": "par"})], drop=True)
         return Reply(body=answer("from primary"))
@@ -53,6 +57,9 @@ def upstreams() -> Iterator[tuple[Primary, FakeOpenAI, FakeOpenAI]]:
     primary = Primary()
     with fake_openai(primary) as p, fake_openai(lambda r: Reply(body=answer("from backup"))) as b:
         yield primary, p, b
+
+
+HI = {"role": "user", "content": "hi"}
 
 
 def closed_port() -> int:
@@ -138,3 +145,24 @@ def test_no_fallback_after_the_first_streamed_byte(
     assert '"content":"par"' in events[0].replace(" ", "")  # the primary's first byte went out
     assert '"error"' in events[-1]  # then its failure, not a second answer from the backup
     assert b.requests == []
+
+
+def test_an_upstream_refusal_of_the_request_is_no_deployment_failure(
+    gateway_factory: GatewayFactory, upstreams: tuple[Primary, FakeOpenAI, FakeOpenAI]
+) -> None:
+    primary, p, b = upstreams
+    primary.mode = "parse"
+    gw = gateway_factory(
+        demo_model=False,
+        models=[
+            {"name": "main", "url": p.url, "fallbacks": ["backup"]},
+            {"name": "backup", "url": b.url},
+        ],
+    )
+    resp = gw.http.post("/v1/chat/completions", json={"model": "main", "messages": [HI]})
+    assert resp.status_code == 400, resp.text
+    assert resp.headers["x-mlo-error-source"] == "upstream"
+    assert "Failed to parse tools" in resp.json()["error"]["message"]
+    assert b.requests == []  # not re-sent to the fallback
+    main = {d["model"]: d for d in gw.http.get("/backends").json()["data"]}["main"]
+    assert main["healthy"] is True and main["failures"] == 0

@@ -293,3 +293,22 @@ def test_status_of_an_unused_model_creates_no_process() -> None:
     assert sched.status([remote])[0].state == ModelState.READY  # a server elsewhere: ready
     assert sched.status([remote])[0].base_url == "http://127.0.0.1:9/v1"
     assert procs == {}, "reading a model's status made no process"
+
+
+async def test_a_dead_engine_found_by_a_request_is_replaced_once() -> None:
+    sched, procs, _ = make()
+    a = spec("a")
+    url = (await sched.load(a)).base_url
+    assert url is not None
+    assert not await sched.replace_dead(a, url, refused=False)  # alive: a dropped connection
+    assert procs["a"].stops == 0
+    assert await sched.replace_dead(a, url, refused=True)  # refused: dead, stopped
+    assert procs["a"].stops == 1 and sched.state(a) is ModelState.STOPPED
+    async with sched.lease(a) as again:
+        assert again and procs["a"].starts == 2
+    assert await sched.replace_dead(a, "http://old-engine", refused=True)  # already replaced
+    assert procs["a"].stops == 1 and sched.state(a) is ModelState.READY
+    procs["a"].crash()
+    assert await sched.replace_dead(a, url, refused=False)  # its process exited
+    remote = ModelSpec("r", kind=DeploymentKind.REMOTE, url="http://127.0.0.1:9")
+    assert not await sched.replace_dead(remote, "http://127.0.0.1:9", refused=True)  # not ours

@@ -41,3 +41,21 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
         await waiter
     gate.release()
     assert gate.in_flight == 0 and not gate.busy
+
+
+async def test_cancel_in_the_turn_the_slot_is_handed_over_still_cancels() -> None:
+    """The departed client's waiter gives up even when the slot reached it in the same loop
+    turn (`wait_for` on 3.11 lost this cancellation); the slot passes on to the next waiter."""
+    gate = SlotGate("m", slots=1, queue_size=4)
+    await gate.acquire(1)
+    departed = asyncio.create_task(gate.acquire(5))
+    stays = asyncio.create_task(gate.acquire(5))
+    await asyncio.sleep(0)
+    gate.release()  # hands the slot to `departed`...
+    departed.cancel()  # ...whose client leaves in the same turn
+    with pytest.raises(asyncio.CancelledError):
+        await departed
+    await stays  # the slot went on to the next waiter
+    assert gate.in_flight == 1 and gate.queued == 0
+    gate.release()
+    assert not gate.busy

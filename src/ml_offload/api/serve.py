@@ -5,18 +5,24 @@ The settings are built once by the caller and passed in; nothing travels through
 
 from __future__ import annotations
 
+import signal
 import ssl
+from types import FrameType
 from typing import Any
 
 from ml_offload.api.app import build_app
+from ml_offload.api.http_protocol import GatewayHttpToolsProtocol, with_header_timeout
 from ml_offload.backends.base import ProcessFactory
 from ml_offload.config import Settings
 
 
 def serve(settings: Settings, factory: ProcessFactory | None = None) -> None:
-    """Run until stopped; uvicorn exits with code 3 (its reason logged) when start-up fails."""
+    """Run until stopped; uvicorn exits with code 3 (its reason logged) when start-up fails.
+    A SIGTERM answered by a clean shutdown returns (exit status 0, which systemd reads as a
+    clean stop), where uvicorn would re-raise it and die by the signal (-15)."""
     import uvicorn
 
+    signal.signal(signal.SIGTERM, _stopped)  # the handler uvicorn restores and re-raises into
     uvicorn.run(
         build_app(settings, factory),
         host=settings.server.host,
@@ -30,18 +36,24 @@ def serve(settings: Settings, factory: ProcessFactory | None = None) -> None:
     )
 
 
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM after uvicorn's graceful shutdown: nothing left to do, return normally."""
+
+
 def uvicorn_tls(settings: Settings) -> dict[str, Any]:
-    """uvicorn's protocol and TLS arguments: with TLS, the protocols that pass the client
-    certificate to the app (api/tls.py); without, uvicorn's own httptools (the hot path)."""
+    """uvicorn's protocol and TLS arguments: httptools with JSON answers to broken HTTP and a
+    header timeout (api/http_protocol.py); with TLS, the subclass that also passes the client
+    certificate to the app (api/tls.py)."""
     tls = settings.security.tls
+    timeout_s = settings.server.header_timeout_s
     if tls.cert_file is None:
-        return {"http": "httptools"}
+        return {"http": with_header_timeout(GatewayHttpToolsProtocol, timeout_s)}
     from ml_offload.api.tls import TlsHttpToolsProtocol, TlsWebSocketProtocol
 
     options: dict[str, Any] = {
         "ssl_certfile": str(tls.cert_file),
         "ssl_keyfile": str(tls.key_file),
-        "http": TlsHttpToolsProtocol,
+        "http": with_header_timeout(TlsHttpToolsProtocol, timeout_s),
         "ws": TlsWebSocketProtocol,
     }
     if tls.client_ca_file is not None:

@@ -2,8 +2,8 @@
 
 uvicorn does not fill `scope["extensions"]["tls"]`; these subclasses read the verified peer
 certificate once per connection (the handshake is over when `connection_made` runs) and wrap the
-connection's app so each request's scope carries it. `mlo serve` uses them only with TLS on, so
-plain HTTP keeps uvicorn's own protocol on the hot path.
+connection's app so each request's scope carries it. `mlo serve` uses them only with TLS on; the
+HTTP one builds on the gateway's httptools protocol (JSON for broken HTTP, header timeout).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from ml_offload.api.http_protocol import GatewayHttpToolsProtocol
 
 # RFC 4514 section 3: short names for the attribute types every implementation knows.
 _SHORT_NAMES = {
@@ -90,7 +91,7 @@ def _wrap(protocol: Any, transport: asyncio.BaseTransport) -> None:
         protocol.app = _WithTls(protocol.app, ext)
 
 
-class TlsHttpToolsProtocol(HttpToolsProtocol):
+class TlsHttpToolsProtocol(GatewayHttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         _wrap(self, transport)

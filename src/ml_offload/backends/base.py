@@ -47,6 +47,11 @@ class EngineProcess(Protocol):
         """Stop the engine and give its memory back; a no-op when stopped."""
         ...
 
+    async def exited(self, within_s: float) -> bool:
+        """Whether the engine's process died (waiting up to `within_s` for it to be reaped);
+        False for servers we do not run."""
+        ...
+
 
 ExitCallback = Callable[[ModelSpec, str], None]
 ProcessFactory = Callable[[ModelSpec, ExitCallback], EngineProcess]

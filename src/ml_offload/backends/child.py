@@ -168,6 +168,16 @@ class ChildProcess:
         await self._kill()
         self._state, self._url = ModelState.STOPPED, None
 
+    async def exited(self, within_s: float) -> bool:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), within_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def _kill(self) -> None:
         """TERM the process group, KILL it after a grace period; killing frees the memory."""
         proc, self._proc = self._proc, None

@@ -71,6 +71,9 @@ class FakeProcess:
             self.stops += 1
         self._state = ModelState.STOPPED
 
+    async def exited(self, within_s: float) -> bool:
+        return self._state is ModelState.FAILED
+
     def crash(self) -> None:
         """Simulate the engine dying on its own."""
         self._state = ModelState.FAILED

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ml_offload.errors import EngineError, EngineTimeout, safe_url
+from ml_offload.errors import EngineError, EngineTimeout, EngineUnreachable, safe_url
 from ml_offload.wire.body import JSON_HEADERS
 
 
@@ -131,6 +131,6 @@ def translate(exc: BaseException, url: str) -> EngineError:
     if isinstance(exc, asyncio.TimeoutError):
         return EngineTimeout(f"the engine at {url} did not answer in time")
     if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
-        return EngineError(f"cannot reach the engine at {url}: {safe_url(exc)}")
+        return EngineUnreachable(f"cannot reach the engine at {url}: {safe_url(exc)}")
     cause = safe_url(exc) or type(exc).__name__
     return EngineError(f"the engine at {url} closed the connection: {cause}")

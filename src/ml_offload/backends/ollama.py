@@ -66,6 +66,9 @@ class OllamaHeldModel:
         self._state, self._error = ModelState.READY, None
         return self._url
 
+    async def exited(self, within_s: float) -> bool:
+        return False
+
     async def stop(self) -> None:
         if self._state is ModelState.STOPPED:
             return

@@ -34,3 +34,6 @@ class RemoteServer:
 
     async def stop(self) -> None:
         return None
+
+    async def exited(self, within_s: float) -> bool:
+        return False

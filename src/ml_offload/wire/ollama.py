@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ml_offload.domain import ModelSpec, ModelStatus
 from ml_offload.errors import InvalidRequest, MloError
 from ml_offload.wire.body import load_object, parse, validate
+from ml_offload.wire.openai import ToolDef
 
 API_VERSION = "0.9.0"  # the Ollama API level these routes follow, for clients that check it
 _NDJSON = b"\n"
@@ -48,18 +49,36 @@ class OllamaMessage(BaseModel):
     tool_name: str | None = None
 
 
+class Options(BaseModel):
+    """The options forwarded to the engine, typed: what is sent is the validated value."""
+
+    model_config = ConfigDict(extra="allow")
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = Field(None, ge=0)
+    repeat_last_n: int | None = Field(None, ge=-1)
+    num_predict: int | None = None
+
+
 class _Generation(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     stream: bool = True
     format: str | dict[str, Any] | None = None
-    options: dict[str, Any] | None = None
+    options: Options | None = None
     keep_alive: float | str | None = None
 
 
 class ChatRequest(_Generation):
     messages: list[OllamaMessage] = Field(default_factory=list)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolDef] | None = None
 
 
 class GenerateRequest(_Generation):
@@ -125,7 +144,7 @@ def is_unload(keep_alive: float | str | None) -> bool:
 def chat_to_openai(req: ChatRequest) -> dict[str, Any]:
     out: dict[str, Any] = {"model": req.model, "messages": _messages(req.messages)}
     if req.tools:
-        out["tools"] = req.tools
+        out["tools"] = [t.model_dump(exclude_unset=True) for t in req.tools]
     _common(req, out)
     return out
 
@@ -209,12 +228,12 @@ _OPTIONS = {
 
 
 def _common(req: _Generation, out: dict[str, Any]) -> None:
-    options = req.options or {}
+    options = req.options.model_dump(exclude_none=True) if req.options else {}
     for ours, theirs in _OPTIONS.items():
-        if options.get(ours) is not None:
+        if ours in options:
             out[theirs] = options[ours]
     num_predict = options.get("num_predict")
-    if isinstance(num_predict, int) and num_predict > 0:
+    if num_predict is not None and num_predict > 0:
         out["max_tokens"] = num_predict
     if req.format == "json":
         out["response_format"] = {"type": "json_object"}

@@ -16,8 +16,43 @@ from ml_offload.errors import MloError
 from ml_offload.wire.body import load_object, validate
 
 
-class _Body(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str = Field(min_length=1)
+
+
+class ToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+class _Body(_Strict):
+    """Every field OpenAI defines for generation, typed: what is forwarded is this model's dump
+    (coerced values, never the raw body), so the engine sees only what was validated."""
 
     model: str = Field(min_length=1)
     stream: bool = False
@@ -26,18 +61,28 @@ class _Body(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=1)
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    user: str | None = None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
 
 
 class ChatRequest(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(_Body):
@@ -68,9 +113,10 @@ _SCHEMAS: dict[Kind, type[BaseModel]] = {
 
 
 def parse_request(kind: Kind, raw: bytes) -> tuple[BaseModel, dict[str, Any]]:
-    """Validate a request body; return the typed view and the plain dict to forward."""
-    data = load_object(raw)
-    return validate(_SCHEMAS[kind], data), data
+    """Validate a request body; return the typed view and what to forward: the view's own
+    dump (coerced values, fields the client did not send left out), never the raw body."""
+    req = validate(_SCHEMAS[kind], load_object(raw))
+    return req, req.model_dump(exclude_unset=True)
 
 
 # -- responses ---------------------------------------------------------------------------
@@ -188,3 +234,13 @@ def engine_error_message(raw: bytes) -> str:
     if err is None and isinstance(data, dict) and isinstance(data.get("message"), str):
         return str(data["message"])  # vLLM's `{"object": "error", "message", "type", "code"}`
     return str(err or data)[:500]
+
+
+# llama.cpp's server answers some malformed requests with a 500 (its parser's exception caught
+# as a server error): these markers say the request, not the engine, was at fault.
+_REQUEST_FAULT_MARKERS = ("Failed to parse", "[json.exception.", "Unsupported param")
+
+
+def is_request_fault(message: str) -> bool:
+    """Whether an upstream 5xx message says the request itself failed validation upstream."""
+    return any(marker in message for marker in _REQUEST_FAULT_MARKERS)
