@@ -87,10 +87,13 @@ def _walk(
         path = Path(entry.path)
         if entry.is_symlink():
             target = os.path.realpath(path)
+            is_dir = os.path.isdir(target)
+            if not is_dir and EXTENSIONS.get(path.suffix) not in wanted:
+                continue
             if not _inside(target, str(root)):
                 skipped.append(Skipped(_rel(root, path), "symlink out of the analysed folder"))
                 continue
-            if os.path.isdir(target):
+            if is_dir:
                 if target in stack:
                     skipped.append(Skipped(_rel(root, path), "symlink loop"))
                 else:  # its target is walked under its own name

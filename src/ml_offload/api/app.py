@@ -13,7 +13,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ml_offload import __version__
-from ml_offload.api import admin, anthropic_routes, errors, native, ollama_routes, openai_routes, ws
+from ml_offload.api import (
+    admin,
+    analyze_routes,
+    anthropic_routes,
+    errors,
+    native,
+    ollama_routes,
+    openai_routes,
+    ws,
+)
 from ml_offload.api.headers import HardeningMiddleware
 from ml_offload.api.security import SecurityMiddleware
 from ml_offload.api.streaming import ClientGone
@@ -58,6 +67,7 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
     app.include_router(ollama_routes.router)
     app.include_router(ws.router)
     app.include_router(admin.router)
+    app.include_router(analyze_routes.router)  # issue 17: the code analyzer
     app.router.routes.append(  # an ASGI app on the exact path (a Mount would want /mcp/)
         Route(MCP_PATH, mcp_endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     )

@@ -107,13 +107,13 @@ class GatewayClient:
                 f"(set --url or {URL_ENV} for another address)"
             ) from None
         if resp.status_code == 401:
-            raise CliError(f"{_message(resp)} (set MLO_API_KEY for the CLI)")
+            raise CliError(f"{error_message(resp)} (set MLO_API_KEY for the CLI)")
         if resp.status_code >= 400:
-            raise CliError(_message(resp))
+            raise CliError(error_message(resp))
         return resp.json()
 
 
-def _message(resp: httpx.Response) -> str:
+def error_message(resp: httpx.Response) -> str:
     try:
         error = resp.json().get("error", {})
         return str(error.get("message") or resp.text)
