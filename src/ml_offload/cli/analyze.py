@@ -9,14 +9,14 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ml_offload.analyzer import Analysis, Options, analyze
 from ml_offload.analyzer.discover import DEFAULT_MAX_FILE_BYTES, parse_languages
 from ml_offload.analyzer.output import SUFFIXES, Format, render
 from ml_offload.analyzer.summarize import Ask, Budget, summarize
-from ml_offload.cli.client import CliError, GatewayClient, error_message
-from ml_offload.cli.common import UrlOpt, err, out, target_url
+from ml_offload.cli.client import CliError, connect, error_message
+from ml_offload.cli.common import ConfigOpt, UrlOpt, err, out
 from ml_offload.config import client_headers, xdg_dir
 from ml_offload.errors import AuthError, EngineError, MloError, ModelNotFound, PermissionDenied
 
@@ -57,6 +57,7 @@ def analyze_command(
         int, typer.Option("--max-llm-files", min=1, help="Modules the model explains, at most.")
     ] = Budget.max_files,
     url: UrlOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Analyse a Rust, Python, Nix or TypeScript codebase: modules, imports, cycles, layers,
     and (with a model the gateway serves) what each part is for."""
@@ -68,7 +69,7 @@ def analyze_command(
     )
     analysis = _with_progress("parsing", lambda p: analyze(path, options, p))
     if not no_llm:
-        target = _pick_model(target_url(url, None), model)
+        target = _pick_model(url, config, model)
         if target is not None:
             budget = Budget(context_tokens=target[2], max_files=max_llm_files)
             analysis.summaries = _with_progress(
@@ -87,12 +88,16 @@ def _format(output: Path | None) -> Format:
     return fmt
 
 
-def _pick_model(url: str, wanted: str | None) -> tuple[str, str, int] | None:
+def _pick_model(
+    explicit_url: str | None, config: Path | None, wanted: str | None
+) -> tuple[str, str, int] | None:
     """(gateway, model, context tokens per request) of the model to use; None, with a warning,
     when no model was asked for and none answers (the report is then structure only)."""
     try:
-        models: list[dict[str, Any]] = GatewayClient(url, timeout_s=30).get("/models")["data"]
-    except CliError as exc:
+        client = connect(explicit_url, config, timeout_s=30)
+        url = client.url
+        models: list[dict[str, Any]] = client.get("/models")["data"]
+    except (CliError, MloError) as exc:
         if wanted is not None:
             raise
         err.print(f"warning: {exc}; the report has the structure only (--no-llm skips this)")
@@ -150,12 +155,13 @@ def _with_progress(label: str, job: Any) -> Any:
     """`job(progress)` with a bar on stderr, drawn from the first step (a bad path fails
     before any bar is drawn)."""
     bar = Progress(
-        "[progress.description]{task.description}",
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,  # a bar in a log or a pipe is noise
     )
     task = bar.add_task(label, total=None)
 
