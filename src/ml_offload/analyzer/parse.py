@@ -16,9 +16,9 @@ from ml_offload.analyzer.tree import line_of
 from ml_offload.errors import ConfigError
 
 if TYPE_CHECKING:
-    from tree_sitter import Node, Parser
+    from tree_sitter import Node, Parser, Query
 
-Extractor = Callable[["Node"], tuple[list[Symbol], list[Import]]]
+Extractor = Callable[["Node", "list[Node]"], tuple[list[Symbol], list[Import]]]
 _UNPARSABLE_SHARE = 0.5  # more than half of the file in syntax errors: skipped, not guessed at
 
 
@@ -28,6 +28,7 @@ class Parsers:
 
     def __init__(self) -> None:
         self._parsers: dict[str, Parser] = {}
+        self._queries: dict[str, Query] = {}
 
     def get(self, grammar: str) -> Parser:
         parser = self._parsers.get(grammar)
@@ -41,6 +42,23 @@ class Parsers:
             parser = self._parsers[grammar] = get_parser(grammar)  # type: ignore[arg-type]
         return parser
 
+    def imports(self, grammar: str, language: Language, root: Node) -> list[Node]:
+        """The nodes that may be imports, found by the language's query (in C: walking every
+        node in Python cost most of the analysis time), in the order of the file."""
+        if not IMPORT_QUERIES[language]:
+            return []
+        query = self._queries.get(grammar)
+        if query is None:
+            from tree_sitter import Query
+            from tree_sitter_language_pack import get_language
+
+            lang = get_language(grammar)  # type: ignore[arg-type]
+            query = self._queries[grammar] = Query(lang, IMPORT_QUERIES[language])
+        from tree_sitter import QueryCursor
+
+        found = QueryCursor(query).captures(root).get("imp", [])
+        return sorted(found, key=lambda n: n.start_byte)
+
 
 def grammar_for(path: str, language: Language) -> str:
     if language == "typescript":
@@ -48,6 +66,12 @@ def grammar_for(path: str, language: Language) -> str:
     return language
 
 
+IMPORT_QUERIES: dict[Language, str] = {
+    "python": syntax_python.IMPORT_QUERY,
+    "rust": syntax_rust.IMPORT_QUERY,
+    "typescript": syntax_ts.IMPORT_QUERY,
+    "nix": syntax_nix.IMPORT_QUERY,
+}
 EXTRACTORS: dict[Language, Extractor] = {
     "python": syntax_python.extract,
     "rust": syntax_rust.extract,
@@ -57,13 +81,14 @@ EXTRACTORS: dict[Language, Extractor] = {
 
 
 def parse_file(parsers: Parsers, path: str, language: Language, data: bytes) -> FileFacts | Skipped:
-    tree = parsers.get(grammar_for(path, language)).parse(data)
+    grammar = grammar_for(path, language)
+    tree = parsers.get(grammar).parse(data)
     root = tree.root_node
     errors = _error_bytes(root)
     if data.strip() and errors > _UNPARSABLE_SHARE * len(data):
         line = _first_error_line(root)
         return Skipped(path, f"unparsable as {language}: syntax errors from line {line}")
-    symbols, imports = EXTRACTORS[language](root)
+    symbols, imports = EXTRACTORS[language](root, parsers.imports(grammar, language, root))
     return FileFacts(
         path=path,
         language=language,

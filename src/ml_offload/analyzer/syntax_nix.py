@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ml_offload.analyzer.model import Import, Symbol
-from ml_offload.analyzer.tree import complexity, line_of, span, text, walk
+from ml_offload.analyzer.tree import complexity, line_of, span, text
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -18,13 +18,20 @@ _WRAPPERS = ("function_expression", "let_expression", "with_expression", "parent
 _OPTION_MAKERS = ("mkOption", "mkEnableOption", "mkPackageOption")
 
 
-def extract(root: Node) -> tuple[list[Symbol], list[Import]]:
+IMPORT_QUERY = """
+(apply_expression argument: [(path_expression) (spath_expression)]) @imp
+((binding attrpath: (attrpath . (identifier) @name .) expression: (list_expression)) @imp
+ (#eq? @name "imports"))
+"""
+
+
+def extract(root: Node, found: list[Node]) -> tuple[list[Symbol], list[Import]]:
     symbols: list[Symbol] = []
     body = _top_attrset(root)
     if body is not None:
         for binding in _bindings(body):
             symbols.extend(_attribute(binding))
-    imports = [imp for node in walk(root, frozenset({"comment"})) for imp in _loads(node)]
+    imports = [imp for node in found for imp in _loads(node)]
     return symbols, imports
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ml_offload.analyzer.model import Import, Symbol
-from ml_offload.analyzer.tree import complexity, line_of, span, text, walk
+from ml_offload.analyzer.tree import complexity, line_of, span, text
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -20,7 +20,10 @@ DECISIONS = frozenset(
 NESTED = frozenset({"function_definition", "class_definition", "lambda"})
 
 
-def extract(root: Node) -> tuple[list[Symbol], list[Import]]:
+IMPORT_QUERY = "[(import_statement) (import_from_statement)] @imp"
+
+
+def extract(root: Node, found: list[Node]) -> tuple[list[Symbol], list[Import]]:
     symbols: list[Symbol] = []
     for node in root.named_children:
         definition = _unwrap(node)
@@ -28,12 +31,9 @@ def extract(root: Node) -> tuple[list[Symbol], list[Import]]:
             symbols.append(_function(definition, "function", ""))
         elif definition.type == "class_definition":
             symbols.extend(_class(definition))
-    imports = [imp for node in walk(root, NESTED_IMPORT_STOP) for imp in _imports(node)]
+    # anywhere: inside `if TYPE_CHECKING:`, `try:` or a function too
+    imports = [imp for node in found for imp in _imports(node)]
     return symbols, imports
-
-
-# Imports anywhere (inside `if TYPE_CHECKING:`, `try:` or a function) count; strings do not.
-NESTED_IMPORT_STOP = frozenset({"string", "comment"})
 
 
 def _unwrap(node: Node) -> Node:

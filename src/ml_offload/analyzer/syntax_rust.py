@@ -27,7 +27,10 @@ ITEMS: dict[str, SymbolKind] = {
 }
 
 
-def extract(root: Node) -> tuple[list[Symbol], list[Import]]:
+IMPORT_QUERY = ""  # none: `use` and `mod` are items, read in the one pass over items
+
+
+def extract(root: Node, found: list[Node]) -> tuple[list[Symbol], list[Import]]:
     symbols: list[Symbol] = []
     imports: list[Import] = []
     _items(root, "", symbols, imports)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ml_offload.analyzer.model import Import, Symbol, SymbolKind
-from ml_offload.analyzer.tree import complexity, line_of, span, text, walk
+from ml_offload.analyzer.tree import complexity, line_of, span, text
 
 if TYPE_CHECKING:
     from tree_sitter import Node
@@ -28,14 +28,22 @@ DECLARATIONS: dict[str, SymbolKind] = {
     "internal_module": "module",
     "module": "module",
 }
-_SKIP = frozenset({"comment", "template_string"})
 
 
-def extract(root: Node) -> tuple[list[Symbol], list[Import]]:
+IMPORT_QUERY = """
+(import_statement) @imp
+(export_statement source: (string)) @imp
+(call_expression function: (import) arguments: (arguments . (string))) @imp
+((call_expression function: (identifier) @fn arguments: (arguments . (string))) @imp
+ (#eq? @fn "require"))
+"""
+
+
+def extract(root: Node, found: list[Node]) -> tuple[list[Symbol], list[Import]]:
     symbols: list[Symbol] = []
     for node in root.named_children:
         symbols.extend(_declared(_unwrap_export(node)))
-    imports = [imp for node in walk(root, _SKIP) for imp in _imports(node)]
+    imports = [imp for node in found for imp in _imports(node)]
     return symbols, imports
 
 
