@@ -27,8 +27,8 @@ from ml_offload.backends.probe import PROBED, BackendMonitor
 from ml_offload.backends.remote import RemoteServer
 from ml_offload.config import SecuritySettings, Settings
 from ml_offload.control import ModelControl
-from ml_offload.domain import DeploymentKind, ModelSpec
-from ml_offload.errors import ConfigError
+from ml_offload.domain import ApiKey, DeploymentKind, ModelSpec
+from ml_offload.errors import ConfigError, MloError
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
 from ml_offload.inference import InferenceService
@@ -41,6 +41,7 @@ from ml_offload.security.audit import AuditLog, audit_path
 from ml_offload.security.guard import Guard, insecure_bind
 from ml_offload.security.keys import KeyStore
 from ml_offload.security.limits import Limiter
+from ml_offload.security.posture import sqlite_path
 from ml_offload.security.quota import Quota
 from ml_offload.security.redact import Redactor
 from ml_offload.sizing import load_estimate
@@ -187,6 +188,19 @@ async def open_key_store(settings: Settings, *, migrate: bool = True) -> AsyncIt
             yield store
         finally:
             await store.close()
+
+
+async def stored_keys(settings: Settings) -> list[ApiKey] | None:
+    """The stored keys, as `mlo security-audit` checks them: [] when there is no database yet
+    (nothing is created to answer), None when it cannot be read."""
+    db_file = sqlite_path(settings.storage.db_url)
+    if db_file is not None and not db_file.exists():
+        return []
+    try:
+        async with open_key_store(settings, migrate=False) as store:  # a check writes nothing
+            return await store.list()
+    except MloError:
+        return None
 
 
 @dataclass

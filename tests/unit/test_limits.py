@@ -260,3 +260,24 @@ async def test_limits_fail_open_when_asked(caplog: pytest.LogCaptureFixture) -> 
 
 async def arrive(guard: Guard) -> RequestContext:
     return await guard.authenticate({}, method="POST", path="/x", client="c:1", cert_subject=None)
+
+
+async def test_limits_report_reads_the_windows_without_charging(tmp_path: Path) -> None:
+    limits: dict[str, Any] = {"default_rpm": 5, "default_tpm": 1000, "model_rpm": {"m": 9}}
+    guard = await guard_with(tmp_path, "memory://", **limits)
+    ctx = ctx_for("127.0.0.1:5000")
+    await guard.admit(ctx, "chat", {"model": "m", "messages": [], "max_tokens": 100})
+    report = await guard.limits(ctx)
+    assert report.subject == "client 127.0.0.1"
+    seen = {(v.subject, v.what): (v.limit, v.used, v.remaining) for v in report.limits}
+    assert seen == {
+        ("client 127.0.0.1", "requests"): (5, 0, 5),  # charged at arrival, not here
+        ("client 127.0.0.1", "tokens"): (1000, 100, 900),  # an empty prompt and max_tokens
+        ("model 'm'", "requests"): (9, 1, 8),
+    }
+    again = await guard.limits(ctx)  # reading takes nothing
+    assert [v.used for v in again.limits] == [v.used for v in report.limits]
+    assert all(0 < v.reset_s <= 60 and v.reset.endswith("s") for v in report.limits)
+    admin = RequestContext(request_id="r", method="GET", path="/limits", admin=True)
+    assert (await guard.limits(admin)).subject is None  # the admin key has no limits of its own
+    await guard.close()

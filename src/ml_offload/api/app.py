@@ -18,6 +18,7 @@ from ml_offload.api import (
     analyze_routes,
     anthropic_routes,
     errors,
+    limits,
     native,
     ollama_routes,
     openai_routes,
@@ -68,6 +69,7 @@ def build_app(settings: Settings, factory: ProcessFactory | None = None) -> Fast
     app.include_router(ws.router)
     app.include_router(admin.router)
     app.include_router(analyze_routes.router)  # issue 17: the code analyzer
+    app.include_router(limits.router)
     app.router.routes.append(  # an ASGI app on the exact path (a Mount would want /mcp/)
         Route(MCP_PATH, mcp_endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     )

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from ml_offload.errors import InvalidRequest, MloError, NotFound, RouteRefused
 from ml_offload.wire import anthropic, openai
 from ml_offload.wire import ollama as ollama_wire
-from ml_offload.wire.body import JSON_MEDIA_TYPE
+from ml_offload.wire.body import ERROR_SOURCE_HEADER, JSON_MEDIA_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def error_response(exc: MloError, path: str = "") -> Response:
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
     if exc.upstream:
-        headers["X-Mlo-Error-Source"] = "upstream"
+        headers[ERROR_SOURCE_HEADER] = "upstream"
     return Response(
         orjson.dumps(renderer(path)(exc)),
         status_code=exc.status,

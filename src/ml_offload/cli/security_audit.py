@@ -11,10 +11,9 @@ from rich.text import Text
 from ml_offload.cli.common import ConfigOpt, JsonOpt, out, settings_for
 from ml_offload.config import Settings
 from ml_offload.domain import ApiKey
-from ml_offload.errors import MloError
 from ml_offload.registry import remote_specs
 from ml_offload.security import posture
-from ml_offload.services import open_key_store
+from ml_offload.services import stored_keys
 
 _STYLES = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
@@ -37,17 +36,5 @@ def security_audit(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def read_keys(settings: Settings) -> list[ApiKey] | None:
-    """The stored keys; [] when there is no database yet (nothing is created to answer), None
-    when it cannot be read."""
-    db_file = posture.sqlite_path(settings.storage.db_url)
-    if db_file is not None and not db_file.exists():
-        return []
-    try:
-        return asyncio.run(_stored_keys(settings))
-    except MloError:
-        return None
-
-
-async def _stored_keys(settings: Settings) -> list[ApiKey]:
-    async with open_key_store(settings, migrate=False) as store:  # a check writes nothing
-        return await store.list()
+    """The stored keys; [] when there is no database yet, None when it cannot be read."""
+    return asyncio.run(stored_keys(settings))

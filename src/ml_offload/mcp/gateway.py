@@ -4,14 +4,17 @@ calls stay in the process (ASGI); over stdio they go to the running gateway."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import httpx
 
 from ml_offload.mcp.errors import ToolFailure
+from ml_offload.wire.body import ERROR_SOURCE_HEADER
 
 _FORWARDED = ("authorization", "x-api-key")
 # The credentials of the MCP request being handled (set by policy.ToolPolicy for each message;
@@ -44,6 +47,20 @@ class GatewayClient:
         body: dict[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
+        answer = await self.send(method, path, body, headers)
+        if answer.status >= 400:
+            raise ToolFailure(f"the gateway answered {answer.status}: {answer.message}")
+        return answer.data
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """The gateway's answer whatever its status (ToolFailure only when it is down)."""
+        started = time.perf_counter()
         try:
             resp = await self._client.request(
                 method,
@@ -56,9 +73,34 @@ class GatewayClient:
                 f"the gateway at {self._where} is not reachable ({type(exc).__name__}); "
                 "start it with `mlo serve` (or `mlo server start`), or set MLO_URL"
             ) from None
-        if resp.status_code >= 400:
-            raise ToolFailure(f"the gateway answered {resp.status_code}: {_message(resp)}")
-        return resp.json()
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        ok = resp.status_code < 400
+        return Answer(
+            status=resp.status_code,
+            data=resp.json() if ok else None,
+            message="" if ok else _message(resp),
+            code=None if ok else _code(resp),
+            upstream=resp.headers.get(ERROR_SOURCE_HEADER) == "upstream",
+            latency_ms=latency_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    data: Any  # the JSON body when the status is below 400
+    message: str  # the error's message otherwise
+    code: str | None  # the error's code (`engine_error`, `permission_denied`...)
+    upstream: bool  # the error came from the model's server (X-Mlo-Error-Source: upstream)
+    latency_ms: float
+
+
+def _code(resp: httpx.Response) -> str | None:
+    try:
+        err = resp.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    return str(err["code"]) if isinstance(err, dict) and err.get("code") else None
 
 
 def _message(resp: httpx.Response) -> str:

@@ -19,10 +19,21 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
 
 from ml_offload.domain import RequestContext
+from ml_offload.errors import MloError
 from ml_offload.mcp.gateway import caller_headers, forwarded
 from ml_offload.security.guard import Guard
 
-ADMIN_TOOLS = frozenset({"load_model", "unload_model"})  # they change what everyone gets
+# they change what everyone gets, or show the whole configuration
+ADMIN_TOOLS = frozenset({"load_model", "unload_model", "security_audit"})
+# the argument that names a model: checked against the key's model scope, as the routes do
+MODEL_ARGUMENT = {
+    "model_status": "name",
+    "load_model": "name",
+    "unload_model": "name",
+    "infer": "model",
+    "provider_test": "model",
+    "create_session": "model",
+}
 _CTX_KEY = "mlo_ctx"  # where api/security.py leaves the request context in the ASGI scope
 
 
@@ -79,12 +90,20 @@ class ToolPolicy:
         denied = refusal(tool, caller, self._guard)
         if denied is not None:
             await self._record(event, 403, "permission_denied")
-            return CallToolResult(content=[TextContent(type="text", text=denied)], is_error=True)
+            return _refused(denied)
+        arguments = ctx.params.get("arguments") or {}
         schema = (await self._schemas()).get(tool)
-        problem = schema and argument_error(tool, schema, ctx.params.get("arguments") or {})
+        problem = schema and argument_error(tool, schema, arguments)
         if problem:
             await self._record(event, 400, "invalid_arguments")
             raise MCPError(INVALID_PARAMS, problem)
+        try:
+            self._check_model(tool, arguments, event)
+        except MloError as exc:
+            await self._record(event, exc.status, exc.code or "refused")
+            return CallToolResult(
+                content=[TextContent(type="text", text=exc.message)], is_error=True
+            )
         try:
             result = await call_next(ctx)
         except BaseException:
@@ -95,6 +114,13 @@ class ToolPolicy:
         )
         await self._record(event, 500 if failed else 200, "tool_error" if failed else None)
         return result
+
+    def _check_model(self, tool: str, arguments: Any, event: RequestContext | None) -> None:
+        """The key's model scope, as the routes check it (`Guard.authorize`)."""
+        field = MODEL_ARGUMENT.get(tool)
+        if field is None or self._guard is None or not isinstance(arguments, dict):
+            return
+        self._guard.authorize(event, str(arguments.get(field)))
 
     def _event(
         self, tool: str, arguments: Any, caller: RequestContext | None
@@ -121,3 +147,7 @@ class ToolPolicy:
         if error:
             event.error = error
         await self._guard.finish(event)
+
+
+def _refused(reason: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=reason)], is_error=True)

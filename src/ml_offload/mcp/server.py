@@ -18,6 +18,7 @@ from ml_offload.mcp.deps import McpDeps
 from ml_offload.mcp.errors import ToolFailure
 from ml_offload.mcp.gateway import forwarded
 from ml_offload.mcp.policy import ToolPolicy
+from ml_offload.mcp.tools_ops import register_ops_tools
 
 T = TypeVar("T")
 Name = Annotated[str, Field(min_length=1, max_length=255, description="a model name or alias")]
@@ -26,7 +27,9 @@ Limit = Annotated[int, Field(ge=1, le=100)]
 INSTRUCTIONS = (
     "ml-offload: list, load and query the gateway's models, keep notes (save_knowledge, "
     "search_knowledge), hold conversations with a model (create_session, session_message) and "
-    "run a workspace's configured build or tests (build_and_test)."
+    "run a workspace's configured build or tests (build_and_test), and check providers, "
+    "limits, config snippets and the security posture (provider_test, rate_limit_check, "
+    "provider_config_validate, security_audit)."
 )
 
 
@@ -54,6 +57,7 @@ def build_server(deps: McpDeps) -> MCPServer[Any]:
     _knowledge_tools(server, deps)
     _session_tools(server, deps)
     _build_tools(server, deps)
+    register_ops_tools(server, deps)
     _resources(server, deps)
     return server
 

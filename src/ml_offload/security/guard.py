@@ -34,12 +34,13 @@ from typing import Any
 
 from ml_offload.config import SecuritySettings, Settings
 from ml_offload.domain import ModelSpec, RequestContext, is_loopback_host
-from ml_offload.errors import AuthError, MloError, ModelNotFound, PermissionDenied
+from ml_offload.errors import AuthError, MloError, ModelNotFound, NotFound, PermissionDenied
 from ml_offload.metrics import Metrics
 from ml_offload.security.audit import AuditLog
 from ml_offload.security.keys import KeyStore, bearer_token, in_scope
 from ml_offload.security.quota import Quota
 from ml_offload.security.redact import Redactor
+from ml_offload.wire.native import LimitsView
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Native and Ollama endpoints that change what is loaded or stored: admin only (reads are not).
@@ -231,6 +232,18 @@ class Guard:
             time=time.time(),
             rpm_due=True,
         )
+
+    async def limits(self, ctx: RequestContext | None, key: str | None = None) -> LimitsView:
+        """The rate limits that apply to the caller, or to the key `key` (its id or name: an
+        admin key's question, or a key's about itself), and what is left of each this minute."""
+        if key is None:
+            return await self._quota.report(self._quota.subject(ctx) if ctx else None)
+        own = ctx is not None and ctx.key is not None and key in (ctx.key.id, ctx.key.name)
+        if ctx is not None and self.auth_on and not ctx.admin and not own:
+            raise PermissionDenied("reading another key's limits needs an admin key")
+        if self.keys is None:
+            raise NotFound("no key store: this gateway runs without a database")
+        return await self._quota.report(self._quota.key_subject(await self.keys.find(key)))
 
     def response_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
         """`x-ratelimit-*` for a response that was let through (empty with no limits)."""

@@ -144,16 +144,20 @@ class KeyStore:
     async def list(self) -> list[ApiKey]:
         return await self._repo.list_all()
 
-    async def revoke(self, id_or_name: str) -> ApiKey:
-        """Revoke by id, or by name when exactly one unrevoked key has it."""
+    async def find(self, id_or_name: str, *, doing: str = "name") -> ApiKey:
+        """The key with this id, or the one unrevoked key with this name."""
         found = await self._repo.find(id_or_name)
         live = [k for k in found if k.revoked_at is None]
         if not found:
             raise NotFound(f"no key with id or name {id_or_name!r} (see `mlo keys ls`)")
         if len(live) > 1:
             ids = ", ".join(k.id for k in live)
-            raise InvalidRequest(f"several keys are named {id_or_name!r}; revoke one by id: {ids}")
-        target = live[0] if live else found[0]
+            raise InvalidRequest(f"several keys are named {id_or_name!r}; {doing} one by id: {ids}")
+        return live[0] if live else found[0]
+
+    async def revoke(self, id_or_name: str) -> ApiKey:
+        """Revoke by id, or by name when exactly one unrevoked key has it."""
+        target = await self.find(id_or_name, doing="revoke")
         now = time.time()
         if target.revoked_at is None:
             await self._repo.revoke(target.id, now)

@@ -18,12 +18,13 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ml_offload.config import LimitSettings
-from ml_offload.domain import Charge, ModelSpec, RequestContext, Window
+from ml_offload.domain import ApiKey, Charge, ModelSpec, RequestContext, Window
 from ml_offload.errors import MloError, RateLimited, Unavailable
 from ml_offload.security.limits import Limiter, reset_text
+from ml_offload.wire.native import LimitsView, LimitView
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +62,56 @@ class Quota:
         address's when auth is off; none for the admin key."""
         lim = self._settings
         if ctx.key is not None:
-            who = f"key {ctx.key.id} ({ctx.key.name})"
-            rpm, tpm = ctx.key.rpm or lim.default_rpm, ctx.key.tpm or lim.default_tpm
-            return Subject(f"key:{ctx.key.id}", who, rpm, tpm)
+            return self.key_subject(ctx.key)
         if ctx.admin or (lim.default_rpm is None and lim.default_tpm is None):
             return None
         host = (ctx.client or "").rpartition(":")[0] or ctx.client or "unknown"
         return Subject(f"client:{host}", f"client {host}", lim.default_rpm, lim.default_tpm)
+
+    def key_subject(self, key: ApiKey) -> Subject:
+        lim = self._settings
+        rpm, tpm = key.rpm or lim.default_rpm, key.tpm or lim.default_tpm
+        return Subject(f"key:{key.id}", f"key {key.id} ({key.name})", rpm, tpm)
 
     def model_subject(self, name: str) -> Subject:
         lim = self._settings
         return Subject(
             f"model:{name}", f"model {name!r}", lim.model_rpm.get(name), lim.model_tpm.get(name)
         )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def report(self, subject: Subject | None) -> LimitsView:
+        """What is left of `subject`'s limits and of every per-model limit this minute, read
+        from the storage without charging anything."""
+        models = set(self._settings.model_rpm) | set(self._settings.model_tpm)
+        subjects = [subject] if subject is not None else []
+        subjects += [self.model_subject(name) for name in sorted(models)]
+        views = [view for s in subjects for view in await self._peek_all(s)]
+        return LimitsView(subject=subject.who if subject else None, limits=views)
+
+    async def _peek_all(self, subject: Subject) -> list[LimitView]:
+        views = []
+        kinds: tuple[tuple[Literal["requests", "tokens"], int | None], ...] = (
+            ("requests", subject.rpm),
+            ("tokens", subject.tpm),
+        )
+        for what, limit in kinds:
+            if limit is None:
+                continue
+            w = await self._limiter.peek(subject.scope, limit)
+            views.append(
+                LimitView(
+                    subject=subject.who,
+                    what=what,
+                    limit=w.limit,
+                    used=w.used,
+                    remaining=w.remaining,
+                    reset_s=round(w.reset_s, 3),
+                    reset=reset_text(w.reset_s),
+                )
+            )
+        return views
 
     # -- charging --------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ M = TypeVar("M", bound=BaseModel)
 
 JSON_MEDIA_TYPE = "application/json"
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": JSON_MEDIA_TYPE}  # what we send upstream
+# on an error response: `upstream` when the model's server said it, not the gateway
+ERROR_SOURCE_HEADER = "X-Mlo-Error-Source"
 
 
 def load_object(raw: bytes | str, what: str = "request body") -> dict[str, Any]:

@@ -203,3 +203,25 @@ class MemoryView(View):
     devices: list[DeviceView]
     cpu: HostView
     models: list[PlacedModelView]
+
+
+# -- /limits ------------------------------------------------------------------------------
+
+
+class LimitView(View):
+    """One per-minute limit and what is left of it in the current window."""
+
+    subject: str  # whose limit: `key <id> (<name>)`, `client <host>`, `model '<name>'`
+    what: Literal["requests", "tokens"]
+    limit: int  # per minute
+    used: int
+    remaining: int
+    reset_s: float  # until the window ends
+    reset: str  # the same in `x-ratelimit-reset-*` form (`12s`, `1m0s`)
+
+
+class LimitsView(View):
+    """The rate limits that apply to a caller (`GET /limits`), read from the live limiter."""
+
+    subject: str | None  # whose per-key limits; None: none apply (the admin key, auth off)
+    limits: list[LimitView]  # the caller's own, then every per-model limit
