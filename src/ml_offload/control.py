@@ -11,7 +11,8 @@ from typing import Any
 from ml_offload.backends import ollama
 from ml_offload.backends.http import Upstream
 from ml_offload.domain import ModelSpec, ModelState, ModelStatus
-from ml_offload.registry import ModelRegistry
+from ml_offload.errors import Unavailable
+from ml_offload.registry import ModelRegistry, unavailable_reason
 from ml_offload.scheduler import Scheduler
 
 
@@ -22,6 +23,10 @@ class ModelControl:
         self._registry, self._scheduler, self._upstream = registry, scheduler, upstream
 
     async def load(self, spec: ModelSpec, *, pin: bool | None = None) -> ModelStatus:
+        reason = unavailable_reason(spec)
+        running = spec.holds_memory and self._scheduler.status([spec])[0].state is ModelState.READY
+        if reason is not None and not running:
+            raise Unavailable(f"model {spec.name!r} is unavailable: {reason}")
         return await self._scheduler.load(spec, pin=pin)
 
     async def unload(self, spec: ModelSpec) -> ModelStatus:

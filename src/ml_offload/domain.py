@@ -12,13 +12,15 @@ from pydantic import SecretStr
 
 
 class ModelState(enum.StrEnum):
-    """Life of a local model process: stopped → starting → ready → stopping, plus failed."""
+    """Life of a local model process: stopped → starting → ready → stopping, plus failed;
+    `unavailable`: it cannot be served as configured (file missing, no key), in views only."""
 
     STOPPED = "stopped"
     STARTING = "starting"
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+    UNAVAILABLE = "unavailable"
 
 
 class DeploymentKind(enum.StrEnum):

@@ -18,15 +18,17 @@ import aiohttp
 
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.protocol import UpstreamProtocol, protocol_for
-from ml_offload.domain import ModelSpec, RequestContext
+from ml_offload.domain import ModelSpec, ModelState, RequestContext
 from ml_offload.errors import (
     EngineError,
     EngineTimeout,
     EngineUnreachable,
     MloError,
+    Unavailable,
     UpstreamClientError,
 )
 from ml_offload.metrics import Metrics
+from ml_offload.registry import unavailable_reason
 from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
 from ml_offload.security.guard import Guard
@@ -83,6 +85,10 @@ class InferenceService:
         """Try each deployment in the router's order; fall back only on deployment failures."""
         failure: MloError | None = None
         for spec in self._router.candidates(model):
+            reason = unavailable_reason(spec)
+            if reason is not None and not self._running(spec):  # at once, not after a start
+                failure = Unavailable(f"model {spec.name!r} is unavailable: {reason}")
+                continue
             try:
                 result = await attempt(spec)
             except MloError as exc:
@@ -95,6 +101,9 @@ class InferenceService:
             return result
         assert failure is not None
         raise failure
+
+    def _running(self, spec: ModelSpec) -> bool:
+        return spec.holds_memory and self._scheduler.status([spec])[0].state is ModelState.READY
 
     async def _complete_on(
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None

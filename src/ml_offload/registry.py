@@ -55,6 +55,17 @@ class _Found:
             self.stamps[spec.name] = stamp
 
 
+def unavailable_reason(spec: ModelSpec) -> str | None:
+    """Why `spec` cannot be served as configured (its file is gone, a cloud provider has no
+    key), checked before each start so the caller hears it at once; None when it can be."""
+    if spec.kind is DeploymentKind.LLAMACPP and spec.path is not None and not spec.path.exists():
+        return f"model file {spec.path} is missing; put it back or remove the model"
+    if spec.kind is DeploymentKind.CLOUD and spec.api_key is None:
+        env = DEFAULT_KEY_ENV.get(spec.backend, "the variable in its api_key_env")
+        return f"no API key for {spec.backend}: set {env} (or the model's api_key_env)"
+    return None
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings, repo: ModelRepository) -> None:
         self._settings = settings

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from ml_offload import __version__
 from ml_offload.backends.probe import BackendMonitor, Probe
@@ -22,7 +22,7 @@ from ml_offload.domain import DeploymentKind, ModelSpec, ModelState, ModelStatus
 from ml_offload.errors import safe_url
 from ml_offload.metrics import DiskGauge, ModelLoad, RuntimeGauges
 from ml_offload.placement import Estimate
-from ml_offload.registry import ModelRegistry
+from ml_offload.registry import ModelRegistry, unavailable_reason
 from ml_offload.router import Router
 from ml_offload.scheduler import Scheduler
 from ml_offload.storage.disk import disk_space
@@ -153,6 +153,7 @@ class StatusService:
         )
 
     def _model(self, spec: ModelSpec, st: ModelStatus, reveal: bool) -> ModelView:
+        st = _honest(spec, st)
         return ModelView(
             id=spec.name,
             aliases=list(spec.aliases),
@@ -184,6 +185,7 @@ class StatusService:
         )
 
     def _backend(self, spec: ModelSpec, st: ModelStatus, reveal: bool) -> BackendView:
+        st = _honest(spec, st)
         health = self._router.health(spec.name)
         cooling = self._router.cooling_s(spec.name)
         probe = self._probes.get(spec.name)
@@ -194,7 +196,7 @@ class StatusService:
             kind="llama.cpp" if spec.kind is DeploymentKind.LLAMACPP else spec.backend,
             target=safe_url(target) if target and reveal else None,
             state=st.state,
-            healthy=cooling == 0 and st.state is not ModelState.FAILED and probed_ok,
+            healthy=cooling == 0 and st.state not in _BROKEN and probed_ok,
             cooling_s=round(cooling, 3),
             failures=health.failures,
             last_error=(health.last_error or st.last_error) if reveal else None,
@@ -219,6 +221,20 @@ class StatusService:
                 running=load.running, waiting=load.waiting, kv_cache_usage=load.kv_cache_usage
             ),
         )
+
+
+_BROKEN = (ModelState.FAILED, ModelState.UNAVAILABLE)
+
+
+def _honest(spec: ModelSpec, st: ModelStatus) -> ModelStatus:
+    """A model that is not running and cannot start as configured is `unavailable`, with the
+    reason as its error (a loaded engine keeps serving even if its file has gone since)."""
+    if spec.holds_memory and st.state not in (ModelState.STOPPED, ModelState.FAILED):
+        return st
+    reason = unavailable_reason(spec)
+    if reason is None:
+        return st
+    return replace(st, state=ModelState.UNAVAILABLE, last_error=reason)
 
 
 def _estimate(est: Estimate | None) -> EstimateView | None:

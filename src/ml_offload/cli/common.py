@@ -62,9 +62,9 @@ def human_secs(s: Any) -> str:
     return f"{s // 3600}h {s % 3600 // 60}m"
 
 
-def registry_paths(settings: Settings) -> set[Path] | None:
-    """Files of the models the registry holds; None when there is no registry yet (it is not
-    created just to answer) or it cannot be read."""
+def registry_files(settings: Settings) -> dict[Path, Any] | None:
+    """The registry's local models by their file (real path); None when there is no registry
+    yet (it is not created just to answer) or it cannot be read."""
     storage = settings.storage
     if storage.database_url is None and not (storage.data_dir / "registry.db").exists():
         return None
@@ -72,7 +72,7 @@ def registry_paths(settings: Settings) -> set[Path] | None:
         specs = asyncio.run(_registry_specs(settings))
     except MloError:
         return None
-    return {Path(os.path.realpath(s.path)) for s in specs if s.path is not None}
+    return {Path(os.path.realpath(s.path)): s for s in specs if s.path is not None}
 
 
 async def _registry_specs(settings: Settings) -> list[Any]:

@@ -68,7 +68,7 @@ def models_ls(
             human_bytes(info.file_size_bytes if info else None),
             str(m.ctx_size),
             str(m.parallel),
-            m.state,
+            f"{m.state}: {m.last_error}" if m.state == "unavailable" and m.last_error else m.state,
         )
     out.print(table)
 
@@ -77,7 +77,7 @@ def models_ls(
 def ps(url: UrlOpt = None, config: ConfigOpt = None) -> None:
     """Show loaded models: state, requests in flight, idle time, memory estimate."""
     data = connect(url, config).view(ModelList, "/models").data
-    rows = [m for m in data if m.state != "stopped"]
+    rows = [m for m in data if m.state not in ("stopped", "unavailable")]
     if not rows:
         out.print("no models loaded")
         return

@@ -19,20 +19,22 @@ from ml_offload.cli.common import (
     JsonOpt,
     human_bytes,
     out,
-    registry_paths,
+    registry_files,
     settings_for,
     state_dir,
 )
 from ml_offload.daemon import Daemon
 
 if TYPE_CHECKING:
+    from ml_offload.config import Settings
     from ml_offload.storage.disk import DiskSpace
 
 _DAY_S = 86_400.0
 
 
 def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """List GGUF models on disk: size, quantization, in the registry or not.
+    """List GGUF models on disk: those in the model folder, and the registry's files elsewhere
+    (the demo model, config models); size, quantization, in the registry or not.
 
     `mlo models ls` asks the running gateway instead.
     """
@@ -40,16 +42,17 @@ def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
     settings = settings_for(config)
     folder = settings.storage.models_path
-    models = list_models(folder)
-    known = registry_paths(settings)
+    known = registry_files(settings)
     rows = [
         {
             **asdict(m),
             "path": str(m.path),
             "registered": None if known is None else Path(os.path.realpath(m.path)) in known,
         }
-        for m in models
+        for m in list_models(folder)
     ]
+    listed = {Path(os.path.realpath(r["path"])) for r in rows}
+    rows += _registered_elsewhere(settings, known, listed)
     if as_json:
         out.print_json(data={"folder": str(folder), "models": rows})
         return
@@ -64,6 +67,35 @@ def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     out.print(table)
     if known is None:
         out.print("IN REGISTRY ?: no registry yet; the gateway builds it on its first start")
+
+
+def _registered_elsewhere(
+    settings: Settings, known: dict[Path, Any] | None, listed: set[Path]
+) -> list[dict[str, Any]]:
+    """Local models served from outside the model folder: the registry's, or with no registry
+    yet, the bundled demo model the gateway will register."""
+    from ml_offload.gguf import demo_model_path
+    from ml_offload.registry import DEMO_MODEL_NAME
+
+    if known is None:
+        demo = demo_model_path() if settings.demo_model else None
+        known = {Path(os.path.realpath(demo)): None} if demo is not None else {}
+    rows = []
+    for path, spec in known.items():
+        if path in listed or not path.is_file():
+            continue
+        info = spec.info if spec is not None else None
+        rows.append(
+            {
+                "name": spec.name if spec is not None else DEMO_MODEL_NAME,
+                "path": str(path),
+                "size_bytes": path.stat().st_size,
+                "shards": 1,
+                "quantization": info.quantization if info else None,
+                "registered": spec is not None or None,
+            }
+        )
+    return rows
 
 
 def du(
