@@ -35,7 +35,7 @@ wheels=(
   fastapi starlette uvicorn httptools watchfiles websockets orjson sniffio
   pydantic pydantic-core pydantic-settings python-dotenv annotated-types typing-inspection
   typing-extensions sqlalchemy greenlet alembic mako aiosqlite gguf limits deprecated
-  opentelemetry-api importlib-metadata cryptography cffi pycparser
+  opentelemetry-api cryptography cffi pycparser
 )
 for name in "${wheels[@]}"; do
   version=$("$py" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")
