@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from ml_offload.analyzer import analyze
+from ml_offload.analyzer import Options, analyze
 from ml_offload.analyzer.html import to_html
 from ml_offload.analyzer.report import to_json, to_markdown
 from ml_offload.analyzer.summarize import SYSTEM, Budget, summarize
@@ -97,3 +98,24 @@ def test_reports_carry_the_summaries(tmp_path: Path) -> None:
     page = to_html(a)
     assert "Explained by tiny" in page and page.count("<h3>") == 2
     assert "<script" not in page and "src=" not in page  # self-contained, nothing loaded
+
+
+def test_changed_since_explains_only_what_changed(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "a.py").write_text("import b\n")
+    (root / "b.py").write_text("X = 1\n")
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    cache = tmp_path / "cache"
+    asyncio.run(summarize(analyze(root), FakeModel(), "m", Budget(), cache))  # all cached now
+    (root / "b.py").write_text("X = 2\n")
+    a = analyze(root, Options(changed_since="HEAD"))
+    assert a.changed == ["b.py"]
+    model = FakeModel()
+    s = asyncio.run(summarize(a, model, "m", Budget(), cache))
+    assert [p.split(" ", 2)[1] for p in model.prompts[:-1]] == ["b.py"]  # then the architecture
+    assert set(s.modules) == {"a.py", "b.py"}  # a.py's summary from the cache
+    assert (s.calls, s.cached) == (2, 1)

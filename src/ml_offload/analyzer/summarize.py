@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ml_offload.analyzer.model import Analysis, FileFacts, Summaries
@@ -120,7 +120,7 @@ def _add_cached(a: Analysis, cache: SummaryCache, limit: int, out: Summaries) ->
     architecture summary at no cost."""
     if a.changed is None:
         return
-    for facts in choose_files(Analysis(**{**a.__dict__, "changed": None}), limit):
+    for facts in choose_files(replace(a, changed=None), limit):
         found = cache.get(cache.key("module", facts.path, facts.sha256))
         if found is not None and facts.path not in out.modules:
             out.modules[facts.path] = found
