@@ -38,13 +38,17 @@ cuda_args=()
 # cuBLAS and the driver library where the toolkit does not hold them (pip's nvidia-* wheels)
 libdir=$work/cudalibs
 mkdir -p "$libdir"
+have() {  # any of these paths exists
+  for f in "$@"; do [ -e "$f" ] && return 0; done
+  return 1
+}
 find_lib() {  # the first file matching $1 under the usual roots
   find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /usr/local/nvidia /opt \
     $("$py" -c 'import site; print(" ".join(site.getsitepackages()))') \
     -name "$1" 2>/dev/null | head -1
 }
 for lib in cublas cublasLt; do
-  if ! ls /usr/local/cuda/lib64/lib$lib.so /usr/local/cuda/targets/*/lib/lib$lib.so >/dev/null 2>&1; then
+  if ! have /usr/local/cuda/lib64/lib$lib.so /usr/local/cuda/targets/*/lib/lib$lib.so; then
     found=$(find_lib "lib$lib.so*")
     [ -n "$found" ] || { echo "lib$lib not found: install CUDA's cuBLAS" >&2; exit 1; }
     ln -sf "$found" "$libdir/lib$lib.so"
@@ -52,11 +56,11 @@ for lib in cublas cublasLt; do
     export LD_LIBRARY_PATH=$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   fi
 done
-if ! ls /usr/local/cuda/include/cublas_v2.h /usr/local/cuda/targets/*/include/cublas_v2.h >/dev/null 2>&1; then
+if ! have /usr/local/cuda/include/cublas_v2.h /usr/local/cuda/targets/*/include/cublas_v2.h; then
   header=$(find_lib cublas_v2.h)
   [ -n "$header" ] && cuda_args+=("-DCMAKE_CUDA_FLAGS=-I$(dirname "$header")" "-DCMAKE_CXX_FLAGS=-I$(dirname "$header")")
 fi
-if ! ls /usr/local/cuda/lib64/stubs/libcuda.so >/dev/null 2>&1; then
+if ! have /usr/local/cuda/lib64/stubs/libcuda.so; then
   driver=$(find_lib "libcuda.so*")
   [ -n "$driver" ] && ln -sf "$driver" "$libdir/libcuda.so" && cuda_args+=("-DCUDA_cuda_driver_LIBRARY=$libdir/libcuda.so")
 fi

@@ -148,6 +148,12 @@ def read_gguf_info(path: Path) -> GgufInfo:
     return _info(path, fields, tensors, sum(h.size_bytes for h in headers))
 
 
+def read_fields(path: Path) -> dict[str, int | float | bool | str]:
+    """A GGUF file's scalar metadata (long arrays skipped); raise InvalidModelFile."""
+    fields = _read_header(path).fields
+    return {k: v for k, v in fields.items() if v is not None and not isinstance(v, tuple)}
+
+
 def split_shard(path: Path) -> tuple[int, int] | None:
     """(shard number, shard count) from a llama.cpp split name `x-00002-of-00003.gguf`."""
     match = _SPLIT.search(path.stem)

@@ -3,8 +3,9 @@
 `vram.estimate_memory` sizes the model's own buffers. A load also brings:
 - CPU weight repacking, on hosts whose kernels repack (`gguf.host_repack_family`);
 - companions named in the model's `extra_args`: a multimodal projector (`--mmproj FILE`,
-  its weights plus an allowance for the image encoder's compute buffer) and a draft model for
-  speculative decoding (`--model-draft FILE`, a second model with the same context and slots);
+  its weights plus the image encoder's compute buffer, see `encoder_compute_bytes`) and a draft
+  model for speculative decoding (`--model-draft FILE`, a second model with the same context
+  and slots: checked against the engine in tests/integration/test_vram_engine.py);
 - on each GPU the engine uses, the backend's own context (`gpu.context_overhead_bytes`).
 """
 
@@ -16,12 +17,13 @@ from pathlib import Path
 
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import InvalidModelFile
-from ml_offload.gguf import host_repack_family, read_gguf_info, repack_bytes
+from ml_offload.gguf import host_repack_family, read_fields, read_gguf_info, repack_bytes
 from ml_offload.vram import MemoryEstimate, coarse_estimate, engine_ubatch, estimate_memory
 
 MIB = 2**20
-# The image encoder's compute buffer: llama.cpp sizes it by a dry run at the model's largest
-# image; not measured here (no projector model on the test machine), hence a generous margin.
+F32 = 4
+# The image encoder's compute buffer when the projector's header does not give its shape.
+# Not measured (no projector model on the test machine): a generous margin.
 MMPROJ_COMPUTE_ALLOWANCE = 512 * MIB
 _MMPROJ_FLAGS = ("-mm", "--mmproj")
 _DRAFT_FLAGS = ("-md", "--model-draft")
@@ -49,7 +51,7 @@ def companion_bytes(spec: ModelSpec) -> int:
     total = 0
     mmproj = flag_value(spec.extra_args, _MMPROJ_FLAGS)
     if mmproj is not None:
-        total += _file_weights(Path(mmproj)) + MMPROJ_COMPUTE_ALLOWANCE
+        total += _file_weights(Path(mmproj)) + encoder_compute_bytes(Path(mmproj))
     draft = flag_value(spec.extra_args, _DRAFT_FLAGS)
     if draft is not None:
         total += _draft_bytes(spec, Path(draft))
@@ -64,6 +66,25 @@ def flag_value(args: Sequence[str], flags: Sequence[str]) -> str | None:
         if name in flags:
             found = value if eq else (args[i + 1] if i + 1 < len(args) else None)
     return found
+
+
+def encoder_compute_bytes(path: Path) -> int:
+    """The image encoder's compute buffer for one image of the projector's size, bounded from
+    its header (`clip.vision.*`): per layer at most the attention scores without flash
+    attention (tokens² × heads) and the FFN's activations (tokens × (n_ff + 5·n_embd)), in f32.
+    An upper bound from the graph's shape, not calibrated against the engine (no projector
+    model here); MMPROJ_COMPUTE_ALLOWANCE when the header does not say."""
+    try:
+        fields = read_fields(path)
+    except InvalidModelFile:
+        return MMPROJ_COMPUTE_ALLOWANCE
+    keys = ("image_size", "patch_size", "embedding_length", "feed_forward_length")
+    values = [fields.get(f"clip.vision.{k}") for k in (*keys, "attention.head_count")]
+    if not all(isinstance(v, int) and v > 0 for v in values):
+        return MMPROJ_COMPUTE_ALLOWANCE
+    image, patch, n_embd, n_ff, heads = (int(v) for v in values)  # type: ignore[arg-type]
+    tokens = (image // patch) ** 2 + 1  # the patches and a class token
+    return (tokens * tokens * heads + tokens * (n_ff + 5 * n_embd)) * F32
 
 
 def _model_estimate(spec: ModelSpec) -> MemoryEstimate:

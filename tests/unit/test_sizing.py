@@ -6,11 +6,18 @@ import dataclasses
 from pathlib import Path
 
 import gguf
+import numpy as np
 from bench import gguf_shapes
 
 from ml_offload.domain import ModelSpec
 from ml_offload.gguf import read_gguf_info
-from ml_offload.sizing import MMPROJ_COMPUTE_ALLOWANCE, companion_bytes, flag_value, load_estimate
+from ml_offload.sizing import (
+    MMPROJ_COMPUTE_ALLOWANCE,
+    companion_bytes,
+    encoder_compute_bytes,
+    flag_value,
+    load_estimate,
+)
 
 SHAPE = gguf_shapes.Shape("s", "llama", 2, 64, 4, 2, 96, 300)
 
@@ -88,3 +95,26 @@ def test_xllamacpp_engine_parameters_name_the_cache_type_by_number(tmp_path: Pat
     by_flag = load_estimate(spec_of(path, "-ctk", "q8_0", "-ctv", "q8_0"))
     by_number = load_estimate(spec_of(path, "cache_type_k=8", "cache_type_v=8"))
     assert by_number == by_flag
+
+
+def test_projector_encoder_bound_from_its_header(tmp_path: Path) -> None:
+    proj = tmp_path / "mmproj-clip.gguf"
+    w = gguf.GGUFWriter(proj, "clip")
+    for key, value in {
+        "image_size": 224,
+        "patch_size": 14,
+        "embedding_length": 1024,
+        "feed_forward_length": 4096,
+        "attention.head_count": 16,
+    }.items():
+        w.add_uint32(f"clip.vision.{key}", value)
+    w.add_tensor("v.patch_embd.weight", np.zeros((1024, 588), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tokens = 16 * 16 + 1
+    encoder = (tokens * tokens * 16 + tokens * (4096 + 5 * 1024)) * 4
+    assert encoder_compute_bytes(proj) == encoder
+    main = model(tmp_path, "main")
+    assert companion_bytes(spec_of(main, "--mmproj", str(proj))) == 1024 * 588 * 2 + encoder
