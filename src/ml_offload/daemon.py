@@ -4,6 +4,11 @@
 shell), waits for `/health`, then writes the pid file (JSON: pid, url, start time, log).
 `stop` sends SIGTERM and waits, SIGKILL after a grace period. A pid file whose process is
 gone, or is some other program that reused the pid, is stale and removed.
+
+With TLS (`--tls-*` files, or the config's `security.tls`) the daemon serves HTTPS and is
+probed over HTTPS with the client's CA bundle and certificate (`ClientTls`): the chain is
+checked, the host name is not (the certificate names the public address, the probe goes to
+loopback). A certificate the client does not trust stops the start with what to give.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
+from ml_offload.client_tls import ClientTls, explain
 from ml_offload.errors import MloError
 
 START_TIMEOUT_S = 60.0
@@ -42,6 +48,21 @@ class DaemonInfo:
     log_path: str
     config: str | None = None
     allow_insecure: bool = False  # started with --allow-insecure (a restart keeps it)
+    tls: dict[str, str] = field(default_factory=dict)  # its ServeTls files (a restart keeps them)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeTls:
+    """The `mlo serve --tls-*` files given on the daemon's command line."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+
+    def argv(self) -> list[str]:
+        flags = ("--tls-cert", "--tls-key", "--tls-client-ca")
+        paths = (self.cert_file, self.key_file, self.client_ca_file)
+        return [a for flag, path in zip(flags, paths, strict=True) if path for a in (flag, path)]
 
 
 class Daemon:
@@ -72,13 +93,18 @@ class Daemon:
         port: int,
         config: Path | None = None,
         allow_insecure: bool = False,
+        tls: ServeTls | None = None,
+        https: bool = False,
+        client: ClientTls | None = None,
         timeout_s: float = START_TIMEOUT_S,
     ) -> DaemonInfo:
+        """Start the gateway; `https` when it serves TLS (from `tls` or the config), probed
+        with `client`'s trust and certificate."""
         current = self.running()
         if current is not None:
             raise DaemonError(f"the gateway is already running (pid {current.pid}, {current.url})")
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        url = connect_url(host, port)
+        url = connect_url(host, port, tls=https)
         if listening(url):
             raise DaemonError(
                 f"another server already listens on {url}: stop it, or start on another --port"
@@ -88,9 +114,10 @@ class Daemon:
             port=port,
             config=config,
             allow_insecure=allow_insecure,
+            tls=tls,
             log_path=self.log_path,
         )
-        wait_ready(url, proc, self.log_path, timeout_s)
+        wait_ready(url, proc, self.log_path, timeout_s, client)
         info = DaemonInfo(
             proc.pid,
             url,
@@ -98,6 +125,7 @@ class Daemon:
             str(self.log_path),
             str(config) if config else None,
             allow_insecure,
+            {k: v for k, v in asdict(tls or ServeTls()).items() if v},
         )
         tmp = self.pid_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(info)))
@@ -114,7 +142,13 @@ class Daemon:
 
 
 def spawn(
-    *, host: str, port: int, config: Path | None, log_path: Path, allow_insecure: bool = False
+    *,
+    host: str,
+    port: int,
+    config: Path | None,
+    log_path: Path,
+    allow_insecure: bool = False,
+    tls: ServeTls | None = None,
 ) -> subprocess.Popen[bytes]:
     """`mlo serve` detached from this terminal, its output appended to `log_path`; every
     setting it needs is on its command line (nothing is passed through the environment)."""
@@ -124,6 +158,7 @@ def spawn(
         args += ["--config", str(config.resolve())]
     if allow_insecure:
         args.append("--allow-insecure")
+    args += (tls or ServeTls()).argv()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -139,23 +174,43 @@ def spawn(
         )
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
-    """Until `/health` answers 200; the log's last line explains an early exit."""
+def wait_ready(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout_s: float,
+    client: ClientTls | None = None,
+) -> None:
+    """Until `/health` answers 200; the log's last line explains an early exit, and a TLS
+    handshake the client cannot complete (trust, client certificate) stops the start at once."""
+    client = client or ClientTls()
+    verify = client.verify(check_hostname=False)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DaemonError(
-                f"the gateway exited during start-up (code {proc.returncode}): "
-                f"{last_line(log_path)} (log: {log_path})"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=1.0, trust_env=False).status_code == 200:
+    with httpx.Client(verify=verify, timeout=1.0, trust_env=False) as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DaemonError(
+                    f"the gateway exited during start-up (code {proc.returncode}): "
+                    f"{last_line(log_path)} (log: {log_path})"
+                )
+            if _health(http, url, proc, client):
                 return
-        time.sleep(0.1)
+            time.sleep(0.1)
     terminate(proc.pid, 5.0)
     raise DaemonError(
         f"the gateway did not answer at {url} within {timeout_s:.0f}s (log: {log_path})"
     )
+
+
+def _health(http: httpx.Client, url: str, proc: subprocess.Popen[bytes], client: ClientTls) -> bool:
+    try:
+        return http.get(f"{url}/health").status_code == 200
+    except httpx.HTTPError as exc:
+        reason = explain(exc, url, client)
+        if reason is None:
+            return False  # not listening yet
+    terminate(proc.pid, 5.0)
+    raise DaemonError(f"{reason} (the gateway it started is stopped)")
 
 
 def terminate(pid: int, timeout_s: float) -> None:
@@ -225,12 +280,13 @@ def listening(url: str) -> bool:
         return False
 
 
-def connect_url(host: str, port: int) -> str:
-    """The URL to reach a server bound to `host`:`port` (wildcards mean this machine)."""
+def connect_url(host: str, port: int, *, tls: bool = False) -> str:
+    """The URL to reach a server bound to `host`:`port` (wildcards mean this machine);
+    https when it serves TLS."""
     if host in ("0.0.0.0", "", "*"):
         host = "127.0.0.1"
     elif host == "::":
         host = "[::1]"
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -59,12 +60,18 @@ async def run_prompts(
     parameters: dict[str, Any] | None = None,
     on_result: Callable[[PromptResult], None] | None = None,
     timeout_s: float = 600.0,
+    verify: ssl.SSLContext | bool = True,
 ) -> list[PromptResult]:
     """Every prompt's result, in prompt order; `on_result` sees each as it finishes."""
     limit = asyncio.Semaphore(max(1, concurrency))
     limits = httpx.Limits(max_connections=max(1, concurrency))
     async with httpx.AsyncClient(
-        base_url=url, timeout=timeout_s, limits=limits, trust_env=False, headers=client_headers()
+        base_url=url,
+        timeout=timeout_s,
+        limits=limits,
+        trust_env=False,
+        headers=client_headers(),
+        verify=verify,
     ) as client:
 
         async def one(index: int, prompt: str) -> PromptResult:

@@ -1,5 +1,5 @@
 """A small synchronous client of the gateway's native API, and the one resolver of which
-gateway a client command talks to."""
+gateway a client command talks to (and how: its key, its CA bundle, a client certificate)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from ml_offload.cli.common import err, settings_for, state_dir
-from ml_offload.config import client_headers
+from ml_offload.client_tls import ClientTls, explain
+from ml_offload.config import Settings, client_headers
 from ml_offload.errors import MloError
 
 URL_ENV = "MLO_URL"
@@ -32,7 +33,7 @@ class Target:
 def resolve_gateway(explicit: str | None, config: Path | None = None) -> Target:
     """The gateway to talk to: --url, else $MLO_URL, else the running daemon's recorded address
     (`mlo server start`), else the config's `server.host`/`server.port`."""
-    from ml_offload.daemon import Daemon, connect_url
+    from ml_offload.daemon import Daemon
 
     if explicit:
         return Target(explicit.rstrip("/"), "--url")
@@ -41,36 +42,48 @@ def resolve_gateway(explicit: str | None, config: Path | None = None) -> Target:
     running = Daemon(state_dir()).running()
     if running is not None:
         return Target(running.url, f"the daemon, pid {running.pid}")
-    server = settings_for(config).server
-    return Target(connect_url(server.host, server.port), "the config")
+    return Target(_config_url(settings_for(config)), "the config")
 
 
 def connect(
-    explicit: str | None, config: Path | None = None, timeout_s: float = 300.0
+    explicit: str | None,
+    config: Path | None = None,
+    timeout_s: float = 300.0,
+    tls: ClientTls | None = None,
 ) -> GatewayClient:
     """A client of the resolved gateway; one dim line on stderr names it when it is not the
     config's own address."""
     target = resolve_gateway(explicit, config)
-    if target.source != "the config" and target.url != _config_url(config):
+    if target.source != "the config" and target.url != _configured_url(config):
         err.print(f"gateway {target.url} ({target.source})", style="dim")
-    return GatewayClient(target.url, timeout_s)
+    return GatewayClient(target.url, timeout_s, tls)
 
 
-def _config_url(config: Path | None) -> str | None:
-    from ml_offload.daemon import connect_url
-
+def _configured_url(config: Path | None) -> str | None:
     try:
-        server = settings_for(config).server
+        return _config_url(settings_for(config))
     except MloError:
         return None  # the command says so when it needs the config
-    return connect_url(server.host, server.port)
+
+
+def _config_url(settings: Settings) -> str:
+    """The config's own address: https when it serves TLS (`security.tls`)."""
+    from ml_offload.daemon import connect_url
+
+    server, tls = settings.server, settings.security.tls.cert_file is not None
+    return connect_url(server.host, server.port, tls=tls)
 
 
 class GatewayClient:
-    def __init__(self, url: str, timeout_s: float = 300.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 300.0, tls: ClientTls | None = None) -> None:
         self.url = url
+        self.tls = tls or ClientTls()
         self._http = httpx.Client(
-            base_url=url, timeout=timeout_s, trust_env=False, headers=client_headers()
+            base_url=url,
+            timeout=timeout_s,
+            trust_env=False,
+            headers=client_headers(),
+            verify=self.tls.verify(),
         )
 
     def get(self, path: str) -> Any:
@@ -101,9 +114,10 @@ class GatewayClient:
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
             resp = self._http.request(method, path, json=body)
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
             raise CliError(
-                f"cannot reach the gateway at {self.url}: is `mlo serve` running? "
+                explain(exc, self.url, self.tls)
+                or f"cannot reach the gateway at {self.url}: is `mlo serve` running? "
                 f"(set --url or {URL_ENV} for another address)"
             ) from None
         if resp.status_code == 401:

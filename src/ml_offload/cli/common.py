@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ml_offload.client_tls import CA_BUNDLE_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV
 from ml_offload.config import CONFIG_ENV, Settings, load_settings, xdg_dir
 from ml_offload.errors import MloError
 from ml_offload.wire.native import DeviceView
@@ -26,6 +27,33 @@ UrlOpt = Annotated[
     str | None,
     typer.Option(
         "--url", help="Gateway address (default: $MLO_URL, the daemon's, then the config's)."
+    ),
+]
+CaFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        envvar=CA_BUNDLE_ENV,
+        help="Trust the gateway's certificate when this CA bundle (PEM) signed it.",
+        show_default=False,
+    ),
+]
+CertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cert",
+        envvar=CLIENT_CERT_ENV,
+        help="Mutual TLS: present this client certificate (PEM).",
+        show_default=False,
+    ),
+]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        envvar=CLIENT_KEY_ENV,
+        help="The client certificate's private key (PEM).",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -8,16 +8,20 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ml_offload.cli.client import CliError, connect
+from ml_offload.cli.client import CliError, GatewayClient, connect
 from ml_offload.cli.common import (
+    CaFileOpt,
+    CertOpt,
     ConfigOpt,
     JsonOpt,
+    KeyOpt,
     UrlOpt,
     device_summary,
     human_bytes,
     human_secs,
     out,
 )
+from ml_offload.client_tls import ClientTls
 from ml_offload.pipeline import PromptResult, percentile, run_prompts
 from ml_offload.wire.native import HealthView, MemoryView, ModelList, ModelView
 
@@ -32,18 +36,21 @@ def health(
     max_tokens: Annotated[int, typer.Option(help="Tokens per latency request.")] = 32,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Check GPUs and memory, the gateway, engines, and per-model latency.
 
     Each loaded model gets --requests requests, one at a time: time to first
     token, total time and tokens per second, at p50 and p95.
     """
-    client = connect(url, config, timeout_s=120)
+    client = connect(url, config, timeout_s=120, tls=ClientTls(ca_file, cert, key))
     gateway = client.view(HealthView, "/health")
     vram = client.view(MemoryView, "/vram/status")
     models = client.view(ModelList, "/models").data
     ready = [m.id for m in models if m.state == "ready"]
-    latency = [_latency(client.url, name, requests, max_tokens) for name in ready if requests > 0]
+    latency = [_latency(client, name, requests, max_tokens) for name in ready if requests > 0]
     if as_json:
         out.print_json(
             data={
@@ -61,10 +68,17 @@ def health(
         raise CliError(f"unhealthy: {', '.join(failed + erring)} (see above)")
 
 
-def _latency(url: str, model: str, n: int, max_tokens: int) -> dict[str, Any]:
+def _latency(client: GatewayClient, model: str, n: int, max_tokens: int) -> dict[str, Any]:
     params = {"max_tokens": max_tokens, "temperature": 0}
     results: list[PromptResult] = asyncio.run(
-        run_prompts(url, [PROBE_PROMPT] * n, model=model, concurrency=1, parameters=params)
+        run_prompts(
+            client.url,
+            [PROBE_PROMPT] * n,
+            model=model,
+            concurrency=1,
+            parameters=params,
+            verify=client.tls.verify(),
+        )
     )
     good = [r for r in results if r.error is None]
     ttft = [r.ttft_ms for r in good if r.ttft_ms is not None]

@@ -23,9 +23,20 @@ from ml_offload.cli import (
     storage,
 )
 from ml_offload.cli.client import CliError, connect
-from ml_offload.cli.common import ConfigOpt, UrlOpt, err, human_bytes, human_secs, out
+from ml_offload.cli.common import (
+    CaFileOpt,
+    CertOpt,
+    ConfigOpt,
+    KeyOpt,
+    UrlOpt,
+    err,
+    human_bytes,
+    human_secs,
+    out,
+)
 from ml_offload.cli.security_audit import security_audit
 from ml_offload.cli.vram import vram
+from ml_offload.client_tls import ClientTls
 from ml_offload.errors import MloError
 from ml_offload.wire.native import ModelList, ModelView, Unloaded
 
@@ -47,9 +58,12 @@ def models_ls(
     url: UrlOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOpt = None,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """List every model the gateway can serve."""
-    data = connect(url, config).view(ModelList, "/models").data
+    data = connect(url, config, tls=ClientTls(ca_file, cert, key)).view(ModelList, "/models").data
     if as_json:
         out.print_json(data=[m.model_dump(mode="json") for m in data])
         return
@@ -74,9 +88,15 @@ def models_ls(
 
 
 @app.command()
-def ps(url: UrlOpt = None, config: ConfigOpt = None) -> None:
+def ps(
+    url: UrlOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+) -> None:
     """Show loaded models: state, requests in flight, idle time, memory estimate."""
-    data = connect(url, config).view(ModelList, "/models").data
+    data = connect(url, config, tls=ClientTls(ca_file, cert, key)).view(ModelList, "/models").data
     rows = [m for m in data if m.state not in ("stopped", "unavailable")]
     if not rows:
         out.print("no models loaded")
@@ -105,10 +125,14 @@ def load(
     pin: Annotated[bool, typer.Option("--pin", help="Keep it loaded (never evicted).")] = False,
     url: UrlOpt = None,
     config: ConfigOpt = None,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Load a model now (instead of on its first request)."""
     body = {"pin": True} if pin else None
-    m = connect(url, config).post_view(ModelView, f"/models/{name}/load", body)
+    client = connect(url, config, tls=ClientTls(ca_file, cert, key))
+    m = client.post_view(ModelView, f"/models/{name}/load", body)
     out.print(f"{m.id} {m.state} in {m.load_time_s or 0:.2f}s (pid {m.pid or '-'})")
 
 
@@ -118,11 +142,14 @@ def unload(
     all_: Annotated[bool, typer.Option("--all", help="Unload every loaded model.")] = False,
     url: UrlOpt = None,
     config: ConfigOpt = None,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Unload a model (or --all), giving its memory back."""
     if all_ == (name is not None):
         raise CliError("give a model name or --all")
-    client = connect(url, config)
+    client = connect(url, config, tls=ClientTls(ca_file, cert, key))
     if all_:
         names = client.post_view(Unloaded, "/models/unload_all").unloaded
         out.print(f"unloaded {len(names)} model(s){': ' + ', '.join(names) if names else ''}")

@@ -17,13 +17,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from ml_offload.cli.client import CliError, GatewayClient, resolve_gateway
 from ml_offload.cli.common import (
+    CaFileOpt,
+    CertOpt,
     ConfigOpt,
+    KeyOpt,
     UrlOpt,
     err,
     out,
     settings_for,
     state_dir,
 )
+from ml_offload.client_tls import ClientTls, explain
 from ml_offload.config import config_path
 from ml_offload.daemon import spawn, terminate, wait_ready
 from ml_offload.pipeline import (
@@ -72,6 +76,9 @@ def run(
     ] = None,
     url: UrlOpt = None,
     config: ConfigOpt = None,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Run prompts through a model; save answers with tokens and timings.
 
@@ -86,11 +93,12 @@ def run(
     if temperature is not None:
         parameters["temperature"] = temperature
     results: dict[int, PromptResult] = {}
-    with _gateway(url, config) as gateway_url:
-        client = GatewayClient(gateway_url)
+    tls = ClientTls(ca_file, cert, key)
+    with _gateway(url, config, tls) as gateway_url:
+        client = GatewayClient(gateway_url, tls=tls)
         name, slots = _model(client, model)
         try:
-            _run(gateway_url, texts, name, concurrency or slots, parameters, results)
+            _run(client, texts, name, concurrency or slots, parameters, results)
         except KeyboardInterrupt:
             _save(results, output, chosen)
             err.print(f"interrupted: kept {len(results)} of {len(texts)} results")
@@ -148,7 +156,7 @@ def _model(client: GatewayClient, explicit: str | None) -> tuple[str, int]:
 
 
 def _run(
-    url: str,
+    client: GatewayClient,
     texts: list[str],
     model: str,
     concurrency: int,
@@ -172,7 +180,13 @@ def _run(
             bar.advance(task)
 
         job = run_prompts(
-            url, texts, model=model, concurrency=concurrency, parameters=parameters, on_result=done
+            client.url,
+            texts,
+            model=model,
+            concurrency=concurrency,
+            parameters=parameters,
+            on_result=done,
+            verify=client.tls.verify(),
         )
         asyncio.run(job)
     ok = sum(r.error is None for r in results.values())
@@ -192,11 +206,11 @@ def _save(results: dict[int, PromptResult], output: Path | None, fmt: Format) ->
 
 
 @contextlib.contextmanager
-def _gateway(explicit: str | None, config: Path | None) -> Iterator[str]:
+def _gateway(explicit: str | None, config: Path | None, tls: ClientTls) -> Iterator[str]:
     """A gateway URL that answers: the given one, the daemon's, or one started here (and
-    stopped on the way out)."""
+    stopped on the way out; over HTTPS when the config serves TLS)."""
     url = resolve_gateway(explicit, config).url
-    if _answers(url):
+    if _answers(url, tls):
         yield url
         return
     parts = urlsplit(url)
@@ -207,14 +221,19 @@ def _gateway(explicit: str | None, config: Path | None) -> Iterator[str]:
     proc = spawn(host=parts.hostname, port=parts.port, config=config_path(config), log_path=log)
     try:
         err.print(f"starting a gateway at {url} (log {log})")
-        wait_ready(url, proc, log, 60.0)
+        wait_ready(url, proc, log, 60.0, tls)
         yield url
     finally:
         terminate(proc.pid, 20.0)
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, tls: ClientTls) -> bool:
+    """Whether a gateway answers at `url`; one we cannot talk TLS with is an error."""
     try:
-        return httpx.get(f"{url}/health", timeout=2.0, trust_env=False).status_code == 200
-    except httpx.HTTPError:
+        with httpx.Client(verify=tls.verify(), timeout=2.0, trust_env=False) as http:
+            return http.get(f"{url}/health").status_code == 200
+    except httpx.HTTPError as exc:
+        reason = explain(exc, url, tls)
+        if reason is not None:
+            raise CliError(reason) from None
         return False

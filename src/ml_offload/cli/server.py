@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -12,18 +13,27 @@ from rich.table import Table
 
 from ml_offload.cli.client import CliError, GatewayClient
 from ml_offload.cli.common import (
+    CaFileOpt,
+    CertOpt,
     ConfigOpt,
     JsonOpt,
+    KeyOpt,
     device_summary,
     human_bytes,
     human_secs,
     out,
-    settings_for,
     state_dir,
 )
-from ml_offload.cli.hardening import AllowInsecureOpt
-from ml_offload.config import config_path
-from ml_offload.daemon import Daemon, DaemonInfo
+from ml_offload.cli.hardening import (
+    AllowInsecureOpt,
+    TlsCertOpt,
+    TlsClientCaOpt,
+    TlsKeyOpt,
+    serve_overrides,
+)
+from ml_offload.client_tls import ClientTls
+from ml_offload.config import config_path, load_settings
+from ml_offload.daemon import Daemon, DaemonInfo, ServeTls
 from ml_offload.wire.native import HealthView, MemoryView, ModelList, ModelView
 
 app = typer.Typer(
@@ -43,9 +53,20 @@ def start(
     port: PortOpt = None,
     timeout: TimeoutOpt = 60,
     allow_insecure: AllowInsecureOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_client_ca: TlsClientCaOpt = None,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
-    """Start the gateway in the background (pid and log files in the XDG state folder)."""
-    info = _start(Daemon(state_dir()), config, host, port, timeout, allow_insecure)
+    """Start the gateway in the background (pid and log files in the XDG state folder).
+
+    With TLS (--tls-*, or the config's security.tls) its readiness is checked over HTTPS,
+    trusting --ca-file and presenting --cert/--key under mutual TLS."""
+    tls = _serve_tls(tls_cert, tls_key, tls_client_ca)
+    client = ClientTls(ca_file, cert, key)
+    info = _start(Daemon(state_dir()), config, host, port, timeout, allow_insecure, tls, client)
     out.print(f"gateway started: pid {info.pid}, {info.url}, log {info.log_path}")
 
 
@@ -58,30 +79,42 @@ def stop(timeout: TimeoutOpt = 20) -> None:
 
 @app.command()
 def restart(
-    config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None, timeout: TimeoutOpt = 60
+    config: ConfigOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    timeout: TimeoutOpt = 60,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
-    """Restart the background gateway (same address and config unless given)."""
+    """Restart the background gateway (same address, config and TLS files unless given)."""
     daemon = Daemon(state_dir())
     old = daemon.running()
-    allow_insecure = False
+    allow_insecure, tls = False, ServeTls()
     if old is not None:
         daemon.stop()
         parts = urlsplit(old.url)
         host = host or parts.hostname
         port = port or parts.port
         config = config or (Path(old.config) if old.config else None)
-        allow_insecure = old.allow_insecure
-    info = _start(daemon, config, host, port, timeout, allow_insecure)
+        allow_insecure, tls = old.allow_insecure, ServeTls(**old.tls)
+    client = ClientTls(ca_file, cert, key)
+    info = _start(daemon, config, host, port, timeout, allow_insecure, tls, client)
     out.print(f"gateway restarted: pid {info.pid}, {info.url}, log {info.log_path}")
 
 
 @app.command()
-def status(as_json: JsonOpt = False) -> None:
+def status(
+    as_json: JsonOpt = False,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+) -> None:
     """Show whether the background gateway runs: uptime, loaded models, memory."""
     info = Daemon(state_dir()).running()
     if info is None:
         raise CliError(f"the gateway daemon is not running (state folder {state_dir()})")
-    client = GatewayClient(info.url, timeout_s=10)
+    client = GatewayClient(info.url, timeout_s=10, tls=ClientTls(ca_file, cert, key))
     health = client.view(HealthView, "/health")
     vram = client.view(MemoryView, "/vram/status")
     models = [m for m in client.view(ModelList, "/models").data if m.state != "stopped"]
@@ -104,16 +137,31 @@ def _start(
     host: str | None,
     port: int | None,
     timeout: float,
-    allow_insecure: bool = False,
+    allow_insecure: bool,
+    tls: ServeTls,
+    client: ClientTls,
 ) -> DaemonInfo:
-    settings = settings_for(config)  # a bad config fails here, in one line
+    overrides = serve_overrides(host=host, port=port)
+    files = {name: path for name, path in asdict(tls).items() if path}  # TlsSettings' names
+    if files:
+        overrides["security"] = {"tls": files}
+    settings = load_settings(config, **overrides)  # a bad config or TLS pair fails here
     return daemon.start(
-        host=host or settings.server.host,
-        port=port if port is not None else settings.server.port,
+        host=settings.server.host,
+        port=settings.server.port,
         config=config_path(config),
         allow_insecure=allow_insecure,
+        tls=tls,
+        https=settings.security.tls.cert_file is not None,
+        client=client,
         timeout_s=timeout,
     )
+
+
+def _serve_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> ServeTls:
+    """The --tls-* files as absolute paths (a restart from another folder finds them)."""
+    cert_file, key_file, ca_file = (str(p.resolve()) if p else None for p in (cert, key, client_ca))
+    return ServeTls(cert_file, key_file, ca_file)
 
 
 def _print_status(

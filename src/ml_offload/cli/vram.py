@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from ml_offload.cli.client import connect
-from ml_offload.cli.common import ConfigOpt, UrlOpt, human_bytes, out
+from ml_offload.cli.common import CaFileOpt, CertOpt, ConfigOpt, KeyOpt, UrlOpt, human_bytes, out
+from ml_offload.client_tls import ClientTls
 from ml_offload.wire.native import MemoryView
 
 
@@ -16,9 +17,12 @@ def vram(
     url: UrlOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOpt = None,
+    ca_file: CaFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """GPU devices and memory, and where each loaded model is placed."""
-    data = connect(url, config).view(MemoryView, "/vram/status")
+    data = connect(url, config, tls=ClientTls(ca_file, cert, key)).view(MemoryView, "/vram/status")
     if as_json:
         out.print_json(data=data.model_dump(mode="json"))
         return
