@@ -7,6 +7,7 @@ over HTTPS, every client command trusting a private CA and presenting a client c
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,47 +63,77 @@ def _ok(done: object) -> str:
     return stdout
 
 
-def test_the_daemon_and_client_commands_over_mutual_tls(tmp_path: Path, files: Files) -> None:
+@dataclass
+class Daemon:
+    url: str
+    env: dict[str, str]  # the state folder, no client TLS
+    start: list[str]  # `mlo server start ...` with mutual TLS
+    config: Path
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, files: Files) -> Iterator[Daemon]:
+    tmp = tmp_path_factory.mktemp("daemon")
     port = _free_port()
-    cfg = tmp_path / "config.toml"
-    write_config(cfg, tmp_path / "data", {"server": {"port": port}})
-    env = env_for(tmp_path, COLUMNS="200")
+    cfg = tmp / "config.toml"
+    write_config(cfg, tmp / "data", {"server": {"port": port}})
     serve_tls = ["--tls-cert", str(files.server_cert), "--tls-key", str(files.server_key)]
     serve_tls += ["--tls-client-ca", str(files.ca)]
-    start = ["server", "start", "--config", str(cfg), *serve_tls]
+    found = Daemon(
+        f"https://127.0.0.1:{port}",
+        env_for(tmp, COLUMNS="200"),
+        ["server", "start", "--config", str(cfg), *serve_tls],
+        cfg,
+    )
+    assert found.url in _ok(mlo(found.env | files.client_env(), *found.start))
+    yield found
+    _ok(mlo(found.env, "server", "stop"))
+    assert gateway_processes(str(cfg)) == []
 
-    # No client certificate: the probe cannot pass mutual TLS; the start says what to give and
-    # leaves no gateway behind (it used to wait for plain http, then kill a healthy gateway).
-    refused = one_error_line(mlo(env | {"MLO_CA_BUNDLE": str(files.ca)}, *start))
+
+def test_a_daemon_start_without_a_client_certificate_says_what_to_give(
+    tmp_path: Path, files: Files
+) -> None:
+    # The probe cannot pass mutual TLS: the start says so and leaves no gateway behind (it
+    # used to probe over plain http, then kill a healthy TLS gateway at the timeout).
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, tmp_path / "data", {"server": {"port": _free_port()}})
+    env = env_for(tmp_path) | {"MLO_CA_BUNDLE": str(files.ca)}
+    start = ["server", "start", "--config", str(cfg), "--tls-cert", str(files.server_cert)]
+    start += ["--tls-key", str(files.server_key), "--tls-client-ca", str(files.ca)]
+    refused = one_error_line(mlo(env, *start))
     assert "--cert and --key" in refused and "mutual TLS" in refused
     assert gateway_processes(str(cfg)) == []
 
-    url = f"https://127.0.0.1:{port}"
-    assert url in _ok(mlo(env | files.client_env(), *start))
-    try:
-        status = mlo(env | files.client_env(), "server", "status")
-        assert url in _ok(status) and "models: 1 known" in status.stdout
-        loaded = mlo(env, "load", MODEL, *files.flags())  # flags instead of the variables
-        assert f"{MODEL} ready" in _ok(loaded)
-        health = mlo(env | files.client_env(), "health", "--requests", "1", "--json")
-        report = json.loads(_ok(health))
-        assert report["latency"][0]["model"] == MODEL and report["latency"][0]["errors"] == []
-        ran = mlo(env | files.client_env(), "run", "--prompt", "Hi", "--max-tokens", "3")
-        assert _ok(ran).strip() and "starting a gateway" not in ran.stderr
 
-        no_cert = one_error_line(mlo(env | {"MLO_CA_BUNDLE": str(files.ca)}, "ps"))
-        assert "--cert and --key" in no_cert
-        untrusted = mlo(env | files.client_env() | {"MLO_CA_BUNDLE": str(files.stranger_ca)}, "ps")
-        assert "--ca-file" in one_error_line(untrusted) and "not trust" in untrusted.stderr
-        missing = one_error_line(mlo(env, "ps", "--ca-file", str(tmp_path / "nope.pem")))
-        assert "--ca-file" in missing and "nope.pem" in missing
+def test_client_commands_reach_the_daemon_over_mutual_tls(daemon: Daemon, files: Files) -> None:
+    env = daemon.env | files.client_env()
+    status = mlo(env, "server", "status")
+    assert daemon.url in _ok(status) and "models: 1 known" in status.stdout
+    loaded = mlo(daemon.env, "load", MODEL, *files.flags())  # flags instead of the variables
+    assert f"{MODEL} ready" in _ok(loaded)
+    report = json.loads(_ok(mlo(env, "health", "--requests", "1", "--json")))
+    assert report["latency"][0]["model"] == MODEL and report["latency"][0]["errors"] == []
+    ran = mlo(env, "run", "--prompt", "Hi", "--max-tokens", "3")
+    assert _ok(ran).strip() and "starting a gateway" not in ran.stderr
 
-        restarted = mlo(env | files.client_env(), "server", "restart")
-        assert url in _ok(restarted)  # the --tls-* files kept
-        assert "models: 1 known" in _ok(mlo(env | files.client_env(), "server", "status"))
-    finally:
-        _ok(mlo(env, "server", "stop"))
-    assert gateway_processes(str(cfg)) == []
+
+def test_client_tls_mistakes_are_one_line_with_the_fix(
+    daemon: Daemon, files: Files, tmp_path: Path
+) -> None:
+    no_cert = one_error_line(mlo(daemon.env | {"MLO_CA_BUNDLE": str(files.ca)}, "ps"))
+    assert "--cert and --key" in no_cert
+    other_ca = {"MLO_CA_BUNDLE": str(files.stranger_ca)}
+    untrusted = mlo(daemon.env | files.client_env() | other_ca, "ps")
+    assert "--ca-file" in one_error_line(untrusted) and "not trust" in untrusted.stderr
+    missing = one_error_line(mlo(daemon.env, "ps", "--ca-file", str(tmp_path / "nope.pem")))
+    assert "--ca-file" in missing and "nope.pem" in missing
+
+
+def test_a_restart_keeps_the_tls_files(daemon: Daemon, files: Files) -> None:
+    env = daemon.env | files.client_env()
+    assert daemon.url in _ok(mlo(env, "server", "restart"))
+    assert "models: 1 known" in _ok(mlo(env, "server", "status"))
 
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
