@@ -6,12 +6,14 @@ this one service; the routes only parse their dialect, check the caller (the gua
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ml_offload.backends import ollama
 from ml_offload.backends.http import Upstream
 from ml_offload.domain import ModelSpec, ModelState, ModelStatus
-from ml_offload.errors import Unavailable
+from ml_offload.errors import InvalidRequest, Unavailable
+from ml_offload.gguf import split_shard
 from ml_offload.registry import ModelRegistry, unavailable_reason
 from ml_offload.scheduler import Scheduler
 
@@ -42,6 +44,25 @@ class ModelControl:
         await self._scheduler.unload(spec.name)
         return True
 
+    async def delete(self, spec: ModelSpec) -> list[Path]:
+        """Ollama's delete, for files the gateway manages: unload the model, delete its file(s)
+        from the model folder, rescan. Config, demo and remote models are refused."""
+        if spec.source != "scan" or spec.path is None:
+            raise InvalidRequest(
+                f"model {spec.name!r} is not a file in the model folder (it comes from "
+                f"{spec.source}); remove it from the config instead",
+                param="model",
+            )
+        await self.unload_if_loaded(spec)
+        files = _model_files(spec.path)
+        for path in files:
+            path.unlink(missing_ok=True)
+        await self._registry.refresh()
+        return files
+
+    async def copy(self, source: ModelSpec, destination: str) -> None:
+        await self._registry.copy(source.name, destination)
+
     async def unload_all(self) -> list[str]:
         return await self._scheduler.unload_all()
 
@@ -55,3 +76,13 @@ class ModelControl:
         answer, or its NDJSON progress to stream back."""
         base_url, remote = ollama.pull_target(self._registry.all(), spec, name)
         return await ollama.pull(self._upstream, base_url, remote, body)
+
+
+def _model_files(path: Path) -> list[Path]:
+    """A model's file, or every shard of a split model (`-00001-of-00003`)."""
+    shard = split_shard(path)
+    if shard is None:
+        return [path]
+    n = shard[1]
+    stem = path.stem[: -len("-00001-of-00000")]
+    return [path.with_name(f"{stem}-{i:05d}-of-{n:05d}{path.suffix}") for i in range(1, n + 1)]

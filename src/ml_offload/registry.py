@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from ml_offload.backends.protocol import DEFAULT_KEY_ENV, DEFAULT_URLS
 from ml_offload.config import ModelConfig, Settings
 from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec, leaves_machine
-from ml_offload.errors import InvalidModelFile, ModelNotFound, Unavailable
+from ml_offload.errors import InvalidModelFile, InvalidRequest, ModelNotFound, Unavailable
 from ml_offload.gguf import demo_model_path, read_gguf_info, split_shard
 from ml_offload.storage import FileStamp, ModelRepository
 from ml_offload.wire.vllm import serve_argv
@@ -55,6 +55,20 @@ class _Found:
             self.stamps[spec.name] = stamp
 
 
+def _with_copies(found: _Found, copies: dict[str, str]) -> _Found:
+    """Copies (Ollama's /api/copy) as aliases of their models; a copy whose model is gone, or
+    whose name a source took since, is dropped."""
+    for alias, name in list(copies.items()):
+        at = next((i for i, s in enumerate(found.specs) if s.name == name), None)
+        if at is None or alias in found.names:
+            del copies[alias]
+            continue
+        spec = found.specs[at]
+        found.specs[at] = replace(spec, aliases=(*spec.aliases, alias))
+        found.names.add(alias)
+    return found
+
+
 def unavailable_reason(spec: ModelSpec) -> str | None:
     """Why `spec` cannot be served as configured (its file is gone, a cloud provider has no
     key), checked before each start so the caller hears it at once; None when it can be."""
@@ -74,6 +88,19 @@ class ModelRegistry:
         self._models: list[ModelSpec] = []
         self._index: dict[str, ModelSpec] = {}
         self._folded: dict[str, ModelSpec] = {}
+        self._copies: dict[str, str] = {}  # Ollama's /api/copy: alias → model (until restart)
+
+    async def copy(self, source: str, destination: str) -> None:
+        """Ollama's copy, as an alias: `destination` names the model `source` names."""
+        spec = self.resolve(source)
+        taken = self._index.get(destination)
+        if taken is not None and taken.name != spec.name:
+            raise InvalidRequest(
+                f"destination: {destination!r} already names model {taken.name!r}; pick another",
+                param="destination",
+            )
+        self._copies[destination] = spec.name
+        await self.refresh()
 
     async def refresh(self) -> None:
         """Rebuild the model list from its sources, store it, then swap the index in."""
@@ -115,7 +142,7 @@ class ModelRegistry:
         demo = demo_model_path() if settings.demo_model else None
         if demo and DEMO_MODEL_NAME not in found.names and _identity(demo) not in found.files:
             await self._add_local(found, DEMO_MODEL_NAME, demo, "demo")
-        return found
+        return _with_copies(found, self._copies)
 
     async def _add_config(self, found: _Found, config: ModelConfig) -> None:
         if config.serve is not None:  # a server we start: local, like our engines

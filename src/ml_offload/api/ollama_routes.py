@@ -196,6 +196,25 @@ async def show(request: Request) -> Response:
     return json_response(wire.show(_resolve(svc, req.model), svc.started_at))
 
 
+@router.delete("/delete")
+async def delete(request: Request) -> Response:
+    """Ollama's delete, for model files in the gateway's folder: 200 with no body; 404 if the
+    model does not exist (admin keys only, as every path that changes what is stored)."""
+    svc = services(request)
+    req = wire.parse_show(await read_body(request))  # the same body: `model` (or `name`)
+    await svc.control.delete(_resolve(svc, req.model))
+    return Response(status_code=200)
+
+
+@router.post("/copy")
+async def copy(request: Request) -> Response:
+    """Ollama's copy, as an alias of the source model (kept until the gateway restarts)."""
+    svc = services(request)
+    req = wire.parse_copy(await read_body(request))
+    await svc.control.copy(_resolve(svc, req.source), req.destination)
+    return Response(status_code=200)
+
+
 @router.get("/version")
 async def version() -> Response:
     return json_response({"version": wire.API_VERSION})

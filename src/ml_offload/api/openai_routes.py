@@ -30,6 +30,15 @@ async def list_models(request: Request) -> Response:
     return _json({"object": "list", "data": data})
 
 
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    """One model by name or alias (404 in OpenAI's error shape when unknown)."""
+    svc = services(request)
+    svc.registry.resolve(model_id)
+    created = int(svc.started_at)
+    return _json({"id": model_id, "object": "model", "created": created, "owned_by": "ml-offload"})
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(request: Request) -> Response:
     return await _handle(request, "chat")

@@ -106,6 +106,16 @@ class ShowRequest(BaseModel):
     model: str = Field(min_length=1)
 
 
+class CopyRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
+
+
+def parse_copy(raw: bytes) -> CopyRequest:
+    return parse(CopyRequest, raw)
+
+
 def parse_chat(raw: bytes) -> ChatRequest:
     return parse(ChatRequest, raw)
 
@@ -450,9 +460,10 @@ def details(spec: ModelSpec) -> dict[str, Any]:
 
 
 def tags(specs: list[ModelSpec], started_at_s: float) -> dict[str, Any]:
+    """Every name a client may ask for: models and their aliases (copies made by /api/copy)."""
     models = []
-    for spec in specs:
-        name = tag(spec.name)
+    for spec, each in [(sp, n) for sp in specs for n in sp.names]:
+        name = tag(each)
         models.append(
             {
                 "name": name,
