@@ -6,16 +6,20 @@ this one service; the routes only parse their dialect, check the caller (the gua
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ml_offload.backends import ollama
 from ml_offload.backends.http import Upstream
+from ml_offload.config import Settings
 from ml_offload.domain import ModelSpec, ModelState, ModelStatus
 from ml_offload.errors import InvalidRequest, Unavailable
 from ml_offload.gguf import split_shard
 from ml_offload.registry import ModelRegistry, unavailable_reason
 from ml_offload.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
 
 
 class ModelControl:
@@ -62,6 +66,19 @@ class ModelControl:
 
     async def copy(self, source: ModelSpec, destination: str) -> None:
         await self._registry.copy(source.name, destination)
+
+    async def reload(self, settings: Settings) -> list[str]:
+        """A config reload (SIGHUP): models and the folder rescanned; a model that changed or
+        went is unloaded, the others stay loaded. Returns the names unloaded."""
+        changed = await self._registry.reload(settings)
+        for name in changed:
+            await self._scheduler.forget(name)
+        log.info(
+            "config reloaded: %d models; changed or removed: %s",
+            len(self._registry.all()),
+            ", ".join(changed) or "none",
+        )
+        return changed
 
     async def unload_all(self) -> list[str]:
         return await self._scheduler.unload_all()

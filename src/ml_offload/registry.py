@@ -102,6 +102,14 @@ class ModelRegistry:
         self._copies[destination] = spec.name
         await self.refresh()
 
+    async def reload(self, settings: Settings) -> list[str]:
+        """Take new settings (SIGHUP) and rescan; the names of models that changed or went."""
+        before = {spec.name: spec for spec in self._models}
+        self._settings = settings
+        await self.refresh()
+        after = {spec.name: spec for spec in self._models}
+        return [name for name, spec in before.items() if after.get(name) != spec]
+
     async def refresh(self) -> None:
         """Rebuild the model list from its sources, store it, then swap the index in."""
         async with self._lock:

@@ -151,6 +151,13 @@ class Scheduler:
         await self._unload(entry, "explicit")
         return self._status(entry)
 
+    async def forget(self, name: str) -> None:
+        """Unload `name` and drop its state (its spec changed or it is gone: a config reload);
+        its next request starts it afresh from the registry's new spec."""
+        entry = self._entries.pop(name, None)
+        if entry is not None:
+            await self._unload(entry, "reload")
+
     async def unload_all(self) -> list[str]:
         names = [e.spec.name for e in self._held() if e.process.state in LOADED_STATES]
         await asyncio.gather(*(self._unload(self._entries[n], "explicit") for n in names))

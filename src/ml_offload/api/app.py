@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -25,6 +25,7 @@ from ml_offload.api import (
     ws,
 )
 from ml_offload.api.headers import HardeningMiddleware
+from ml_offload.api.reload import reload_on_hup
 from ml_offload.api.security import SecurityMiddleware
 from ml_offload.api.streaming import ClientGone
 from ml_offload.backends.base import ProcessFactory
@@ -34,13 +35,22 @@ from ml_offload.mcp.http import McpEndpoint
 from ml_offload.services import Services
 
 
-def build_app(settings: Settings, factory: ProcessFactory | None = None) -> FastAPI:
+def build_app(
+    settings: Settings,
+    factory: ProcessFactory | None = None,
+    reread: Callable[[], Settings] | None = None,
+) -> FastAPI:
+    """`reread`: how to read the settings again (the config file), for SIGHUP."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = await Services.start(settings, factory)
         tune_gc()
         try:
-            async with mcp_endpoint.running(app, app.state.services):
+            async with (
+                mcp_endpoint.running(app, app.state.services),
+                reload_on_hup(app.state.services, reread),
+            ):
                 yield
         finally:
             await app.state.services.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import ssl
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -16,15 +17,20 @@ from ml_offload.backends.base import ProcessFactory
 from ml_offload.config import Settings
 
 
-def serve(settings: Settings, factory: ProcessFactory | None = None) -> None:
+def serve(
+    settings: Settings,
+    factory: ProcessFactory | None = None,
+    reread: Callable[[], Settings] | None = None,
+) -> None:
     """Run until stopped; uvicorn exits with code 3 (its reason logged) when start-up fails.
-    A SIGTERM answered by a clean shutdown returns (exit status 0, which systemd reads as a
-    clean stop), where uvicorn would re-raise it and die by the signal (-15)."""
+    `reread` reads the settings again, for SIGHUP (api/reload.py). A SIGTERM answered by a
+    clean shutdown returns (exit status 0, which systemd reads as a clean stop), where uvicorn
+    would re-raise it and die by the signal (-15)."""
     import uvicorn
 
     signal.signal(signal.SIGTERM, _stopped)  # the handler uvicorn restores and re-raises into
     uvicorn.run(
-        build_app(settings, factory),
+        build_app(settings, factory, reread),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",

@@ -40,7 +40,8 @@ def serve(
         client_ca=tls_client_ca,
         allow_insecure=allow_insecure,
     )
-    settings = load_settings(_resolved(config), **overrides)  # a bad config is one line
+    path = _resolved(config)
+    settings = load_settings(path, **overrides)  # a bad config is one line
     logging.basicConfig(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -49,7 +50,7 @@ def serve(
     from ml_offload.api.serve import serve as run_gateway  # the declared cli → api edge
 
     try:
-        run_gateway(settings)
+        run_gateway(settings, reread=lambda: load_settings(path, **overrides))
     except SystemExit as exc:  # uvicorn's 3: start-up failed, its one-line reason is logged
         if exc.code == 3:
             raise typer.Exit(1) from None
