@@ -284,3 +284,15 @@ async def test_limits_report_reads_the_windows_without_charging(tmp_path: Path) 
     admin = RequestContext(request_id="r", method="GET", path="/limits", admin=True)
     assert (await guard.limits(admin)).subject is None  # the admin key has no limits of its own
     await guard.close()
+
+
+async def test_requests_and_tokens_are_counted_apart_when_equal(tmp_path: Path) -> None:
+    """rpm == tpm must not share one counter: 3 tokens reserved are not 3 requests made."""
+    guard = await guard_with(tmp_path, "memory://", default_rpm=5, default_tpm=5)
+    first = ctx_for("a:1")
+    await guard.admit(first, "chat", {"model": "m", "max_tokens": 3})
+    second = ctx_for("a:1")
+    await guard.admit(second, "chat", {"model": "m", "max_tokens": 1})
+    report = {v.what: v.used for v in (await guard.limits(ctx_for("a:1"))).limits}
+    assert report == {"tokens": 4, "requests": 0}  # admit() charges no caller request
+    await guard.close()

@@ -40,6 +40,11 @@ class Subject:
     rpm: int | None
     tpm: int | None
 
+    def counter(self, what: Literal["requests", "tokens"]) -> str:
+        """The storage scope of one of its limits: requests and tokens are counted apart (a key
+        whose rpm equals its tpm must not share one counter)."""
+        return f"{self.scope}/{what}"
+
 
 class Quota:
     def __init__(self, settings: LimitSettings, limiter: Limiter) -> None:
@@ -99,7 +104,7 @@ class Quota:
         for what, limit in kinds:
             if limit is None:
                 continue
-            w = await self._limiter.peek(subject.scope, limit)
+            w = await self._limiter.peek(subject.counter(what), limit)
             views.append(
                 LimitView(
                     subject=subject.who,
@@ -155,7 +160,7 @@ class Quota:
     async def _charge_request(self, ctx: RequestContext, subject: Subject | None) -> None:
         if subject is None or subject.rpm is None:
             return
-        taken = await self._charge(subject.scope, subject.rpm, 1)
+        taken = await self._charge(subject.counter("requests"), subject.rpm, 1)
         if taken is None:
             return
         window, charge = taken
@@ -170,9 +175,9 @@ class Quota:
             raise RateLimited(
                 f"this request may use {cost} tokens (prompt and max_tokens), more than "
                 f"{subject.who}'s limit of {tpm} tokens per minute; lower max_tokens",
-                headers=await self._peek_headers(subject.scope, tpm),
+                headers=await self._peek_headers(subject.counter("tokens"), tpm),
             )
-        taken = await self._charge(subject.scope, tpm, cost)
+        taken = await self._charge(subject.counter("tokens"), tpm, cost)
         if taken is None:
             return
         window, charge = taken
