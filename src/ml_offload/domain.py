@@ -128,6 +128,12 @@ class ModelSpec:
     command: tuple[str, ...] = ()  # a server we start (`vllm serve ...`); host/port added
 
     @property
+    def provider_name(self) -> str:
+        """`gen_ai.provider.name` in metrics and traces: our llama.cpp engine, else the
+        upstream's protocol ("openai", "ollama", "vllm", "tgi", "deepseek", "anthropic")."""
+        return "llama.cpp" if self.kind is DeploymentKind.LLAMACPP else self.backend
+
+    @property
     def is_local(self) -> bool:
         """A process we run here (see `DeploymentKind.runs_here`)."""
         return self.kind.runs_here

@@ -9,7 +9,6 @@ proper HTTP error; after that, errors arrive as stream events.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -27,7 +26,7 @@ from ml_offload.errors import (
     Unavailable,
     UpstreamClientError,
 )
-from ml_offload.metrics import Metrics
+from ml_offload.metrics import GenAiCall, Metrics
 from ml_offload.registry import unavailable_reason
 from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
@@ -109,29 +108,30 @@ class InferenceService:
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
     ) -> dict[str, Any]:
         model = data["model"]
-        started = time.perf_counter()
-        status = "error"
+        call = self._metrics.genai.call(kind, spec.provider_name, model, spec.name)
+        status, error = "error", ""
         outbound = self._guard.outbound(spec, data, ctx)
         if ctx is not None:
             ctx.backend = spec.name
         protocol = protocol_for(spec)
         try:
             request = protocol.body(spec, kind, outbound)
-            code, body = await self._post(spec, protocol, kind, request)
+            code, body = await self._post(spec, protocol, kind, request, call)
             _raise_for_status(code, body)
             out = NORMALIZERS[kind](protocol.answer(kind, body), model)
-            self._count_tokens(spec.name, out.get("usage"))
-            if ctx is not None:
-                ctx.record_usage(out.get("usage"))
+            _record_usage(call, ctx, out.get("usage"))
             status = "200"
             return out
         except MloError as exc:
-            status = str(exc.status)
+            status, error = str(exc.status), exc.error_type
             self._metrics.errors.labels(spec.name, exc.error_type).inc()
+            raise
+        except BaseException as exc:  # cancelled (the caller left) or a bug
+            error = type(exc).__name__
             raise
         finally:
             self._metrics.requests.labels(kind, spec.name, status).inc()
-            self._metrics.latency.labels(kind, spec.name).observe(time.perf_counter() - started)
+            call.finish(error)
 
     async def _open_on(
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
@@ -144,10 +144,11 @@ class InferenceService:
         if ctx is not None:
             ctx.backend = spec.name
         protocol = protocol_for(spec)
+        call = self._metrics.genai.call(kind, spec.provider_name, model, spec.name)
         stack = contextlib.AsyncExitStack()
         try:
             request = protocol.body(spec, kind, data)
-            url, resp = await self._open(stack, spec, protocol, kind, request)
+            url, resp = await self._open(stack, spec, protocol, kind, request, call)
             stack.callback(resp.close)
             if resp.status != 200:
                 _raise_for_status(resp.status, await resp.read())
@@ -155,22 +156,40 @@ class InferenceService:
             await stack.aclose()
             self._metrics.errors.labels(spec.name, exc.error_type).inc()
             self._metrics.requests.labels(kind, spec.name, str(exc.status)).inc()
+            call.finish(exc.error_type)
             raise
-        except BaseException:
+        except BaseException as exc:
             await stack.aclose()
+            call.finish(type(exc).__name__)
             raise
-        count = self._count_tokens if ctx is None else partial(self._count_and_record, ctx)
+        record = partial(_record_usage, call, ctx)
         return EngineStream(
-            kind, model, spec.name, url, resp, stack, self._metrics, want_usage, count, protocol
+            kind,
+            model,
+            spec.name,
+            url,
+            resp,
+            stack,
+            self._metrics,
+            want_usage,
+            record,
+            protocol,
+            call,
         )
 
     async def _post(
-        self, spec: ModelSpec, protocol: UpstreamProtocol, kind: Kind, request: bytes
+        self,
+        spec: ModelSpec,
+        protocol: UpstreamProtocol,
+        kind: Kind,
+        request: bytes,
+        call: GenAiCall,
     ) -> tuple[int, bytes]:
         """Send under a slot; an engine of ours found dead (connection refused, or dropped by a
         process that exited) is restarted and the request sent again, once."""
         for retry in (True, False):
             async with self._scheduler.lease(spec) as base_url:
+                call.sent()
                 try:
                     return await self._upstream.post(
                         protocol.url(base_url, kind, False), request, protocol.headers(spec)
@@ -187,11 +206,13 @@ class InferenceService:
         protocol: UpstreamProtocol,
         kind: Kind,
         request: bytes,
+        call: GenAiCall,
     ) -> tuple[str, aiohttp.ClientResponse]:
         """`_post` for a stream: the slot stays held on `stack` while the response is open."""
         for retry in (True, False):
             lease = contextlib.AsyncExitStack()
             base_url = await lease.enter_async_context(self._scheduler.lease(spec))
+            call.sent()
             url = protocol.url(base_url, kind, True)
             try:
                 resp = await self._upstream.open(url, request, protocol.headers(spec))
@@ -214,14 +235,11 @@ class InferenceService:
         refused = isinstance(exc, EngineUnreachable)
         return await self._scheduler.replace_dead(spec, base_url, refused=refused)
 
-    def _count_and_record(self, ctx: RequestContext, name: str, usage: Any) -> None:
-        self._count_tokens(name, usage)
-        ctx.record_usage(usage)
 
-    def _count_tokens(self, name: str, usage: Any) -> None:
-        if isinstance(usage, dict):
-            self._metrics.tokens.labels(name, "in").inc(int(usage.get("prompt_tokens") or 0))
-            self._metrics.tokens.labels(name, "out").inc(int(usage.get("completion_tokens") or 0))
+def _record_usage(call: GenAiCall, ctx: RequestContext | None, usage: Any) -> None:
+    call.usage(usage)
+    if ctx is not None:
+        ctx.record_usage(usage)
 
 
 class EngineStream:
@@ -237,36 +255,32 @@ class EngineStream:
         stack: contextlib.AsyncExitStack,
         metrics: Metrics,
         want_usage: bool,
-        count_tokens: Callable[[str, Any], None],
+        record_usage: Callable[[Any], None],
         protocol: UpstreamProtocol,
+        call: GenAiCall,
     ) -> None:
         self._kind, self._model, self._name, self._url = kind, model, name, url
-        self._protocol = protocol
+        self._protocol, self._call = protocol, call
         self._resp, self._stack, self._metrics = resp, stack, metrics
-        self._want_usage, self._count_tokens = want_usage, count_tokens
-        self._started = time.perf_counter()
-        self._status = "200"
+        self._want_usage, self._record_usage = want_usage, record_usage
+        self._status, self._error = "200", ""
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         normalize = STREAM_NORMALIZERS[self._kind]
-        first = True
         try:
             async for obj in self._protocol.chunks(self._kind, self._resp, self._url, self._model):
-                if first and obj.get("choices"):
-                    first = False
-                    self._metrics.ttft.labels(self._name).observe(
-                        time.perf_counter() - self._started
-                    )
+                if obj.get("choices"):
+                    self._call.first_token()
                 if obj.get("usage"):
-                    self._count_tokens(self._name, obj["usage"])
+                    self._record_usage(obj["usage"])
                     if not self._want_usage:
                         if not obj.get("choices"):
                             continue
                         obj.pop("usage")
                 yield normalize(obj, self._model)
         except MloError as exc:
-            self._status = str(exc.status)
+            self._status, self._error = str(exc.status), exc.error_type
             self._metrics.errors.labels(self._name, exc.error_type).inc()
             raise
 
@@ -276,9 +290,7 @@ class EngineStream:
         self._closed = True
         await self._stack.aclose()
         self._metrics.requests.labels(self._kind, self._name, self._status).inc()
-        self._metrics.latency.labels(self._kind, self._name).observe(
-            time.perf_counter() - self._started
-        )
+        self._call.finish(self._error)
 
 
 def _raise_for_status(code: int, body: bytes) -> None:

@@ -1,7 +1,14 @@
-"""Prometheus metrics, one registry per gateway (no globals)."""
+"""Prometheus metrics, one registry per gateway (no globals).
+
+Requests are measured with the OpenTelemetry GenAI semantic conventions' instruments, named as
+OpenTelemetry's Prometheus exporter names them (`gen_ai.client.token.usage` becomes
+`gen_ai_client_token_usage`, attributes become labels with `_` for `.`); the gateway's own
+counters and gauges (`mlo_*`) keep their names.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -9,6 +16,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 
 class DeviceLike(Protocol):
@@ -53,7 +61,25 @@ class RuntimeGauges:
     disks: Sequence[DiskGauge] = ()
 
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+# The explicit bucket boundaries the GenAI semantic conventions advise for each instrument.
+_DURATION_BUCKETS = tuple(0.01 * 2**i for i in range(14))  # 0.01, 0.02 ... 81.92
+_TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67108864
+_TTFT_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5)
+_TTFT_BUCKETS += (0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+# gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model, gen_ai.response.model,
+# error.type ("" on success: Prometheus reads an empty label as absent)
+GENAI_LABELS = [
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "error_type",
+]
+# gen_ai.operation.name's well-known values for what the gateway serves
+OPERATION_NAMES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
 
 
 class Metrics:
@@ -68,26 +94,11 @@ class Metrics:
         self.errors = Counter(
             "mlo_errors", "Errors by model and error type", ["model", "type"], registry=r
         )
-        self.latency = Histogram(
-            "mlo_request_latency_seconds",
-            "Request latency",
-            ["endpoint", "model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "mlo_time_to_first_token_seconds",
-            "Time to the first streamed token",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter("mlo_tokens", "Tokens in and out", ["model", "direction"], registry=r)
         self.load_time = Histogram(
             "mlo_model_load_seconds",
             "Time to load a model",
             ["model"],
-            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            buckets=_LOAD_BUCKETS,
             registry=r,
         )
         self.evictions = Counter(
@@ -100,6 +111,8 @@ class Metrics:
             registry=r,
         )
 
+        self.genai = GenAiInstruments(r)
+
     def watch(self, read: Callable[[], RuntimeGauges]) -> None:
         """Report the runtime gauges (models loaded, queues, GPU memory) from `read()`, called
         at each scrape: the numbers are as fresh as the scrape, and no route sets them."""
@@ -107,6 +120,120 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class GenAiInstruments:
+    """The GenAI semantic conventions' histograms. The gateway is a GenAI server to its callers
+    (`gen_ai.server.*`: the whole request, queue and model load included) and a GenAI client
+    of its upstreams (`gen_ai.client.*`: from the upstream call to its last byte)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        def histogram(
+            name: str, doc: str, buckets: Sequence[float], labels: list[str]
+        ) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        self.operation = histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "gen_ai.client.operation.duration: the upstream call, from request to last byte",
+            _DURATION_BUCKETS,
+            GENAI_LABELS,
+        )
+        self.tokens = histogram(
+            "gen_ai_client_token_usage",
+            "gen_ai.client.token.usage: tokens per request, by gen_ai.token.type",
+            _TOKEN_BUCKETS,
+            [*GENAI_LABELS[:4], "gen_ai_token_type"],
+        )
+        self.request = histogram(
+            "gen_ai_server_request_duration_seconds",
+            "gen_ai.server.request.duration: the whole request (queue and model load included)",
+            _DURATION_BUCKETS,
+            GENAI_LABELS,
+        )
+        self.ttft = histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "gen_ai.server.time_to_first_token: request arrival to the first streamed token",
+            _TTFT_BUCKETS,
+            GENAI_LABELS[:4],
+        )
+        self.tpot = histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "gen_ai.server.time_per_output_token: after the first token, per output token",
+            _TPOT_BUCKETS,
+            GENAI_LABELS[:4],
+        )
+
+    def totals(self) -> dict[str, float]:
+        """Sums over every label set since start: requests, errors, input/output tokens and
+        the time-to-first-token histogram's count and sum."""
+        out = dict.fromkeys(
+            ("requests", "errors", "input_tokens", "output_tokens", "ttft_count", "ttft_sum_s"), 0.0
+        )
+        for s in _samples(self.request, "_count"):
+            out["requests"] += s.value
+            out["errors"] += s.value if s.labels.get("error_type") else 0
+        for s in _samples(self.tokens, "_sum"):
+            out[f"{s.labels['gen_ai_token_type']}_tokens"] += s.value
+        out["ttft_count"] = sum(s.value for s in _samples(self.ttft, "_count"))
+        out["ttft_sum_s"] = sum(s.value for s in _samples(self.ttft, "_sum"))
+        return out
+
+    def call(
+        self, operation: str, provider: str, request_model: str, response_model: str
+    ) -> GenAiCall:
+        labels = (
+            OPERATION_NAMES.get(operation, operation),
+            provider,
+            request_model,
+            response_model,
+        )
+        return GenAiCall(self, labels, time.perf_counter())
+
+
+def _samples(histogram: Histogram, suffix: str) -> Iterator[Sample]:
+    name = histogram._name + suffix  # prometheus_client keeps the family's name there
+    return (s for family in histogram.collect() for s in family.samples if s.name == name)
+
+
+class GenAiCall:
+    """One request's measurements, recorded once at `finish` (a handful of observations)."""
+
+    __slots__ = ("_first", "_in", "_labels", "_out", "_sent", "_started", "_to")
+
+    def __init__(self, to: GenAiInstruments, labels: tuple[str, str, str, str], started: float):
+        self._to, self._labels, self._started = to, labels, started
+        self._sent: float | None = None
+        self._first: float | None = None
+        self._in: int | None = None
+        self._out = 0
+
+    def sent(self) -> None:
+        """The upstream call starts now (a slot is held, the model is loaded)."""
+        self._sent = time.perf_counter()
+
+    def first_token(self) -> None:
+        if self._first is None:
+            self._first = time.perf_counter()
+            self._to.ttft.labels(*self._labels).observe(self._first - self._started)
+
+    def usage(self, usage: object) -> None:
+        """OpenAI-shaped usage (the last report wins; observed once, at `finish`)."""
+        if isinstance(usage, dict):
+            self._in = int(usage.get("prompt_tokens") or 0)
+            self._out = int(usage.get("completion_tokens") or 0)
+
+    def finish(self, error_type: str = "") -> None:
+        now = time.perf_counter()
+        self._to.request.labels(*self._labels, error_type).observe(now - self._started)
+        if self._sent is not None:
+            self._to.operation.labels(*self._labels, error_type).observe(now - self._sent)
+        if self._in is not None:
+            tokens = self._to.tokens
+            tokens.labels(*self._labels, "input").observe(self._in)
+            tokens.labels(*self._labels, "output").observe(self._out)
+        if self._first is not None and self._out > 1 and not error_type:
+            self._to.tpot.labels(*self._labels).observe((now - self._first) / (self._out - 1))
 
 
 class _RuntimeCollector(Collector):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from ml_offload.config import load_settings
-from ml_offload.metrics import Metrics
+from ml_offload.metrics import Metrics, RuntimeGauges
 from tests.deploy.conftest import DEPLOY, REPO
 
 COMPOSE = DEPLOY / "compose.yaml"
@@ -94,21 +94,30 @@ def test_prometheus_scrapes_the_gateway_port() -> None:
 
 
 def _exported_names() -> set[str]:
+    """The metric names (with their suffixes) and label names a gateway exports."""
     suffixes = {
         "counter": ("_total",),
         "histogram": ("_bucket", "_count", "_sum"),
         "gauge": ("",),
     }
     names = set()
-    for family in Metrics().registry.collect():
+    metrics = Metrics()
+    metrics.watch(lambda: RuntimeGauges(0, (), ()))  # the runtime gauges' families
+    for family in metrics.registry.collect():
         names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    call = metrics.genai.call("chat", "llama.cpp", "m", "m")  # a sample shows the labels
+    call.usage({"prompt_tokens": 1, "completion_tokens": 1})
+    call.finish()
+    for family in metrics.registry.collect():
+        names |= {label for sample in family.samples for label in sample.labels}
     return names
 
 
 def test_dashboard_queries_metrics_the_gateway_exports() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "ml-offload.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    used = {name for expr in exprs for name in re.findall(r"\bmlo_\w+", expr)}
+    # every metric name and every GenAI label (gen_ai_request_model...) the queries name
+    used = {name for expr in exprs for name in re.findall(r"\b(?:mlo|gen_ai)_\w+", expr)}
     assert used and used <= _exported_names(), used - _exported_names()
     provider = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "dashboards" / "ml-offload.yaml").read_text()

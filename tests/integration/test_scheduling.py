@@ -156,8 +156,8 @@ def test_metrics_and_health(gateway_factory: GatewayFactory, smollm_path: Path) 
     text = gw.http.get("/metrics").text
     for family in (
         "mlo_requests_total",
-        "mlo_request_latency_seconds_bucket",
-        "mlo_tokens_total",
+        'gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat"',
+        'gen_ai_client_token_usage_count{gen_ai_operation_name="chat"',
         "mlo_queue_depth",
         "mlo_models_loaded",
         "mlo_model_load_seconds_count",

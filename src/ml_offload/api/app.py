@@ -22,6 +22,7 @@ from ml_offload.api import (
     native,
     ollama_routes,
     openai_routes,
+    ui,
     ws,
 )
 from ml_offload.api.headers import HardeningMiddleware
@@ -65,6 +66,7 @@ def build_app(
     )
     errors.install(app)
     app.add_middleware(SecurityMiddleware)
+    app.add_middleware(ui.UiAssets)  # the dashboard's page and assets: no data, no key
     add_outer_middleware(app, settings)
 
     @app.exception_handler(ClientGone)
@@ -80,6 +82,7 @@ def build_app(
     app.include_router(admin.router)
     app.include_router(analyze_routes.router)  # issue 17: the code analyzer
     app.include_router(limits.router)
+    app.include_router(ui.router)
     app.router.routes.append(  # an ASGI app on the exact path (a Mount would want /mcp/)
         Route(MCP_PATH, mcp_endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     )

@@ -225,3 +225,42 @@ class LimitsView(View):
 
     subject: str | None  # whose per-key limits; None: none apply (the admin key, auth off)
     limits: list[LimitView]  # the caller's own, then every per-model limit
+
+
+# -- /ui/events (the dashboard's live feed) -----------------------------------------------
+
+
+class GenAiTotals(View):
+    """Running totals of the GenAI metrics since start: the dashboard's sparklines are their
+    differences between two snapshots (requests/s, output tokens/s, mean time to first token)."""
+
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    ttft_count: int
+    ttft_sum_s: float
+
+
+class AuditEventView(View):
+    """One recent audit event, as the dashboard lists it (admin keys only)."""
+
+    time: str | None
+    key_name: str | None
+    method: str | None
+    path: str | None
+    model: str | None
+    status: int | None
+    latency_ms: float | None
+
+
+class DashboardView(View):
+    """One snapshot of the live feed: the same views as `/models` and `/vram/status`, the
+    GenAI totals and, for admin keys, the latest audit events."""
+
+    time: float
+    admin: bool  # the caller may load, unload and pin (the dashboard shows the buttons)
+    models: list[ModelView]
+    memory: MemoryView
+    totals: GenAiTotals
+    audit: list[AuditEventView]
