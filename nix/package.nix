@@ -42,6 +42,7 @@ py.buildPythonApplication {
       prometheus-client
       huggingface-hub
       limits
+      watchfiles
       redis
       asyncpg
       nvidia-ml-py

@@ -8,6 +8,7 @@ Precedence (highest first): explicit overrides, `MLO_*` variables (nested with `
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +66,17 @@ class StorageSettings(_Section):
     low_disk_bytes: int = Field(
         5 * 1024**3, ge=0, description="warn in /health and the log below this free space (0: off)"
     )
+    node_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="owner of this gateway's rows in a shared registry; default: the host name",
+    )
+
+    @property
+    def node(self) -> str:
+        """Who owns the registry rows this gateway writes (and alone may delete)."""
+        return self.node_name or socket.gethostname()
 
     @property
     def models_path(self) -> Path:
@@ -373,6 +385,7 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=list)
     demo_model: bool = Field(True, description="register the bundled SmolLM2 when installed")
     scan_models_dir: bool = True
+    watch_models_dir: bool = Field(True, description="rescan when the model folder changes")
     llamacpp_url: str | None = None
     hf_token: SecretStr | None = None
 

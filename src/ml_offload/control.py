@@ -1,22 +1,29 @@
-"""What changes which models are loaded, for every entry point.
+"""What changes which models are loaded or known, for every entry point.
 
 The native API, Ollama's load/unload idiom, `/api/pull`, the MCP tools and the dashboard all ask
 this one service; the routes only parse their dialect, check the caller (the guard) and render.
+`rescan` (`POST /models/rescan`, `mlo models rescan`, after `mlo pull`, and `FolderWatch` on
+changes to the model folder) finds new models without a restart and leaves loaded ones alone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from watchfiles import Change, awatch
 
 from ml_offload.backends import ollama
 from ml_offload.backends.http import Upstream
 from ml_offload.config import Settings
 from ml_offload.domain import ModelSpec, ModelState, ModelStatus
-from ml_offload.errors import InvalidRequest, Unavailable
+from ml_offload.errors import InvalidRequest, MloError, Unavailable
 from ml_offload.gguf import split_shard
-from ml_offload.registry import ModelRegistry, unavailable_reason
+from ml_offload.registry import Changes, ModelRegistry, unavailable_reason
 from ml_offload.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -93,6 +100,59 @@ class ModelControl:
         answer, or its NDJSON progress to stream back."""
         base_url, remote = ollama.pull_target(self._registry.all(), spec, name)
         return await ollama.pull(self._upstream, base_url, remote, body)
+
+    async def rescan(self) -> Changes:
+        """Read the model folder and config again: new models are served at once, loaded
+        ones stay loaded; a model whose file or definition changed, or that went, is
+        unloaded (as a config reload does) and starts afresh on its next request."""
+        changes = await self._registry.refresh()
+        for name in (*changes.removed, *changes.changed):
+            await self._scheduler.forget(name)
+        return changes
+
+
+class FolderWatch:
+    """Rescans when GGUF files (or folders) appear, change or go under the model folder;
+    watchfiles groups a burst of changes (a file being copied) into one rescan."""
+
+    def __init__(self, control: ModelControl, folder: Path) -> None:
+        self._control, self._folder = control, folder.absolute()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        keep = _models_only(self._folder)
+        async for _ in awatch(self._folder, watch_filter=keep, stop_event=self._stop):
+            try:
+                await self._control.rescan()
+            except MloError as exc:  # keep watching; the next change tries again
+                log.warning("model folder rescan failed: %s", exc.message)
+
+
+def _models_only(folder: Path) -> Callable[[Change, str], bool]:
+    """GGUF files and folders (a folder moved in) under `folder`, not in hidden folders (the
+    downloads in `.cache/`)."""
+
+    def keep(change: Change, path: str) -> bool:
+        p = Path(path)
+        with contextlib.suppress(ValueError):
+            p = p.relative_to(folder)
+        if any(part.startswith(".") for part in p.parts):
+            return False
+        return p.suffix.lower() == ".gguf" or not p.suffix
+
+    return keep
 
 
 def _model_files(path: Path) -> list[Path]:

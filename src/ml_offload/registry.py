@@ -80,6 +80,38 @@ def unavailable_reason(spec: ModelSpec) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a refresh changed: models added, removed, and changed (file, config), by name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    total: int = 0
+
+    def summary(self) -> str:
+        parts = [
+            f"{what} {', '.join(names)}"
+            for what, names in (
+                ("added", self.added),
+                ("removed", self.removed),
+                ("changed", self.changed),
+            )
+            if names
+        ]
+        return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _changes(before: dict[str, ModelSpec], after: list[ModelSpec]) -> Changes:
+    now = {spec.name: spec for spec in after}
+    return Changes(
+        added=tuple(sorted(now.keys() - before.keys())),
+        removed=tuple(sorted(before.keys() - now.keys())),
+        changed=tuple(sorted(n for n in now.keys() & before.keys() if now[n] != before[n])),
+        total=len(now),
+    )
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings, repo: ModelRepository) -> None:
         self._settings = settings
@@ -110,14 +142,18 @@ class ModelRegistry:
         after = {spec.name: spec for spec in self._models}
         return [name for name, spec in before.items() if after.get(name) != spec]
 
-    async def refresh(self) -> None:
-        """Rebuild the model list from its sources, store it, then swap the index in."""
+    async def refresh(self) -> Changes:
+        """Rebuild the model list from its sources, store it, then swap the index in; what
+        changed since the last refresh (everything, the first time)."""
         async with self._lock:
+            before = {spec.name: spec for spec in self._models}
             found = await self._collect()
             await self._persist(found)
             self._swap(found.specs)
-        log.info("registry: %d models", len(self._models))
+        changes = _changes(before, found.specs)
+        log.info("registry: %d models%s", len(self._models), changes.summary())
         log.debug("registry: %s", ", ".join(self._index_names()))
+        return changes
 
     def resolve(self, name: str) -> ModelSpec:
         """The model called `name` (or with that alias; exact, else case-insensitive)."""

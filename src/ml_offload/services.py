@@ -26,7 +26,7 @@ from ml_offload.backends.ollama import OllamaHeldModel
 from ml_offload.backends.probe import PROBED, BackendMonitor
 from ml_offload.backends.remote import RemoteServer
 from ml_offload.config import SecuritySettings, Settings
-from ml_offload.control import ModelControl
+from ml_offload.control import FolderWatch, ModelControl
 from ml_offload.domain import ApiKey, DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError, MloError
 from ml_offload.gpu.base import GpuMonitor
@@ -173,7 +173,7 @@ async def open_registry(settings: Settings, *, scan: bool = True) -> AsyncIterat
     """The model registry on the configured database; `scan` refreshes it from the model
     folder and the config first (otherwise `registry.stored()` reads what is recorded)."""
     async with open_database(settings) as db:
-        registry = ModelRegistry(settings, ModelRepository(db))
+        registry = ModelRegistry(settings, ModelRepository(db, owner=settings.storage.node))
         if scan:
             await registry.refresh()
         yield registry
@@ -243,7 +243,7 @@ class Services:
         settings.storage.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private
         metrics = Metrics()
         db = await stack.enter_async_context(open_database(settings))
-        registry = ModelRegistry(settings, ModelRepository(db))
+        registry = ModelRegistry(settings, ModelRepository(db, owner=settings.storage.node))
         await registry.refresh()
         monitor = open_monitor(settings.gpu)
         stack.callback(monitor.close)
@@ -285,6 +285,11 @@ class Services:
         started_at = time.time()
         status = StatusService(settings, registry, scheduler, router, probes, started_at=started_at)
         metrics.watch(status.gauges)
+        control = ModelControl(registry, scheduler, upstream)
+        if settings.scan_models_dir and settings.watch_models_dir:
+            watch = FolderWatch(control, settings.storage.models_path)
+            stack.push_async_callback(watch.close)
+            await watch.start()
         return cls(
             settings,
             metrics,
@@ -298,7 +303,7 @@ class Services:
             guard,
             probes,
             status,
-            ModelControl(registry, scheduler, upstream),
+            control,
             stack,
         )
 

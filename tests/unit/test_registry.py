@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ml_offload.config import Settings
 from ml_offload.domain import DeploymentKind
 from ml_offload.errors import ModelNotFound
 from ml_offload.gguf import demo_model_path
-from ml_offload.registry import DEMO_MODEL_NAME, ENV_MODEL_NAME, ModelRegistry
+from ml_offload.registry import DEMO_MODEL_NAME, ENV_MODEL_NAME, Changes, ModelRegistry
 from ml_offload.storage import Database, ModelRepository
 
 LEGACY_ENV = ("LLAMACPP_URL", "LLM_PARALLEL", "TF_MODELS", "HF_TOKEN", "MLO_CONFIG")
@@ -75,7 +76,7 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
 
 
 async def refreshed(settings: Settings, db: Database) -> ModelRegistry:
-    registry = ModelRegistry(settings, ModelRepository(db))
+    registry = ModelRegistry(settings, ModelRepository(db, owner="node-a"))
     await registry.refresh()
     return registry
 
@@ -142,7 +143,7 @@ async def test_registry_is_persisted(models_dir: Path, db: Database) -> None:
     runtime = {"backend": "openai", "remote_model": None, "fallbacks": (), "redact": False}
     runtime |= {"max_concurrency": None}
     expected = [dataclasses.replace(s, **runtime) for s in registry.all()]
-    assert await ModelRepository(db).list_all() == expected
+    assert await ModelRepository(db, owner="node-a").list_all() == expected
 
 
 async def test_unknown_model_lists_available_names(models_dir: Path, db: Database) -> None:
@@ -165,7 +166,7 @@ async def test_no_models_says_how_to_add_one(models_dir: Path, db: Database) -> 
 
 
 def test_resolve_before_refresh(models_dir: Path, db: Database) -> None:
-    registry = ModelRegistry(make_settings(models_dir), ModelRepository(db))
+    registry = ModelRegistry(make_settings(models_dir), ModelRepository(db, owner="node-a"))
     with pytest.raises(ModelNotFound, match="no models are registered"):
         registry.resolve("x")
 
@@ -268,7 +269,7 @@ async def test_removed_file_disappears(models_dir: Path, db: Database) -> None:
     assert [m.name for m in registry.all()] == ["a"]
     with pytest.raises(ModelNotFound, match="available: a "):
         registry.resolve("b")
-    assert [m.name for m in await ModelRepository(db).list_all()] == ["a"]
+    assert [m.name for m in await ModelRepository(db, owner="node-a").list_all()] == ["a"]
 
 
 async def test_database_outage_does_not_stop_the_registry(
@@ -310,7 +311,7 @@ async def test_the_registry_names_each_deployments_kind(models_dir: Path, db: Da
     }
     assert registry.resolve("file").max_gpu_layers == 3
     assert registry.resolve("local").max_gpu_layers is None  # no cap: as many as fit
-    stored = {spec.name: spec.kind for spec in await ModelRepository(db).list_all()}
+    stored = {spec.name: spec.kind for spec in await ModelRepository(db, owner="node-a").list_all()}
     assert stored == kinds
 
 
@@ -400,3 +401,39 @@ async def test_remote_deployments_have_no_slot_limit_unless_configured(
         "mine": 2,  # our engine's slots
         "local": 8,  # engine.default_parallel
     }
+
+
+async def test_a_refresh_says_what_changed(models_dir: Path, db: Database) -> None:
+    tiny_gguf(models_dir / "a.gguf")
+    changed = tiny_gguf(models_dir / "b.gguf")
+    registry = ModelRegistry(make_settings(models_dir), ModelRepository(db, owner="node-a"))
+    first = await registry.refresh()
+    assert (first.added, first.removed, first.changed, first.total) == (("a", "b"), (), (), 2)
+    assert await registry.refresh() == Changes(total=2)
+    (models_dir / "a.gguf").unlink()
+    tiny_gguf(models_dir / "c.gguf")
+    tiny_gguf(changed, context_length=4096)
+    after = await registry.refresh()
+    assert (after.added, after.removed, after.changed, after.total) == (("c",), ("a",), ("b",), 2)
+    assert "added c; removed a; changed b" in after.summary()
+
+
+async def test_gateways_sharing_a_registry_keep_each_others_models(
+    tmp_path: Path, db: Database
+) -> None:
+    """Two gateways on one database, each with its own folder: neither's start deletes the
+    other's models."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    tiny_gguf(here / "a.gguf")
+    tiny_gguf(there / "b.gguf")
+    await refreshed(make_settings(here), db)
+    other = ModelRegistry(make_settings(there), ModelRepository(db, owner="node-b"))
+    await other.refresh()
+    assert [m.name for m in await ModelRepository(db, owner="node-a").list_all()] == ["a"]
+    assert [m.name for m in await other.stored()] == ["b"]
+
+
+def test_the_owner_is_the_host_unless_named(models_dir: Path) -> None:
+    assert make_settings(models_dir).storage.node == socket.gethostname()
+    named = make_settings(models_dir, storage={"data_dir": models_dir, "node_name": "gpu-1"})
+    assert named.storage.node == "gpu-1"

@@ -94,7 +94,7 @@ async def db(url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 def repo(db: Database) -> ModelRepository:
-    return ModelRepository(db)
+    return ModelRepository(db, owner="node-a")
 
 
 async def test_migrations_create_the_schema(db: Database) -> None:
@@ -229,6 +229,36 @@ async def test_remove_missing(repo: ModelRepository) -> None:
     assert await repo.remove_missing({"tiny"}) == []
 
 
+async def test_gateways_sharing_a_database_keep_their_own_rows(db: Database) -> None:
+    """Rows belong to the gateway that found them: a refresh elsewhere neither deletes nor
+    overwrites them, even under the same model name."""
+    a, b = ModelRepository(db, owner="node-a"), ModelRepository(db, owner="node-b")
+    theirs = ModelSpec(name="tiny", path=Path("/other/tiny.gguf"))
+    await a.upsert_many([LOCAL, EXTERNAL], {"tiny": STAMP})
+    await b.upsert_many([theirs])
+    assert await b.remove_missing({"tiny"}) == []  # b's refresh: a's llamacpp stays
+    assert await a.list_all() == [EXTERNAL, LOCAL]
+    assert await b.list_all() == [theirs]
+    assert await a.remove_missing({"llamacpp"}) == ["tiny"]
+    assert await b.list_all() == [theirs]
+    assert LOCAL.path is not None
+    assert await b.cached_info(LOCAL.path, *STAMP) is None  # another node's file
+
+
+async def test_rows_from_before_owners_go_at_the_next_refresh(
+    repo: ModelRepository, db: Database
+) -> None:
+    await repo.upsert_many([LOCAL])
+    async with db.begin() as conn:
+        await conn.execute(sa.text("UPDATE models SET owner = ''"))
+    assert await repo.list_all() == []
+    await repo.upsert_many([LOCAL])
+    assert await repo.remove_missing({"tiny"}) == []
+    async with db.begin() as conn:
+        owners = (await conn.execute(sa.text("SELECT owner FROM models"))).scalars().all()
+    assert owners == ["node-a"]
+
+
 def test_head_revision_constant_matches_the_migrations() -> None:
     from alembic.script import ScriptDirectory
 
@@ -290,3 +320,28 @@ def test_downgrade_and_upgrade_the_memory_column(tmp_path: Path) -> None:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("models")}
     engine.dispose()
     assert "gguf_memory" in columns
+
+
+def test_downgrade_keeps_one_row_per_name(tmp_path: Path) -> None:
+    from alembic import command
+
+    from ml_offload.storage.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'migrate.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "head")
+    engine = sa.create_engine(url)
+    insert = (
+        "INSERT INTO models (owner, name, kind, aliases, source, ctx_size, parallel, "
+        "max_gpu_layers, ttl_s, pinned, embeddings, extra_args, updated_at) VALUES "
+        "(:owner, 'm', 'llamacpp', '[]', 'scan', 512, 1, -1, 0, 0, 1, '[]', :at)"
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.text(insert), {"owner": "node-a", "at": "2026-12-01 00:00:00"})
+        conn.execute(sa.text(insert), {"owner": "node-b", "at": "2026-12-02 00:00:00"})
+    command.downgrade(config, "0005")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT name, updated_at FROM models")).all()
+    command.upgrade(config, "head")
+    engine.dispose()
+    assert [(name, str(at)[:10]) for name, at in rows] == [("m", "2026-12-02")]

@@ -21,6 +21,7 @@ from ml_offload.wire.native import (
     MemoryView,
     ModelList,
     ModelView,
+    Rescanned,
     Unloaded,
 )
 from ml_offload.wire.openai import Kind, error_body
@@ -42,6 +43,18 @@ async def models(request: Request) -> ModelList:
 @router.post("/models/unload_all", response_model=Unloaded)
 async def unload_all(request: Request) -> Unloaded:
     return Unloaded(unloaded=await services(request).control.unload_all())
+
+
+@router.post("/models/rescan", response_model=Rescanned)
+async def rescan(request: Request) -> Rescanned:
+    """Read the model folder and config again (admin): new models without a restart."""
+    changes = await services(request).control.rescan()
+    return Rescanned(
+        added=list(changes.added),
+        removed=list(changes.removed),
+        changed=list(changes.changed),
+        models=changes.total,
+    )
 
 
 class LoadBody(BaseModel):

@@ -24,6 +24,10 @@ class CliError(Exception):
     """An error the CLI prints as one line before exiting non-zero."""
 
 
+class Unreachable(CliError):
+    """No gateway answers at the address (none running there)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     url: str
@@ -115,7 +119,7 @@ class GatewayClient:
         try:
             resp = self._http.request(method, path, json=body)
         except httpx.TransportError as exc:
-            raise CliError(
+            raise Unreachable(
                 explain(exc, self.url, self.tls)
                 or f"cannot reach the gateway at {self.url}: is `mlo serve` running? "
                 f"(set --url or {URL_ENV} for another address)"

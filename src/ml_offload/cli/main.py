@@ -34,11 +34,12 @@ from ml_offload.cli.common import (
     human_secs,
     out,
 )
+from ml_offload.cli.pull import rescan_line
 from ml_offload.cli.security_audit import security_audit
 from ml_offload.cli.vram import vram
 from ml_offload.client_tls import ClientTls
 from ml_offload.errors import MloError
-from ml_offload.wire.native import ModelList, ModelView, Unloaded
+from ml_offload.wire.native import ModelList, ModelView, Rescanned, Unloaded
 
 app = typer.Typer(
     name="mlo",
@@ -85,6 +86,12 @@ def models_ls(
             f"{m.state}: {m.last_error}" if m.state == "unavailable" and m.last_error else m.state,
         )
     out.print(table)
+
+
+@models_app.command("rescan")
+def models_rescan(url: UrlOpt = None, config: ConfigOpt = None) -> None:
+    """Read the model folder and config again: new models are served without a restart."""
+    out.print(rescan_line(connect(url, config).post_view(Rescanned, "/models/rescan")))
 
 
 @app.command()

@@ -10,11 +10,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ml_offload.cli.client import CliError
-from ml_offload.cli.common import ConfigOpt, err, human_bytes, out, settings_for, state_dir
+from ml_offload.cli.client import CliError, Unreachable, connect
+from ml_offload.cli.common import ConfigOpt, err, human_bytes, out, settings_for
 from ml_offload.config import Settings
-from ml_offload.daemon import Daemon
 from ml_offload.hub import CATALOGUE, HubClient, parse_ref
+from ml_offload.wire.native import Rescanned
 
 
 def pull(
@@ -54,10 +54,10 @@ def pull(
     for f in result.files:
         how = "sha256 verified" if f.downloaded and f.checksum else "already present"
         out.print(f"{f.path} ({human_bytes(f.size_bytes)}, {how})")
-    _register(settings, result.files[0].path)
+    _register(settings, result.files[0].path, config)
 
 
-def _register(settings: Settings, path: Path) -> None:
+def _register(settings: Settings, path: Path, config: Path | None) -> None:
     if not settings.scan_models_dir:
         out.print("not registered: scan_models_dir is off; declare it under [[models]]")
         return
@@ -66,8 +66,33 @@ def _register(settings: Settings, path: Path) -> None:
         out.print(f"not registered: {path.name} is not a readable GGUF model (see the warning)")
         return
     out.print(f"registered as {name}")
-    if Daemon(state_dir()).running() is not None:
-        out.print("the running gateway serves it after `mlo server restart`")
+    _tell_gateway(config)
+
+
+def _tell_gateway(config: Path | None) -> None:
+    """Ask the running gateway to rescan, so it serves the model now (none running: it reads
+    the folder when it starts)."""
+    try:
+        found = connect(None, config, timeout_s=60).post_view(Rescanned, "/models/rescan")
+    except Unreachable:
+        return
+    except CliError as exc:
+        err.print(f"the running gateway was not told to rescan: {exc}; run `mlo models rescan`")
+        return
+    out.print(f"the gateway serves it now: {rescan_line(found)}")
+
+
+def rescan_line(found: Rescanned) -> str:
+    said = [
+        f"{what} {', '.join(names)}"
+        for what, names in (
+            ("added", found.added),
+            ("removed", found.removed),
+            ("changed", found.changed),
+        )
+        if names
+    ]
+    return f"{found.models} models" + (f" ({'; '.join(said)})" if said else ", none new")
 
 
 async def _refresh(settings: Settings, path: Path) -> str | None:

@@ -1,4 +1,7 @@
-"""The `models` table: the registry's last known models and their GGUF metadata."""
+"""The `models` table: the registry's last known models and their GGUF metadata.
+
+Each gateway (or node) reads and writes only its own rows (`owner`): gateways sharing one
+PostgreSQL registry never delete or overwrite each other's models."""
 
 from __future__ import annotations
 
@@ -43,8 +46,9 @@ class FileStamp(NamedTuple):
 
 
 class ModelRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, owner: str) -> None:
         self._db = db
+        self.owner = owner
 
     async def upsert_many(
         self, specs: Sequence[ModelSpec], stamps: Mapping[str, FileStamp] | None = None
@@ -53,35 +57,46 @@ class ModelRepository:
         if not specs:
             return
         now = datetime.now(UTC)
-        rows = [_row(spec, (stamps or {}).get(spec.name), now) for spec in specs]
+        rows = [
+            {**_row(spec, (stamps or {}).get(spec.name), now), "owner": self.owner}
+            for spec in specs
+        ]
         insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
         stmt = insert(models)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[models.c.name],
-            set_={c.name: stmt.excluded[c.name] for c in models.columns if c.name != "name"},
+            index_elements=[models.c.owner, models.c.name],
+            set_={c.name: stmt.excluded[c.name] for c in models.columns if not c.primary_key},
         )
         async with self._db.begin() as conn:
             await conn.execute(stmt, rows)
 
     async def list_all(self) -> list[ModelSpec]:
         async with self._db.begin() as conn:
-            result = await conn.execute(sa.select(models).order_by(models.c.name))
+            query = sa.select(models).where(self._mine).order_by(models.c.name)
+            result = await conn.execute(query)
             return [_spec(row._mapping) for row in result]
 
     async def remove_missing(self, keep_names: set[str]) -> list[str]:
-        """Delete the rows not in `keep_names` (files gone, models dropped from config)."""
+        """Delete our rows not in `keep_names` (files gone, models dropped from config), and
+        the ownerless rows written before owners existed; other owners' rows stay."""
         async with self._db.begin() as conn:
-            names = set((await conn.execute(sa.select(models.c.name))).scalars())
+            names = set((await conn.execute(sa.select(models.c.name).where(self._mine))).scalars())
             gone = sorted(names - keep_names)
             if gone:
-                await conn.execute(sa.delete(models).where(models.c.name.in_(gone)))
+                await conn.execute(sa.delete(models).where(self._mine, models.c.name.in_(gone)))
+            await conn.execute(sa.delete(models).where(models.c.owner == ""))
         return gone
+
+    @property
+    def _mine(self) -> sa.ColumnElement[bool]:
+        return models.c.owner == self.owner
 
     async def cached_info(self, path: Path, size_bytes: int, mtime_ns: int) -> GgufInfo | None:
         """The metadata stored for this file if it has not changed since it was read."""
         query = (
             sa.select(models)
             .where(
+                self._mine,
                 models.c.path == str(path),
                 models.c.stat_size_bytes == size_bytes,
                 models.c.stat_mtime_ns == mtime_ns,

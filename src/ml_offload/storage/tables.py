@@ -17,6 +17,9 @@ metadata = sa.MetaData(
 models = sa.Table(
     "models",
     metadata,
+    # The gateway or node that found the model (`storage.node`): gateways sharing one database
+    # each keep their own rows, and a refresh deletes only its own.
+    sa.Column("owner", sa.String(255), primary_key=True),
     sa.Column("name", sa.String(255), primary_key=True),
     sa.Column("path", sa.Text, nullable=True),
     sa.Column("url", sa.Text, nullable=True),

@@ -108,6 +108,15 @@ class Unloaded(View):
     unloaded: list[str]
 
 
+class Rescanned(View):
+    """What `POST /models/rescan` found: models added, removed or changed, and the count."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    models: int
+
+
 # -- /backends ----------------------------------------------------------------------------
 
 
