@@ -57,6 +57,9 @@ class ServerSettings(_Section):
     header_timeout_s: float = Field(
         10.0, gt=0, description="close a connection whose request headers take longer (408)"
     )
+    docs: bool = Field(
+        False, description="serve Swagger UI at /docs (its scripts come from a CDN: online only)"
+    )
 
 
 class StorageSettings(_Section):

@@ -61,7 +61,7 @@ def build_app(
         title="ml-offload",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if settings.server.docs else None,
         redoc_url=None,
     )
     errors.install(app)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from ml_offload import __version__
 from ml_offload.cli import (
     analyze,
     audit,
@@ -46,7 +48,7 @@ app = typer.Typer(
     help="ml-offload: one secure endpoint in front of your local and cloud LLMs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # mlo --install-completion
 )
 models_app = typer.Typer(help="Models the gateway knows.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -101,17 +103,33 @@ def ps(
     ca_file: CaFileOpt = None,
     cert: CertOpt = None,
     key: KeyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show loaded models: state, requests in flight, idle time, memory estimate."""
+    """Show loaded models: state, requests in flight, idle time, time left before the idle
+    unload (TTL), memory estimate."""
     data = connect(url, config, tls=ClientTls(ca_file, cert, key)).view(ModelList, "/models").data
     rows = [m for m in data if m.state not in ("stopped", "unavailable")]
+    if as_json:
+        views = [{**m.model_dump(mode="json"), "ttl_left_s": ttl_left_s(m)} for m in rows]
+        out.print_json(data=views)
+        return
     if not rows:
         out.print("no models loaded")
         return
     table = Table(
-        "NAME", "STATE", "PID", "IN FLIGHT", "QUEUED", "IDLE", "UP", "MEMORY (EST.)", "PINNED"
+        "NAME",
+        "STATE",
+        "PID",
+        "IN FLIGHT",
+        "QUEUED",
+        "IDLE",
+        "TTL",
+        "UP",
+        "MEMORY (EST.)",
+        "PINNED",
     )
     for m in rows:
+        left = ttl_left_s(m)
         table.add_row(
             m.id,
             m.state,
@@ -119,6 +137,7 @@ def ps(
             f"{m.in_flight}/{'-' if m.slots is None else m.slots}",
             str(m.queued),
             human_secs(m.idle_s),
+            "never" if left is None else human_secs(left),
             human_secs(m.loaded_for_s),
             human_bytes(m.estimate_bytes or None),
             "yes" if m.pinned else "no",
@@ -165,6 +184,13 @@ def unload(
     out.print(f"{m.id} {m.state}")
 
 
+def ttl_left_s(m: ModelView) -> float | None:
+    """Seconds until the idle unload; None: never (pinned, or a TTL of 0)."""
+    if m.pinned or not m.ttl_s:
+        return None
+    return max(0.0, round(m.ttl_s - (m.idle_s or 0.0), 1))
+
+
 def _count(n: Any) -> str:
     if not n:
         return "-"
@@ -186,6 +212,42 @@ app.add_typer(audit.app, name="audit")  # issue 5: the audit log file
 app.command("security-audit")(security_audit)
 app.command("analyze")(analyze.analyze_command)  # issue 17: the code analyzer
 app.command("mcp")(mcp.mcp)  # issue 16: the MCP server over stdio
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mlo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """ml-offload: one secure endpoint in front of your local and cloud LLMs."""
+
+
+# The original stack's command names (console scripts in pyproject.toml), as `mlo` commands.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "ml-ls": ("ls",),
+    "ml-du": ("du",),
+    "ml-clean-cache": ("clean-cache",),
+    "ollama-status": ("ps",),
+    "ollama-unload": ("unload",),  # with no model name: every model (`--all`)
+}
+
+
+def alias_main() -> None:
+    """Entry point of the aliases: `ml-ls ARGS` runs `mlo ls ARGS`."""
+    name = Path(sys.argv[0]).name
+    args = sys.argv[1:]
+    if name == "ollama-unload" and (not args or args[0].startswith("-")) and "--all" not in args:
+        args = ["--all", *args]  # `ollama-unload [OPTIONS]`: every model; a name comes first
+    sys.argv = ["mlo", *ALIASES[name], *args]
+    main()
 
 
 def main() -> None:
