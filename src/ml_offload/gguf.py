@@ -154,6 +154,19 @@ def read_fields(path: Path) -> dict[str, int | float | bool | str]:
     return {k: v for k, v in fields.items() if v is not None and not isinstance(v, tuple)}
 
 
+def template_has_tools(path: Path) -> bool:
+    """Whether the model's chat template (`tokenizer.chat_template`) renders `tools`: what
+    llama.cpp's Jinja templates need to offer a model tools and parse its calls."""
+    stat = path.stat()
+    return _template_has_tools(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _template_has_tools(path: Path, mtime_ns: int, size: int) -> bool:
+    template = _read_header(path).fields.get("tokenizer.chat_template")
+    return isinstance(template, str) and "tools" in template
+
+
 def split_shard(path: Path) -> tuple[int, int] | None:
     """(shard number, shard count) from a llama.cpp split name `x-00002-of-00003.gguf`."""
     match = _SPLIT.search(path.stem)

@@ -22,12 +22,13 @@ from ml_offload.errors import (
     EngineError,
     EngineTimeout,
     EngineUnreachable,
+    InvalidRequest,
     MloError,
     Unavailable,
     UpstreamClientError,
 )
 from ml_offload.metrics import GenAiCall, Metrics
-from ml_offload.registry import unavailable_reason
+from ml_offload.registry import offers_tools, unavailable_reason
 from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
 from ml_offload.security.guard import Guard
@@ -40,6 +41,19 @@ from ml_offload.wire.openai import (
 )
 
 T = TypeVar("T")
+
+
+def check_tool_choice(spec: ModelSpec, data: dict[str, Any]) -> None:
+    """A forced tool call (`tool_choice` "required" or a named function; Anthropic's "any" or
+    "tool") on a model that is not offered tools cannot be honoured: 400, never a plain answer."""
+    choice = data.get("tool_choice")
+    forced = choice == "required" or isinstance(choice, dict)
+    if forced and data.get("tools") and not offers_tools(spec):
+        raise InvalidRequest(
+            f"tool_choice: model {spec.name!r} cannot be made to call a tool (its chat template "
+            'has no tool support); send tool_choice "auto" or use a model whose template has it',
+            param="tool_choice",
+        )
 
 
 class InferenceService:
@@ -107,6 +121,7 @@ class InferenceService:
     async def _complete_on(
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
     ) -> dict[str, Any]:
+        check_tool_choice(spec, data)
         model = data["model"]
         call = self._metrics.genai.call(kind, spec.provider_name, model, spec.name)
         status, error = "error", ""
@@ -136,6 +151,7 @@ class InferenceService:
     async def _open_on(
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
     ) -> EngineStream:
+        check_tool_choice(spec, data)
         model = data["model"]
         opts = data.get("stream_options") or {}
         want_usage = bool(opts.get("include_usage"))

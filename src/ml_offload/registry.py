@@ -22,7 +22,7 @@ from ml_offload.backends.protocol import DEFAULT_KEY_ENV, DEFAULT_URLS
 from ml_offload.config import ModelConfig, Settings
 from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec, leaves_machine
 from ml_offload.errors import InvalidModelFile, InvalidRequest, ModelNotFound, Unavailable
-from ml_offload.gguf import demo_model_path, read_gguf_info, split_shard
+from ml_offload.gguf import demo_model_path, read_gguf_info, split_shard, template_has_tools
 from ml_offload.storage import FileStamp, ModelRepository
 from ml_offload.wire.vllm import serve_argv
 
@@ -67,6 +67,17 @@ def _with_copies(found: _Found, copies: dict[str, str]) -> _Found:
         found.specs[at] = replace(spec, aliases=(*spec.aliases, alias))
         found.names.add(alias)
     return found
+
+
+def offers_tools(spec: ModelSpec) -> bool:
+    """Whether tools reach the model as tools: our engine runs the file's chat template, which
+    must render them; other servers take OpenAI's (or their own) tools themselves."""
+    if spec.kind is not DeploymentKind.LLAMACPP or spec.path is None:
+        return True
+    try:
+        return template_has_tools(spec.path)
+    except (OSError, InvalidModelFile):
+        return False
 
 
 def unavailable_reason(spec: ModelSpec) -> str | None:

@@ -18,6 +18,7 @@ from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import InvalidRequest, MloError, ModelNotFound
 from ml_offload.inference import EngineStream
+from ml_offload.registry import offers_tools
 from ml_offload.services import Services
 from ml_offload.wire import ollama as wire
 from ml_offload.wire.body import JSON_MEDIA_TYPE, load_object
@@ -193,7 +194,8 @@ async def ps(request: Request) -> Response:
 async def show(request: Request) -> Response:
     svc = services(request)
     req = wire.parse_show(await read_body(request))
-    return json_response(wire.show(_resolve(svc, req.model), svc.started_at))
+    spec = _resolve(svc, req.model)
+    return json_response(wire.show(spec, svc.started_at, tools=offers_tools(spec)))
 
 
 @router.delete("/delete")

@@ -498,7 +498,8 @@ def ps(loaded: list[tuple[ModelSpec, ModelStatus]]) -> dict[str, Any]:
     return {"models": models}
 
 
-def show(spec: ModelSpec, started_at_s: float) -> dict[str, Any]:
+def show(spec: ModelSpec, started_at_s: float, *, tools: bool) -> dict[str, Any]:
+    """Ollama's model details; `tools`: the model is offered tools (`registry.offers_tools`)."""
     info = spec.info
     model_info: dict[str, Any] = {}
     if info:
@@ -513,7 +514,8 @@ def show(spec: ModelSpec, started_at_s: float) -> dict[str, Any]:
             f"{arch}.attention.head_count": info.head_count,
             f"{arch}.attention.head_count_kv": info.head_count_kv,
         }
-    capabilities = ["completion", "tools"] + (["embedding"] if spec.embeddings else [])
+    capabilities = ["completion"] + (["tools"] if tools else [])
+    capabilities += ["embedding"] if spec.embeddings else []
     source = str(spec.path) if spec.path else spec.url
     return {
         "modelfile": f"# served by ml-offload\nFROM {source}\nPARAMETER num_ctx {spec.ctx_size}\n",
