@@ -191,6 +191,16 @@ def _rooms_after(rooms: list[DeviceRoom], evicted: list[LoadedView]) -> list[Dev
     return [DeviceRoom(r.index, r.free_bytes + freed.get(r.index, 0)) for r in rooms]
 
 
+def cap_victim(loaded: list[LoadedView], max_loaded: int) -> str | None:
+    """For a model that takes no memory we place (one held by Ollama) but counts toward
+    `max_loaded`: None when there is room under the cap, else the least recently used idle,
+    unpinned model to unload first, or "" when every loaded model is busy or pinned."""
+    if len(loaded) < max_loaded:
+        return None
+    victims = sorted((m for m in loaded if not m.busy and not m.pinned), key=lambda m: m.last_used)
+    return victims[0].name if victims else ""
+
+
 def idle_expired(loaded: list[LoadedView], now: float) -> list[str]:
     """Models whose idle time passed their TTL (TTL 0 means never), oldest first."""
     expired = [

@@ -25,6 +25,7 @@ from ml_offload.placement import (
     Estimate,
     LoadedView,
     Placement,
+    cap_victim,
     idle_expired,
     place,
     tensor_split,
@@ -118,6 +119,7 @@ class Scheduler:
         finally:
             entry.gate.release()
             entry.last_used = self._clock()
+            entry.process.request_done()
             if not entry.gate.busy:
                 self._idle.set()
 
@@ -134,6 +136,18 @@ class Scheduler:
         if not refused and not await entry.process.exited(DEATH_CHECK_S):
             return False  # alive: the drop was about this request, not a dead engine
         await self._unload(entry, "dead")
+        return True
+
+    async def dropped_elsewhere(self, name: str, seen_at: float) -> bool:
+        """The server holding `name` (Ollama's `/api/ps`, read at `seen_at`) no longer has it
+        loaded: unless it was loaded or used since, it is stopped here too (the next request
+        loads it again) rather than shown ready. True when it was."""
+        entry = self._entries.get(name)
+        if entry is None or entry.spec.is_local or entry.process.state is not ModelState.READY:
+            return False
+        if entry.gate.busy or max(entry.ready_at or 0.0, entry.last_used) >= seen_at:
+            return False
+        await self._unload(entry, "dropped")
         return True
 
     async def load(self, spec: ModelSpec, *, pin: bool | None = None) -> ModelStatus:
@@ -226,10 +240,6 @@ class Scheduler:
             pinned=spec.pinned,
         )
 
-    def _local(self) -> list[_Entry]:
-        """Models whose memory we place (engines we run)."""
-        return [e for e in self._entries.values() if e.spec.is_local]
-
     def _held(self) -> list[_Entry]:
         """Models we load and unload: our engines and models in an external Ollama."""
         return [e for e in self._entries.values() if e.spec.holds_memory]
@@ -256,6 +266,8 @@ class Scheduler:
                 return entry.process.base_url
             if entry.spec.is_local:
                 await self._make_room(entry)
+            elif entry.spec.holds_memory:
+                await self._make_count_room(entry)
             started = self._clock()
             url = await entry.process.ensure_ready(self._s.load_timeout_s, self._launch(entry))
             self._measure(entry)
@@ -292,8 +304,37 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), remaining)
 
+    def _others_loaded(self, entry: _Entry) -> list[_Entry]:
+        """The loaded models besides `entry` that count toward `max_loaded_models`: our
+        engines and the models we hold in an external Ollama."""
+        return [e for e in self._held() if e is not entry and e.process.state in LOADED_STATES]
+
+    async def _make_count_room(self, entry: _Entry) -> None:
+        """A model held by Ollama takes no memory we place, but counts toward the cap: unload
+        the least recently used idle model while the cap is reached; wait while all are busy."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._s.queue_timeout_s
+        while True:
+            views = [e.view() for e in self._others_loaded(entry)]
+            victim = cap_victim(views, self._s.max_loaded_models)
+            if victim is None:
+                return
+            if victim:
+                await self._unload(self._entries[victim], "evicted")
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Unavailable(
+                    f"cannot load model {entry.spec.name!r}: {len(views)} models are loaded "
+                    f"(scheduler.max_loaded_models) and all are busy or pinned",
+                    retry_after_s=1,
+                )
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), remaining)
+
     def _plan(self, entry: _Entry, estimate: Estimate) -> Placement:
-        others = [e for e in self._local() if e is not entry and e.process.state in LOADED_STATES]
+        others = self._others_loaded(entry)
         planned: dict[int, int] = {}
         for e in others:
             for index, n in (e.placement or Placement()).device_bytes:

@@ -263,7 +263,11 @@ class Services:
         )
         stack.push_async_callback(scheduler.close)
         await scheduler.start()
-        probes = BackendMonitor(upstream, lambda: probe_targets(registry, scheduler))
+        probes = BackendMonitor(
+            upstream,
+            lambda: probe_targets(registry, scheduler),
+            on_dropped=scheduler.dropped_elsewhere,  # Ollama's /api/ps is the truth
+        )
         stack.push_async_callback(probes.close)
         await probes.start()
         router = Router(

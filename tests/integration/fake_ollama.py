@@ -10,6 +10,12 @@ gateway uses (Ollama API docs: "Generate a completion" incl. "Load a model" / "U
   "modified_at", "size", "digest", "details": {"format", "family", "parameter_size",
   "quantization_level", ...}}]}`).
 - POST /v1/chat/completions answers an OpenAI chat completion and loads the model, as Ollama does.
+- Keep-alive (API docs, "keep_alive"; server/sched.go): each request sets how long the model
+  stays loaded after it: a number of seconds or a duration string ("5m", "1h"), negative: until
+  unloaded, 0: unload now; absent: the server's default (5 minutes, `OLLAMA_KEEP_ALIVE`). The
+  OpenAI-compatible `/v1` endpoints take no `keep_alive` (its `ChatCompletionRequest` has no
+  such field): every request there sets the default. An expired model is dropped (gone from
+  `/api/ps`, which lists each loaded model's `expires_at`).
 - POST /api/pull ("Pull a Model") `{"model", "insecure"?, "stream"?}`: streamed NDJSON progress
   (`{"status": "pulling manifest"}`, `{"status": "pulling <digest>", "digest", "total",
   "completed"}` several times, `verifying sha256 digest`, `writing manifest`, `success`), or with
@@ -31,10 +37,14 @@ from aiohttp import web
 
 
 class FakeOllama:
-    def __init__(self, models: tuple[str, ...] = ("llama3.2:latest",)) -> None:
+    def __init__(
+        self, models: tuple[str, ...] = ("llama3.2:latest",), default_keep_alive_s: float = 300
+    ) -> None:
         self.available = set(models)
         self.library = {*models, "qwen3:0.6b", "llama3.2:1b"}  # what a pull can fetch
         self.loaded: dict[str, float] = {}
+        self.expires: dict[str, float | None] = {}  # time.time() it is dropped; None: never
+        self.default_keep_alive_s = default_keep_alive_s
         self.calls: list[dict[str, Any]] = []
         self.url = ""
         self._loop = asyncio.new_event_loop()
@@ -105,6 +115,20 @@ class FakeOllama:
         statuses = ("verifying sha256 digest", "writing manifest", "success")
         return [*lines, *({"status": s} for s in statuses)]
 
+    def _hold(self, model: str, keep_alive: Any) -> None:
+        """Load `model` (if not loaded) for `keep_alive` after this request, as Ollama does."""
+        seconds = self.default_keep_alive_s if keep_alive is None else _seconds(keep_alive)
+        self.loaded.setdefault(model, time.time())
+        self.expires[model] = None if seconds < 0 else time.time() + seconds
+
+    def expire(self) -> None:
+        """Drop the models whose keep-alive ran out (Ollama's expiry timer)."""
+        now = time.time()
+        for model, at in list(self.expires.items()):
+            if at is not None and at <= now:
+                self.loaded.pop(model, None)
+                del self.expires[model]
+
     def _missing(self, model: str) -> web.Response:
         return web.json_response(
             {"error": f'model "{model}" not found, try pulling it first'}, status=404
@@ -117,8 +141,10 @@ class FakeOllama:
         if model not in self.available:
             return self._missing(model)
         now = datetime.now(UTC).isoformat()
+        self.expire()
         if body.get("keep_alive") == 0 and not body.get("prompt"):
             self.loaded.pop(model, None)
+            self.expires.pop(model, None)
             return web.json_response(
                 {
                     "model": model,
@@ -128,7 +154,7 @@ class FakeOllama:
                     "done_reason": "unload",
                 }
             )
-        self.loaded[model] = time.time()
+        self._hold(model, body.get("keep_alive"))
         return web.json_response({"model": model, "created_at": now, "response": "", "done": True})
 
     async def _tags(self, request: web.Request) -> web.Response:
@@ -154,6 +180,7 @@ class FakeOllama:
         return web.json_response({"models": models})
 
     async def _ps(self, request: web.Request) -> web.Response:
+        self.expire()
         models = [
             {
                 "name": m,
@@ -161,6 +188,7 @@ class FakeOllama:
                 "size": 2_000_000_000,
                 "size_vram": 2_000_000_000,
                 "digest": "0" * 64,
+                "expires_at": _expires_at(self.expires.get(m)),
             }
             for m in self.loaded
         ]
@@ -168,7 +196,9 @@ class FakeOllama:
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.calls.append({"path": "/v1/chat/completions", **body})
         model = body.get("model", "")
+        self.expire()
         if model not in self.available:
             return web.json_response(
                 {
@@ -181,7 +211,7 @@ class FakeOllama:
                 },
                 status=404,
             )
-        self.loaded[model] = time.time()
+        self._hold(model, None)  # /v1 takes no keep_alive: the server's default applies
         return web.json_response(
             {
                 "id": "chatcmpl-123",
@@ -199,3 +229,34 @@ class FakeOllama:
                 "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
             }
         )
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def _seconds(keep_alive: Any) -> float:
+    """A keep_alive value in seconds: a number, or a Go duration ("5m", "1h30m", "-1s")."""
+    if isinstance(keep_alive, int | float):
+        return float(keep_alive)
+    text = str(keep_alive).strip()
+    sign = -1 if text.startswith("-") else 1
+    total, number = 0.0, ""
+    rest = text.lstrip("+-")
+    i = 0
+    while i < len(rest):
+        if rest[i].isdigit() or rest[i] == ".":
+            number += rest[i]
+            i += 1
+            continue
+        unit = "ms" if rest.startswith("ms", i) else rest[i]
+        total += float(number) * _UNITS[unit]
+        number, i = "", i + len(unit)
+    if number:  # a bare number is seconds
+        total += float(number)
+    return sign * total
+
+
+def _expires_at(at: float | None) -> str:
+    """Ollama lists a model kept until unloaded as expiring far in the future."""
+    when = datetime(2318, 1, 1, tzinfo=UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return when.isoformat()

@@ -110,3 +110,72 @@ def test_backends_show_what_ollama_holds(
     gw.client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}])
     seen = wait(lambda s: s["llama"]["probe"]["loaded"])
     assert seen["llama"]["probe"]["vram_bytes"] == 2_000_000_000
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def llama(ollama: FakeOllama, **extra: Any) -> dict[str, Any]:
+    return {"name": "llama", "url": ollama.url, "backend": "ollama", "remote_model": REMOTE} | extra
+
+
+def hi(gw: Any, model: str = "llama") -> str:
+    chat = gw.client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    return str(chat.choices[0].message.content)
+
+
+def test_a_long_ttl_outlives_ollamas_own_keep_alive(gateway_factory: GatewayFactory) -> None:
+    """Each /v1 request sets Ollama's default keep-alive (1 s here, 5 min by default); the
+    gateway sends its own after each one, so the model stays for the gateway's TTL."""
+    server = FakeOllama(default_keep_alive_s=1).start()
+    try:
+        gw = gateway_factory(demo_model=False, models=[llama(server, ttl_s=600)])
+        for _ in range(3):
+            assert hi(gw) == "Hello from Ollama"
+        chats = [i for i, c in enumerate(server.calls) if c.get("path") == "/v1/chat/completions"]
+        wait_until(
+            lambda: any(c.get("keep_alive") == -1 for c in server.calls[chats[-1] + 1 :]),
+            "the gateway renewed its keep-alive after the last request",
+        )
+        time.sleep(1.5)  # past Ollama's default keep-alive
+        server.expire()
+        assert REMOTE in server.loaded and server.expires[REMOTE] is None
+        assert gw.model("llama")["state"] == "ready"
+    finally:
+        server.stop()
+
+
+def test_a_model_ollama_dropped_is_not_shown_ready(
+    gateway_factory: GatewayFactory, ollama: FakeOllama
+) -> None:
+    """Ollama dropped the model (restart, its own keep-alive): /api/ps is the truth, the
+    gateway shows it stopped, and the next request loads it again."""
+    gw = gateway_factory(demo_model=False, models=[llama(ollama, ttl_s=600)])
+    assert gw.http.post("/models/llama/load").json()["state"] == "ready"
+    ollama.loaded.pop(REMOTE)
+    ollama.expires.pop(REMOTE)
+    wait_until(lambda: gw.model("llama")["state"] == "stopped", "the probe saw it dropped")
+    assert hi(gw) == "Hello from Ollama"
+    assert gw.model("llama")["state"] == "ready" and REMOTE in ollama.loaded
+
+
+def test_ollama_models_count_toward_the_loaded_cap(
+    gateway_factory: GatewayFactory, ollama: FakeOllama
+) -> None:
+    """With max_loaded_models = 1, the real engine and the Ollama model take turns."""
+    gw = gateway_factory(scheduler={"max_loaded_models": 1}, models=[llama(ollama, ttl_s=600)])
+    hi(gw, "smollm2-135m")
+    pid = gw.model("smollm2-135m")["pid"]
+    assert pid
+    hi(gw)
+    assert gw.model("smollm2-135m")["state"] == "stopped"
+    assert REMOTE in ollama.loaded and gw.model("llama")["state"] == "ready"
+    hi(gw, "smollm2-135m")
+    assert REMOTE not in ollama.loaded and gw.model("llama")["state"] == "stopped"

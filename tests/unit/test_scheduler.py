@@ -312,3 +312,60 @@ async def test_a_dead_engine_found_by_a_request_is_replaced_once() -> None:
     assert await sched.replace_dead(a, url, refused=False)  # its process exited
     remote = ModelSpec("r", kind=DeploymentKind.REMOTE, url="http://127.0.0.1:9")
     assert not await sched.replace_dead(remote, "http://127.0.0.1:9", refused=True)  # not ours
+
+
+def ollama(name: str) -> ModelSpec:
+    return ModelSpec(name, kind=DeploymentKind.OLLAMA, url="http://127.0.0.1:11434")
+
+
+async def test_models_held_by_ollama_count_toward_the_loaded_cap() -> None:
+    """max_loaded_models counts Ollama-held models too: loading one unloads the least recently
+    used idle model, and loading an engine can unload an Ollama model."""
+    sched, procs, clock = make(max_loaded=2)
+    await sched.load(spec("a"))
+    clock.now += 1
+    await sched.load(ollama("o"))
+    clock.now += 1
+    await sched.load(ollama("p"))  # at the cap: a (oldest) goes
+    assert procs["a"].state is ModelState.STOPPED
+    assert procs["o"].state is ModelState.READY and procs["p"].state is ModelState.READY
+    clock.now += 1
+    await sched.load(spec("b"))  # an engine: o (oldest) goes
+    assert procs["o"].state is ModelState.STOPPED and procs["p"].state is ModelState.READY
+    await sched.close()
+
+
+async def test_an_ollama_model_waits_for_room_under_the_cap_then_503() -> None:
+    sched, procs, _ = make(max_loaded=1)
+    a = spec("a")
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with sched.lease(a):
+            await release.wait()
+
+    held = asyncio.create_task(hold())
+    await asyncio.sleep(0.05)
+    with pytest.raises(Unavailable, match="max_loaded_models"):
+        await sched.load(ollama("o"))
+    release.set()
+    await held
+    await sched.load(ollama("o"))  # a is idle now: unloaded for it
+    assert procs["a"].state is ModelState.STOPPED and procs["o"].state is ModelState.READY
+    await sched.close()
+
+
+async def test_a_model_ollama_dropped_is_stopped_here_unless_used_since() -> None:
+    sched, procs, clock = make()
+    o = ollama("o")
+    async with sched.lease(o):
+        pass
+    assert procs["o"].requests_done == 1  # told, so Ollama's keep-alive is renewed
+    assert not await sched.dropped_elsewhere("o", clock.now)  # probed before that request
+    clock.now += 5
+    assert not await sched.dropped_elsewhere("local", clock.now)  # never loaded
+    assert await sched.dropped_elsewhere("o", clock.now)
+    assert sched.state(o) is ModelState.STOPPED and procs["o"].stops == 1
+    async with sched.lease(o) as url:  # the next request loads it again
+        assert url and procs["o"].starts == 2
+    await sched.close()

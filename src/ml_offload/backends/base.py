@@ -52,6 +52,11 @@ class EngineProcess(Protocol):
         False for servers we do not run."""
         ...
 
+    def request_done(self) -> None:
+        """A request on this engine ended (Ollama: re-apply our keep-alive, which each of its
+        OpenAI-compatible requests replaces with its own default); must not block."""
+        ...
+
 
 ExitCallback = Callable[[ModelSpec, str], None]
 ProcessFactory = Callable[[ModelSpec, ExitCallback], EngineProcess]

@@ -178,6 +178,9 @@ class ChildProcess:
             return False
         return True
 
+    def request_done(self) -> None:
+        return None
+
     async def _kill(self) -> None:
         """TERM the process group, KILL it after a grace period; killing frees the memory."""
         proc, self._proc = self._proc, None

@@ -25,6 +25,7 @@ class FakeProcess:
         self.fail_start = fail_start
         self.starts = 0
         self.stops = 0
+        self.requests_done = 0
         self._starting: asyncio.Future[str] | None = None
         self.launch: Launch | None = None
 
@@ -73,6 +74,9 @@ class FakeProcess:
 
     async def exited(self, within_s: float) -> bool:
         return self._state is ModelState.FAILED
+
+    def request_done(self) -> None:
+        self.requests_done += 1
 
     def crash(self) -> None:
         """Simulate the engine dying on its own."""

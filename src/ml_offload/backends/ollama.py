@@ -4,11 +4,23 @@ Ollama owns its process and memory; we ask it to load a model (`/api/generate` w
 prompt) and to unload it (`keep_alive: 0`) when our idle TTL passes or it must make room, so its
 GPU memory is given back like our own engines'. Requests go through Ollama's OpenAI-compatible
 API (`/v1/...`). Wire format: Ollama's API docs, "Load a model" and "Unload a model".
+
+Keep-alive: the model stays loaded until we unload it (`keep_alive: -1`). Ollama's `/v1`
+endpoints take no `keep_alive` (its `openai.ChatCompletionRequest` has no such field), so each
+request there sets the model's keep-alive back to Ollama's default (5 minutes, or
+`OLLAMA_KEEP_ALIVE`) and Ollama would drop a long-TTL or pinned model behind our back. After
+each request we therefore send our keep-alive again (`request_done`): Ollama applies a
+request's keep-alive when it schedules the request, so the last one scheduled wins, and every
+`/v1` request is followed by one of ours. Bursts are folded into one refresh at a time. If
+Ollama drops the model anyway (restarted, memory pressure), the probe of `/api/ps` tells the
+scheduler (`Scheduler.dropped_elsewhere`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +39,9 @@ from ml_offload.errors import (
     safe_url,
 )
 
+KEEP_LOADED = -1  # Ollama's keep_alive: stay loaded until unloaded (we unload on our TTL)
+log = logging.getLogger(__name__)
+
 
 class OllamaHeldModel:
     def __init__(self, spec: ModelSpec, upstream: Upstream) -> None:
@@ -37,6 +52,8 @@ class OllamaHeldModel:
         self._model = spec.upstream_model
         self._state = ModelState.STOPPED
         self._error: str | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self._again = False  # a request ended while a refresh was under way
 
     @property
     def state(self) -> ModelState:
@@ -59,7 +76,7 @@ class OllamaHeldModel:
             return self._url
         self._state = ModelState.STARTING
         try:
-            await self._generate({"keep_alive": -1}, timeout_s)  # stays until we unload it
+            await self._generate({"keep_alive": KEEP_LOADED}, timeout_s)
         except EngineError as exc:
             self._state, self._error = ModelState.FAILED, exc.message
             raise
@@ -69,10 +86,33 @@ class OllamaHeldModel:
     async def exited(self, within_s: float) -> bool:
         return False
 
+    def request_done(self) -> None:
+        """Send our keep-alive again after a `/v1` request replaced it (see the docstring)."""
+        if self._state is not ModelState.READY:
+            return
+        if self._refresh is not None and not self._refresh.done():
+            self._again = True
+            return
+        self._refresh = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self._generate({"keep_alive": KEEP_LOADED}, 30)
+            except EngineError as exc:  # the probe of /api/ps sees what Ollama holds
+                log.warning("Ollama keep-alive for %r not renewed: %s", self._model, exc.message)
+            if not self._again or self._state is not ModelState.READY:
+                return
+
     async def stop(self) -> None:
         if self._state is ModelState.STOPPED:
             return
         self._state = ModelState.STOPPING
+        if self._refresh is not None:
+            self._refresh.cancel()  # an unload must not be followed by a keep-alive
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
         try:
             await self._generate({"keep_alive": 0}, 30)
         finally:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PROBED = ("vllm", "tgi", "ollama")
 Targets = Callable[[], Iterable[tuple[ModelSpec, str]]]  # (spec, base URL) to probe now
+Dropped = Callable[[str, float], Awaitable[object]]  # (model, when probed): not loaded there
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +50,11 @@ class BackendMonitor:
         interval_s: float = 2.0,
         stale_after: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        on_dropped: Dropped | None = None,
     ) -> None:
         self._upstream = upstream
         self._targets = targets
+        self._on_dropped = on_dropped
         self.interval_s = interval_s
         self._max_age_s = interval_s * stale_after
         self._clock = clock
@@ -90,6 +93,8 @@ class BackendMonitor:
         results = await asyncio.gather(*(self._probe(spec, url) for spec, url in targets))
         for (spec, _), probe in zip(targets, results, strict=True):
             self._probes[spec.name] = probe
+            if probe.loaded is False and self._on_dropped is not None:
+                await self._on_dropped(spec.name, probe.at)
 
     async def _probe(self, spec: ModelSpec, base_url: str) -> Probe:
         if spec.kind is DeploymentKind.OLLAMA:

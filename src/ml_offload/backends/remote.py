@@ -37,3 +37,6 @@ class RemoteServer:
 
     async def exited(self, within_s: float) -> bool:
         return False
+
+    def request_done(self) -> None:
+        return None
