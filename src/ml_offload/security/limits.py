@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable
+from functools import lru_cache
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import Storage
@@ -107,6 +108,7 @@ class Limiter:
             ) from None
 
 
+@lru_cache(maxsize=4096)  # built for every charge; the same few keys all minute long
 def _key(scope: str, limit: int, index: int) -> str:
     """The limits package's key for this scope's limit in window `index`."""
     return RateLimitItemPerMinute(limit).key_for("mlo", scope, str(index))
