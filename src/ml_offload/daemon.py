@@ -181,8 +181,9 @@ def wait_ready(
     timeout_s: float,
     client: ClientTls | None = None,
 ) -> None:
-    """Until `/health` answers 200; the log's last line explains an early exit, and a TLS
-    handshake the client cannot complete (trust, client certificate) stops the start at once."""
+    """Until the process started (`proc`) answers `/health` (its pid in the answer: another
+    server on the port is not taken for it); the log's first error explains an early exit, and
+    a TLS handshake the client cannot complete (trust, client certificate) stops it at once."""
     client = client or ClientTls()
     verify = client.verify(check_hostname=False)
     deadline = time.monotonic() + timeout_s
@@ -191,7 +192,7 @@ def wait_ready(
             if proc.poll() is not None:
                 raise DaemonError(
                     f"the gateway exited during start-up (code {proc.returncode}): "
-                    f"{last_line(log_path)} (log: {log_path})"
+                    f"{first_error(log_path)} (log: {log_path})"
                 )
             if _health(http, url, proc, client):
                 return
@@ -204,7 +205,10 @@ def wait_ready(
 
 def _health(http: httpx.Client, url: str, proc: subprocess.Popen[bytes], client: ClientTls) -> bool:
     try:
-        return http.get(f"{url}/health").status_code == 200
+        resp = http.get(f"{url}/health")
+        return resp.status_code == 200 and resp.json().get("pid") == proc.pid
+    except ValueError:
+        return False  # not JSON: not a gateway of ours
     except httpx.HTTPError as exc:
         reason = explain(exc, url, client)
         if reason is None:
@@ -258,8 +262,9 @@ def is_gateway(pid: int) -> bool:
     return "serve" in words and any("ml_offload" in w or w.endswith("mlo") for w in words)
 
 
-def last_line(path: Path) -> str:
-    """The reason a start failed: the last error line of the latest start in the log."""
+def first_error(path: Path) -> str:
+    """The reason a start failed: the first error line of the latest start in the log (later
+    ones are often its consequences: shutdown noise, unclosed sessions)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -267,7 +272,7 @@ def last_line(path: Path) -> str:
     latest = text.rsplit(_START_MARK, 1)[-1].splitlines()[1:]
     lines = [ln.strip() for ln in latest if ln.strip()]
     errors = [ln for ln in lines if re.search(r"\berror\b", ln, re.IGNORECASE)]
-    return (errors or lines or ["(empty log)"])[-1]
+    return errors[0] if errors else (lines or ["(empty log)"])[-1]
 
 
 def listening(url: str) -> bool:

@@ -73,6 +73,7 @@ class StatusService:
         return HealthView(
             version=__version__,
             uptime_s=round(time.time() - self.started_at, 3),
+            pid=os.getpid(),
             models=ModelCounts(
                 known=len(self._registry.all()),
                 loaded=sum(s.state is ModelState.READY for s in loaded),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_offload.daemon import Daemon, DaemonError, alive, is_gateway, last_line
+from ml_offload.daemon import Daemon, DaemonError, alive, first_error, is_gateway
 
 
 def write_pid(daemon: Daemon, pid: int) -> None:
@@ -52,7 +52,7 @@ def test_unreadable_pid_file_is_stale(tmp_path: Path) -> None:
     assert not daemon.pid_path.exists()
 
 
-def test_start_failure_reason_is_the_last_error_of_the_latest_start(tmp_path: Path) -> None:
+def test_start_failure_reason_is_the_first_error_of_the_latest_start(tmp_path: Path) -> None:
     log = tmp_path / "gateway.log"
     log.write_text(
         "--- ml-offload daemon: 2026-01-01 starting: old\n"
@@ -61,9 +61,10 @@ def test_start_failure_reason_is_the_last_error_of_the_latest_start(tmp_path: Pa
         "INFO: Application startup complete.\n"
         "ERROR:    [Errno 98] error while attempting to bind: address already in use\n"
         "INFO:     Application shutdown complete.\n"
+        "ERROR: Unclosed client session\n"
     )
-    assert last_line(log).endswith("address already in use")
-    assert last_line(tmp_path / "missing.log") == "(no log)"
+    assert first_error(log).endswith("address already in use")
+    assert first_error(tmp_path / "missing.log") == "(no log)"
 
 
 def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -100,7 +100,8 @@ def restart(
         allow_insecure, tls = old.allow_insecure, ServeTls(**old.tls)
     client = ClientTls(ca_file, cert, key)
     info = _start(daemon, config, host, port, timeout, allow_insecure, tls, client)
-    out.print(f"gateway restarted: pid {info.pid}, {info.url}, log {info.log_path}")
+    what = "restarted" if old is not None else "started (no daemon was running)"
+    out.print(f"gateway {what}: pid {info.pid}, {info.url}, log {info.log_path}")
 
 
 @app.command()

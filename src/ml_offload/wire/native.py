@@ -51,6 +51,7 @@ class HealthView(View):
     status: Literal["ok"] = "ok"
     version: str
     uptime_s: float
+    pid: int | None = None  # the gateway's process (`mlo server start` checks it started it)
     models: ModelCounts
     disk: DiskView
 
