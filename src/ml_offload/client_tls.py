@@ -9,8 +9,6 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from ml_offload.errors import ConfigError
 
 CA_BUNDLE_ENV = "MLO_CA_BUNDLE"
@@ -76,6 +74,8 @@ def explain(exc: BaseException, url: str, tls: ClientTls | None = None) -> str |
             )
         if isinstance(cause, ssl.SSLError) and any(r in str(cause) for r in _REFUSED):
             return _refused(url, tls)
+    import httpx  # here: `mlo serve` reads this module's names, and needs no httpx (~4 MB)
+
     if isinstance(exc, httpx.RemoteProtocolError) and url.startswith("https://"):
         return _refused(url, tls)
     return None

@@ -13,9 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TextIO
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
 
 from ml_offload.security.audit_format import (
     GENESIS,
@@ -32,6 +30,9 @@ from ml_offload.security.audit_format import (
     to_json,
 )
 from ml_offload.security.audit_sign import CHECKPOINT, check_checkpoint
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,14 +26,16 @@ import base64
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from ml_offload.config import AuditSettings
 from ml_offload.errors import ConfigError
+
+if TYPE_CHECKING:  # cryptography (~8 MB) is imported where a key is first used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 CHECKPOINT = "checkpoint"  # the event's "audit" value
 
@@ -51,11 +53,15 @@ def checkpoint_message(seq: int, prev: str, every: int) -> bytes:
 
 
 def key_id(public: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def public_pem(public: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -86,6 +92,9 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The private key at `path`; a new one written there (0600, folder 0700) when absent.
 
     Raises ConfigError naming the setting when it cannot be read or written."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -102,6 +111,9 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
 
 
 def _create(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -132,6 +144,9 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     """A public key from a PEM file (`mlo audit public-key`'s output) or the private key file.
 
     Raises ValueError saying what is wrong."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -153,6 +168,8 @@ def check_checkpoint(
     keys: list[Ed25519PublicKey], seq: int, prev: str, event: dict[str, Any]
 ) -> str | None:
     """None when one of `keys` signed this checkpoint event; else what is wrong."""
+    from cryptography.exceptions import InvalidSignature
+
     every, sig = event.get("every"), event.get("sig")
     if type(every) is not int or every < 1 or not isinstance(sig, str):
         return "a checkpoint without a valid interval or signature"
