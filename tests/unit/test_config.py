@@ -1,5 +1,6 @@
 """Settings: the example config loads, env overrides, legacy variables, errors name the key."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,28 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match="cannot read config"):
         load_settings(bad)
+
+
+def test_config_check_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
+    """`mlo config check FILE` (issue 14): effective settings, secrets and URL credentials
+    masked; an invalid file is one line naming the key (exit status 2)."""
+    from typer.testing import CliRunner
+
+    from ml_offload.cli.main import app
+
+    good = tmp_path / "good.toml"
+    good.write_text(
+        '[security]\nadmin_key = "admin-secret-1"\n'
+        '[storage]\ndatabase_url = "postgresql://mlo:db-pass-2@127.0.0.1/mlo"\n'
+        '[[models]]\nname = "c"\nbackend = "openai"\napi_key = "sk-secret-3"\n'
+    )
+    done = CliRunner().invoke(app, ["config", "check", str(good), "--json"], env={"MLO_CONFIG": ""})
+    assert done.exit_code == 0, done.output
+    effective = json.loads(done.stdout)
+    assert effective["models"][0]["name"] == "c"
+    assert not [s for s in ("admin-secret-1", "db-pass-2", "sk-secret-3") if s in done.output]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scheduler]\nmax_loaded_models = 0\n")
+    refused = CliRunner().invoke(app, ["config", "check", str(bad)])
+    assert isinstance(refused.exception, ConfigError)
+    assert "scheduler.max_loaded_models" in str(refused.exception)

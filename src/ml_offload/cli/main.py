@@ -15,6 +15,7 @@ from ml_offload.cli import (
     analyze,
     audit,
     bootstrap,
+    config_cmd,
     health,
     keys,
     mcp,
@@ -208,6 +209,7 @@ app.command()(storage.ls)
 app.command()(storage.du)
 app.command("clean-cache")(storage.clean_cache)
 app.command()(bootstrap.bootstrap)
+app.add_typer(config_cmd.app, name="config")
 app.add_typer(audit.app, name="audit")  # issue 5: the audit log file
 app.command("security-audit")(security_audit)
 app.command("analyze")(analyze.analyze_command)  # issue 17: the code analyzer
