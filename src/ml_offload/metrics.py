@@ -163,6 +163,7 @@ class GenAiInstruments:
             _TPOT_BUCKETS,
             GENAI_LABELS[:4],
         )
+        self._series: dict[tuple[str, str, str, str], _Series] = {}
 
     def totals(self) -> dict[str, float]:
         """Sums over every label set since start: requests, errors, input/output tokens and
@@ -188,7 +189,26 @@ class GenAiInstruments:
             request_model,
             response_model,
         )
-        return GenAiCall(self, labels, time.perf_counter())
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = _Series(self, labels)
+        return GenAiCall(series, time.perf_counter())
+
+
+class _Series:
+    """One label set's children, looked up once (a `labels()` call takes a lock and builds a
+    key; a request records up to six observations)."""
+
+    __slots__ = ("labels", "operation", "request", "to", "tokens_in", "tokens_out", "tpot", "ttft")
+
+    def __init__(self, to: GenAiInstruments, labels: tuple[str, str, str, str]) -> None:
+        self.to, self.labels = to, labels
+        self.request = to.request.labels(*labels, "")
+        self.operation = to.operation.labels(*labels, "")
+        self.tokens_in = to.tokens.labels(*labels, "input")
+        self.tokens_out = to.tokens.labels(*labels, "output")
+        self.ttft = to.ttft.labels(*labels)
+        self.tpot = to.tpot.labels(*labels)
 
 
 def _samples(histogram: Histogram, suffix: str) -> Iterator[Sample]:
@@ -199,10 +219,10 @@ def _samples(histogram: Histogram, suffix: str) -> Iterator[Sample]:
 class GenAiCall:
     """One request's measurements, recorded once at `finish` (a handful of observations)."""
 
-    __slots__ = ("_first", "_in", "_labels", "_out", "_sent", "_started", "_to")
+    __slots__ = ("_first", "_in", "_out", "_sent", "_series", "_started")
 
-    def __init__(self, to: GenAiInstruments, labels: tuple[str, str, str, str], started: float):
-        self._to, self._labels, self._started = to, labels, started
+    def __init__(self, series: _Series, started: float) -> None:
+        self._series, self._started = series, started
         self._sent: float | None = None
         self._first: float | None = None
         self._in: int | None = None
@@ -215,7 +235,7 @@ class GenAiCall:
     def first_token(self) -> None:
         if self._first is None:
             self._first = time.perf_counter()
-            self._to.ttft.labels(*self._labels).observe(self._first - self._started)
+            self._series.ttft.observe(self._first - self._started)
 
     def usage(self, usage: object) -> None:
         """OpenAI-shaped usage (the last report wins; observed once, at `finish`)."""
@@ -224,16 +244,19 @@ class GenAiCall:
             self._out = int(usage.get("completion_tokens") or 0)
 
     def finish(self, error_type: str = "") -> None:
-        now = time.perf_counter()
-        self._to.request.labels(*self._labels, error_type).observe(now - self._started)
+        now, s = time.perf_counter(), self._series
+        request, operation = s.request, s.operation
+        if error_type:
+            request = s.to.request.labels(*s.labels, error_type)
+            operation = s.to.operation.labels(*s.labels, error_type)
+        request.observe(now - self._started)
         if self._sent is not None:
-            self._to.operation.labels(*self._labels, error_type).observe(now - self._sent)
+            operation.observe(now - self._sent)
         if self._in is not None:
-            tokens = self._to.tokens
-            tokens.labels(*self._labels, "input").observe(self._in)
-            tokens.labels(*self._labels, "output").observe(self._out)
+            s.tokens_in.observe(self._in)
+            s.tokens_out.observe(self._out)
         if self._first is not None and self._out > 1 and not error_type:
-            self._to.tpot.labels(*self._labels).observe((now - self._first) / (self._out - 1))
+            s.tpot.observe((now - self._first) / (self._out - 1))
 
 
 class _RuntimeCollector(Collector):

@@ -66,6 +66,7 @@ def test_dashboard_signs_in_loads_the_model_and_streams_a_reply(
     page.click("#signin")
     expect(page.locator("#login-error")).to_contain_text("refused the key")
     expect(page.locator("#board")).to_be_hidden()
+    shot(page, tmp_path, "dashboard-login.png")
 
     page.fill("#key", ADMIN)
     page.click("#signin")

@@ -30,7 +30,12 @@ PAGE = "/ui"
 ASSETS = "/ui/assets/"
 FEED_INTERVAL_S = 2.0
 AUDIT_EVENTS = 15
-_MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+_MEDIA_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
 _PAGE_HEADERS = {"content-security-policy": "default-src 'self'; frame-ancestors 'none'"}
 
 router = APIRouter()
