@@ -21,6 +21,7 @@ from tests.integration.fake_vllm import FakeVllm
 from tests.integration.test_mcp import ADMIN, MODEL, data, http_client, text
 
 pytestmark = pytest.mark.integration
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "analyzer" / "python"
 PROVIDER_KEY = "sk-provider-right-1234"
 
 
@@ -132,6 +133,10 @@ async def test_operator_tools(
         )
         assert good["valid"] and good["models"] == ["a"]
 
+        # analyze_codebase reads the gateway's disk: admin keys or `tool:analyze` only
+        refused = await client.call_tool("analyze_codebase", {"path": str(FIXTURE)})
+        assert refused.is_error and "tool:analyze" in text(refused)
+
         # notes go to their own SQLite file
         data(await client.call_tool("save_knowledge", {"title": "own file", "content": "x"}))
 
@@ -146,6 +151,10 @@ async def test_operator_tools(
         assert not down["ok"] and down["reachable"] is False and "cannot reach" in down["error"]
         cloud = data(await admin.call_tool("provider_test", {"model": "cloud"}))
         assert cloud["ok"] and cloud["auth_ok"]
+
+        report = data(await admin.call_tool("analyze_codebase", {"path": str(FIXTURE)}))
+        assert report["schema_version"] == 1 and report["totals"]["files"] >= 3
+        assert report["graph"]["edges"] and report["graph"]["cycles"]  # the fixture has one
 
         audit = data(await admin.call_tool("security_audit", {}))
         assert set(audit["counts"]) == {"high", "medium", "low", "info"}

@@ -27,7 +27,8 @@ Limit = Annotated[int, Field(ge=1, le=100)]
 INSTRUCTIONS = (
     "ml-offload: list, load and query the gateway's models, keep notes (save_knowledge, "
     "search_knowledge), hold conversations with a model (create_session, session_message) and "
-    "run a workspace's configured build or tests (build_and_test), and check providers, "
+    "run a workspace's configured build or tests (build_and_test), analyze a codebase's "
+    "structure (analyze_codebase), and check providers, "
     "limits, config snippets and the security posture (provider_test, rate_limit_check, "
     "provider_config_validate, security_audit)."
 )
@@ -57,6 +58,7 @@ def build_server(deps: McpDeps) -> MCPServer[Any]:
     _knowledge_tools(server, deps)
     _session_tools(server, deps)
     _build_tools(server, deps)
+    _analyzer_tools(server, deps)
     register_ops_tools(server, deps)
     _resources(server, deps)
     return server
@@ -192,6 +194,24 @@ def _session_tools(server: MCPServer[Any], deps: McpDeps) -> None:
     async def session_history(name: Name, limit: Limit | None = None) -> list[SessionMessage]:
         """The messages of a session, oldest first."""
         return await plain(store.history(name, limit=limit))
+
+
+def _analyzer_tools(server: MCPServer[Any], deps: McpDeps) -> None:
+    @server.tool()
+    async def analyze_codebase(
+        path: Annotated[str, Field(min_length=1, description="a folder on the gateway's disk")],
+        ctx: Context[Any],
+        languages: list[str] | None = None,
+        explain: Annotated[bool, Field(description="summaries by a model (slower)")] = False,
+        model: str | None = None,
+        changed_since: str | None = None,
+    ) -> dict[str, Any]:
+        """The structure of a codebase (Rust, Python, Nix, TypeScript): modules, imports,
+        dependency graph with cycles and layers, the largest and most complex units, dead
+        files; with `explain`, a model's summaries. Needs an admin key or `tool:analyze`."""
+        body = {"path": path, "languages": languages, "llm": explain, "model": model}
+        body["changed_since"] = changed_since
+        return dict(await _call(deps, ctx, "POST", "/analyze", body))
 
 
 def _build_tools(server: MCPServer[Any], deps: McpDeps) -> None:
