@@ -147,11 +147,9 @@ class ModelRegistry:
 
     async def reload(self, settings: Settings) -> list[str]:
         """Take new settings (SIGHUP) and rescan; the names of models that changed or went."""
-        before = {spec.name: spec for spec in self._models}
         self._settings = settings
-        await self.refresh()
-        after = {spec.name: spec for spec in self._models}
-        return [name for name, spec in before.items() if after.get(name) != spec]
+        changes = await self.refresh()
+        return sorted({*changes.removed, *changes.changed})
 
     async def refresh(self) -> Changes:
         """Rebuild the model list from its sources, store it, then swap the index in; what
