@@ -121,7 +121,11 @@ class FolderWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("model folder %s not watched: %s", self._folder, exc.strerror or exc)
+            return
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
@@ -133,11 +137,16 @@ class FolderWatch:
 
     async def _run(self) -> None:
         keep = _models_only(self._folder)
-        async for _ in awatch(self._folder, watch_filter=keep, stop_event=self._stop):
-            try:
-                await self._control.rescan()
-            except MloError as exc:  # keep watching; the next change tries again
-                log.warning("model folder rescan failed: %s", exc.message)
+        try:
+            async for _ in awatch(self._folder, watch_filter=keep, stop_event=self._stop):
+                try:
+                    await self._control.rescan()
+                except MloError as exc:  # keep watching; the next change tries again
+                    log.warning("model folder rescan failed: %s", exc.message)
+        except (OSError, RuntimeError) as exc:  # the folder went, or the watcher failed
+            log.warning(
+                "model folder %s no longer watched (%s); use `mlo models rescan`", self._folder, exc
+            )
 
 
 def _models_only(folder: Path) -> Callable[[Change, str], bool]:

@@ -31,9 +31,8 @@ from ml_offload.services import (
 
 
 def _settings(tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(  # type: ignore[arg-type]
-        storage={"data_dir": tmp_path}, gpu={"monitor": "none"}, scan_models_dir=False, **extra
-    )
+    values: dict[str, Any] = {"scan_models_dir": False, **extra}
+    return Settings(storage={"data_dir": tmp_path}, gpu={"monitor": "none"}, **values)  # type: ignore[arg-type]
 
 
 def _leftovers(threads_before: set[threading.Thread]) -> list[str]:
@@ -85,6 +84,31 @@ async def test_a_started_gateway_closes_everything(tmp_path: Path, caplog: Any) 
     assert _leftovers(threads_before) != []  # the scheduler, probes and audit writer run
     await services.close()
     await _assert_clean(threads_before, caplog)
+
+
+async def test_the_model_folder_watch_is_closed_with_the_gateway(
+    tmp_path: Path, caplog: Any
+) -> None:
+    caplog.set_level(logging.ERROR)
+    threads_before = set(threading.enumerate())
+    services = await Services.start(_settings(tmp_path, scan_models_dir=True, demo_model=False))
+    assert (tmp_path / "models").is_dir()  # created, so it can be watched
+    await services.close()
+    await _assert_clean(threads_before, caplog)
+
+
+async def test_a_model_folder_that_cannot_be_made_is_not_watched(
+    tmp_path: Path, caplog: Any
+) -> None:
+    (tmp_path / "file").write_text("")
+    settings = Settings(  # type: ignore[arg-type]
+        storage={"data_dir": tmp_path, "models_dir": tmp_path / "file" / "models"},
+        gpu={"monitor": "none"},
+        demo_model=False,
+    )
+    services = await Services.start(settings)  # the gateway serves all the same
+    await services.close()
+    assert any("not watched" in r.getMessage() for r in caplog.records)
 
 
 async def test_the_cli_openers_share_one_database(tmp_path: Path) -> None:
