@@ -8,6 +8,7 @@ stream, or the WebSocket) has ended asks the guard to settle tokens and write th
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -20,6 +21,7 @@ from ml_offload.errors import MloError
 CTX_KEY = "mlo_ctx"
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("ml_offload.access")  # one line per request (`mlo logs`)
 
 
 def cert_subject(scope: Scope) -> str | None:
@@ -56,6 +58,7 @@ class SecurityMiddleware:
             await _refuse(scope, receive, send, exc)
             return
         scope.setdefault("state", {})[CTX_KEY] = ctx
+        first_chunk: list[float] = []  # a stream's first event: its time to first token
 
         async def send_and_note(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -63,6 +66,9 @@ class SecurityMiddleware:
                 extra = guard.response_headers(ctx) if ctx.status < 400 else None
                 if extra:  # a refusal carries its own
                     message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            elif message["type"] == "http.response.body":
+                if not first_chunk and message.get("more_body") and message.get("body"):
+                    first_chunk.append(time.perf_counter())
             elif message["type"] == "websocket.accept":
                 ctx.status = 101
             await send(message)
@@ -74,6 +80,23 @@ class SecurityMiddleware:
             raise
         finally:
             await guard.finish(ctx)
+            if not ctx.public and access.isEnabledFor(logging.INFO):
+                access.info("%s", access_line(ctx, first_chunk[0] if first_chunk else None))
+
+
+def access_line(ctx: RequestContext, first_chunk_at: float | None) -> str:
+    """One line per request: time, key, model, deployment, status, tokens, latency, TTFT
+    (streams: the first event sent)."""
+    now = time.perf_counter()
+    key = ctx.key.name if ctx.key else ("admin" if ctx.admin else "-")
+    ttft = f"{(first_chunk_at - ctx.started) * 1000:.1f}" if first_chunk_at else "-"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ctx.time or time.time()))
+    return (
+        f"{stamp} {ctx.method} {ctx.path} status={ctx.status} key={key} "
+        f"model={ctx.model or '-'} deployment={ctx.backend or '-'} "
+        f"tokens={ctx.prompt_tokens}+{ctx.completion_tokens} "
+        f"latency_ms={(now - ctx.started) * 1000:.1f} ttft_ms={ttft}"
+    )
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: MloError) -> None:

@@ -45,7 +45,7 @@ class ChildProcess:
         self.spec = spec
         self._on_exit = on_exit
         self._upstream = upstream  # the pooled client, for readiness probes
-        self.log_path = log_dir / f"{_safe(spec.name)}.log"
+        self.log_path = engine_log(log_dir, spec.name)
         self._state = ModelState.STOPPED
         self._proc: asyncio.subprocess.Process | None = None
         self._url: str | None = None
@@ -226,6 +226,11 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def engine_log(log_dir: Path, name: str) -> Path:
+    """Where model `name`'s engine writes its log (`mlo logs --model`)."""
+    return log_dir / f"{_safe(name)}.log"
 
 
 def _safe(name: str) -> str:

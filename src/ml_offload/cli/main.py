@@ -18,6 +18,7 @@ from ml_offload.cli import (
     config_cmd,
     health,
     keys,
+    logs,
     mcp,
     pull,
     run,
@@ -210,6 +211,7 @@ app.command()(storage.du)
 app.command("clean-cache")(storage.clean_cache)
 app.command()(bootstrap.bootstrap)
 app.add_typer(config_cmd.app, name="config")
+app.command()(logs.logs)
 app.add_typer(audit.app, name="audit")  # issue 5: the audit log file
 app.command("security-audit")(security_audit)
 app.command("analyze")(analyze.analyze_command)  # issue 17: the code analyzer
