@@ -24,6 +24,8 @@ from ml_offload.errors import (
     EngineUnreachable,
     InvalidRequest,
     MloError,
+    PermissionDenied,
+    RateLimited,
     Unavailable,
     UpstreamClientError,
 )
@@ -78,7 +80,7 @@ class InferenceService:
         if ctx is not None:
             await self._guard.admit(ctx, kind, data)
         return await self._first_that_answers(
-            data["model"], partial(self._complete_on, kind=kind, data=data, ctx=ctx)
+            partial(self._complete_on, kind=kind, data=data, ctx=ctx), kind, data, ctx
         )
 
     async def open_stream(
@@ -89,31 +91,42 @@ class InferenceService:
         if ctx is not None:
             await self._guard.admit(ctx, kind, data)
         return await self._first_that_answers(
-            data["model"], partial(self._open_on, kind=kind, data=data, ctx=ctx)
+            partial(self._open_on, kind=kind, data=data, ctx=ctx), kind, data, ctx
         )
 
     async def _first_that_answers(
-        self, model: str, attempt: Callable[[ModelSpec], Awaitable[T]]
+        self,
+        attempt: Callable[[ModelSpec], Awaitable[T]],
+        kind: Kind,
+        data: dict[str, Any],
+        ctx: RequestContext | None,
     ) -> T:
-        """Try each deployment in the router's order; fall back only on deployment failures."""
+        """Try each deployment in the router's order that the guard lets this request use
+        (scope, per-model limits); fall back only on deployment failures."""
         failure: MloError | None = None
-        for spec in self._router.candidates(model):
+        skipped: list[MloError] = []
+        for spec in self._router.candidates(data["model"]):
             reason = unavailable_reason(spec)
             if reason is not None and not self._running(spec):  # at once, not after a start
                 failure = Unavailable(f"model {spec.name!r} is unavailable: {reason}")
+                continue
+            try:
+                charges = await self._guard.enter(ctx, spec, kind, data)
+            except (PermissionDenied, RateLimited) as exc:
+                skipped.append(exc)
                 continue
             try:
                 result = await attempt(spec)
             except MloError as exc:
                 if not should_fall_back(exc):
                     raise
+                await self._guard.give_back(ctx, charges)
                 self._router.failed(spec, exc)
                 failure = exc
                 continue
             self._router.succeeded(spec)
             return result
-        assert failure is not None
-        raise failure
+        raise self._guard.none_left(data["model"], failure, skipped)
 
     def _running(self, spec: ModelSpec) -> bool:
         return spec.holds_memory and self._scheduler.status([spec])[0].state is ModelState.READY

@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 from ml_offload.cli.main import app
 from ml_offload.config import SecuritySettings
 from ml_offload.domain import DeploymentKind, ModelSpec
-from ml_offload.errors import AuthError, InvalidRequest, NotFound, PermissionDenied
+from ml_offload.errors import (
+    AuthError,
+    EngineError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+)
 from ml_offload.security.audit import prompt_sha256
 from ml_offload.security.guard import Guard, is_admin_path
 from ml_offload.security.keys import (
@@ -288,6 +295,40 @@ async def test_required_admin_key_scopes_and_cert_binding(
         await ask(guard, bound.secret)
     assert (await ask(guard, bound.secret, cert_subject="CN=ci")).key is not None
     await guard.close()
+
+
+async def test_a_fallback_is_in_scope_on_its_own_name(
+    store: KeyStore, db: Database, tmp_path: Path
+) -> None:
+    guard = guard_for(db, tmp_path, auth="required")
+    await guard.start()
+    for scopes in (["tiny"], ["local:*"]):  # the model asked for, or every local model
+        ctx = await ask(guard, (await store.create(f"k{len(scopes[0])}", models=scopes)).secret)
+        await guard.admit(ctx, "chat", {"model": "t", "messages": []})
+        assert await guard.enter(ctx, LOCAL, "chat", {"model": "t"}) == []
+        with pytest.raises(PermissionDenied, match="may not use 'claude', the fallback of 't'"):
+            await guard.enter(ctx, CLAUDE, "chat", {"model": "t"})
+    both = await ask(guard, (await store.create("both", models=["tiny", "anthropic:*"])).secret)
+    await guard.admit(both, "chat", {"model": "t", "messages": []})
+    assert await guard.enter(both, CLAUDE, "chat", {"model": "t"}) == []
+    await guard.close()
+
+
+def test_the_error_when_no_deployment_is_left(tmp_path: Path) -> None:
+    guard = guard_for(None, tmp_path)
+    skipped = PermissionDenied("key k1 (ci) may not use 'claude', the fallback of 'tiny'")
+    failed = guard.none_left("tiny", EngineError("model 'tiny' failed to start"), [skipped])
+    assert failed.status == 502
+    assert failed.message == (
+        "model 'tiny' failed to start; not tried: key k1 (ci) may not use 'claude', "
+        "the fallback of 'tiny'"
+    )
+    limited = RateLimited("model 'claude' is over its limit", headers={"x-a": "1"})
+    refused = guard.none_left("tiny", None, [skipped, limited])
+    assert refused is limited and refused.status == 429 and refused.headers == {"x-a": "1"}
+    assert refused.message.endswith("; also not tried: " + skipped.message)
+    cooling = guard.none_left("tiny", None, [PermissionDenied("may not use 'claude'")])
+    assert cooling.status == 503 and "that this request may use" in cooling.message
 
 
 async def test_each_message_on_a_connection_rechecks_the_key(

@@ -194,10 +194,24 @@ async def test_failed_requests_give_all_their_tokens_back(tmp_path: Path) -> Non
 async def test_model_limits_apply_to_every_caller(tmp_path: Path) -> None:
     guard = await guard_with(tmp_path, "memory://", model_rpm={"m": 2})
     for client in ("a:1", "b:1"):
-        await guard.admit(ctx_for(client), "chat", {"model": "m"})
+        await guard.enter(ctx_for(client), SPEC, "chat", {"model": "m"})
     with pytest.raises(RateLimited, match="model 'm'") as refused:
-        await guard.admit(ctx_for("c:1"), "chat", {"model": "m"})
+        await guard.enter(ctx_for("c:1"), SPEC, "chat", {"model": "m"})
     assert refused.value.headers["x-ratelimit-limit-requests"] == "2"
+    await guard.close()
+
+
+async def test_a_deployment_that_failed_gives_its_model_limits_back(tmp_path: Path) -> None:
+    guard = await guard_with(tmp_path, "memory://", model_rpm={"m": 1}, model_tpm={"m": 100})
+    ctx = ctx_for("a:1")
+    charges = await guard.enter(ctx, SPEC, "chat", {"model": "m", "max_tokens": 80})
+    assert len(charges) == 2 and len(ctx.charges) == 1  # a request, and tokens to settle
+    with pytest.raises(RateLimited, match="model 'm'"):  # one request a minute: spent
+        await guard.enter(ctx_for("b:1"), SPEC, "chat", {"model": "m", "max_tokens": 80})
+    await guard.give_back(ctx, charges)  # `m` failed; the next deployment is tried
+    assert ctx.charges == []
+    again = ctx_for("b:1")
+    assert len(await guard.enter(again, SPEC, "chat", {"model": "m", "max_tokens": 80})) == 2
     await guard.close()
 
 
@@ -269,7 +283,9 @@ async def test_limits_report_reads_the_windows_without_charging(tmp_path: Path) 
     if time.time() % 60 > 58:  # windows are clock minutes: stay inside one
         await asyncio.sleep(60 - time.time() % 60)
     ctx = ctx_for("127.0.0.1:5000")
-    await guard.admit(ctx, "chat", {"model": "m", "messages": [], "max_tokens": 100})
+    data = {"model": "m", "messages": [], "max_tokens": 100}
+    await guard.admit(ctx, "chat", data)
+    await guard.enter(ctx, SPEC, "chat", data)  # the deployment that answers: its model limit
     report = await guard.limits(ctx)
     assert report.subject == "client 127.0.0.1"
     seen = {(v.subject, v.what): (v.limit, v.used, v.remaining) for v in report.limits}

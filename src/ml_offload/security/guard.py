@@ -8,9 +8,15 @@ Per request, in order:
   non-admin key is refused admin paths (`is_admin_path`). The caller's requests per minute are
   charged (`quota.Quota.charge_caller`).
 - **admitted** once the model is known (`admit`): the key's model scope (`keys.in_scope`, names,
-  aliases, `provider:*`), then the model's requests per minute and the tokens reserved from the
-  prompt and max_tokens (`quota.Quota.admit`). `authorize` is the same scope check for actions
-  other than inference (Ollama's load and unload).
+  aliases, `provider:*`), then the tokens reserved from the caller's limit for the prompt and
+  max_tokens (`quota.Quota.admit`). `authorize` is the same scope check for actions other than
+  inference (Ollama's load and unload).
+- **let through to each deployment tried** (`enter`), the model asked for and then its
+  fallbacks: the key's scope for that deployment itself (a key for `mine` is never answered by
+  `mine`'s fallback `theirs`, a `local:*` key never by a cloud provider), and that deployment's
+  own per-model limits (`quota.Quota.admit_deployment`), refunded (`give_back`) when it fails and
+  the next is tried. A deployment refused is skipped; `none_left` says why in the error when no
+  deployment answers. The audit event names the deployment that answered (`ctx.backend`).
 - **redacted** for each deployment tried (`outbound`): secrets masked (`redact.Redactor`) when
   the deployment's `redact` is set (the registry sets it for deployments whose prompts leave
   the machine, unless the config says otherwise).
@@ -33,8 +39,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ml_offload.config import SecuritySettings, Settings
-from ml_offload.domain import ModelSpec, RequestContext, is_loopback_host
-from ml_offload.errors import AuthError, MloError, ModelNotFound, NotFound, PermissionDenied
+from ml_offload.domain import Charge, ModelSpec, RequestContext, is_loopback_host
+from ml_offload.errors import (
+    AuthError,
+    MloError,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+)
 from ml_offload.metrics import Metrics
 from ml_offload.security.audit import AuditLog
 from ml_offload.security.keys import KeyStore, bearer_token, in_scope
@@ -265,12 +279,59 @@ class Guard:
                 ctx.prompt = data.get("messages") if kind == "chat" else data.get("prompt")
                 if ctx.prompt is None:
                     ctx.prompt = data.get("input")
-            spec = self._spec_if_needed(ctx, model)
-            self._check_scope(ctx, model, spec)
-            await self._quota.admit(ctx, kind, data, spec)
+            if ctx.key is not None and ctx.key.models:
+                self._check_scope(ctx, model, self._resolve(model))
+            await self._quota.admit(ctx, kind, data)
         except MloError as exc:
             self._count_refusal(exc)
             raise
+
+    async def enter(
+        self,
+        ctx: RequestContext | None,
+        spec: ModelSpec,
+        kind: str,
+        data: Mapping[str, Any],
+    ) -> list[Charge]:
+        """May `spec` answer (the model asked for, or one of its fallbacks)? The key's scope
+        for `spec` itself, then `spec`'s own limits; raises PermissionDenied or RateLimited
+        (the deployment is skipped). The charges, to `give_back` if it fails."""
+        if ctx is None:
+            return []
+        key = ctx.key
+        if key is not None and key.models and not in_scope(key.models, spec.name, spec):
+            asked = f", the fallback of {ctx.model!r}," if ctx.model not in spec.names else ""
+            raise PermissionDenied(
+                f"key {key.id} ({key.name}) may not use {spec.name!r}{asked} (it may use "
+                f"{', '.join(key.models)})"
+            )
+        if not self._quota.per_model:
+            return []
+        return await self._quota.admit_deployment(ctx, kind, data, spec)
+
+    async def give_back(self, ctx: RequestContext | None, charges: list[Charge]) -> None:
+        """A deployment failed and the next is tried: its limits are refunded."""
+        if ctx is not None and charges:
+            await self._quota.give_back(ctx, charges)
+
+    def none_left(self, model: str, failure: MloError | None, skipped: list[MloError]) -> MloError:
+        """The error when no deployment of `model` answered: the last failure, saying which
+        deployments this request could not use; else why each was refused (a rate limit
+        first, with its headers)."""
+        reasons = "; ".join(exc.message for exc in skipped)
+        if failure is not None:
+            return _noted(failure, f"not tried: {reasons}") if skipped else failure
+        limited = next((exc for exc in skipped if isinstance(exc, RateLimited)), None)
+        if limited is not None:
+            others = "; ".join(exc.message for exc in skipped if exc is not limited)
+            error = _noted(limited, f"also not tried: {others}") if others else limited
+        else:
+            error = Unavailable(
+                f"no deployment of {model!r} that this request may use is available now: {reasons}",
+                retry_after_s=1,
+            )
+        self._count_refusal(error)
+        return error
 
     def authorize(self, ctx: RequestContext | None, model: str, *, admin: bool = False) -> None:
         """For actions on a model other than inference (Ollama's load and unload idiom): the
@@ -294,11 +355,6 @@ class Guard:
                 f"key {key.id} ({key.name}) may not use model {model!r}; it may use "
                 f"{', '.join(key.models)}"
             )
-
-    def _spec_if_needed(self, ctx: RequestContext, model: str) -> ModelSpec | None:
-        if (ctx.key is not None and ctx.key.models) or self._quota.per_model:
-            return self._resolve(model)
-        return None
 
     # -- leaving: redacted; ending: finished ----------------------------------------------
 
@@ -329,6 +385,13 @@ class Guard:
     def _record(self, ctx: RequestContext) -> None:
         if self._audit is not None:
             self._audit.record(audit_event(ctx))
+
+
+def _noted(exc: MloError, note: str) -> MloError:
+    """`exc`, its message followed by `note` (what the caller should know besides)."""
+    exc.message = f"{exc.message}; {note}"
+    exc.args = (exc.message,)
+    return exc
 
 
 def audit_event(ctx: RequestContext) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Rate limits for one request: whose limits apply, what is charged when, what comes back.
 
 At arrival the caller (its key; the client address when auth is off; nobody for the admin key)
-is charged one request per minute (`charge_caller`). Once the model is known, `admit` charges
-one request to the model's own limit and reserves tokens (the prompt at about 4 characters a
-token, plus max_tokens) from every token limit that applies. When the request ends, `settle`
-makes the reservation cost what it really used. The windows seen give the `x-ratelimit-*`
-headers (`headers`); a refusal is a RateLimited (429) carrying them.
+is charged one request per minute (`charge_caller`). Once the model is known, `admit` reserves
+tokens (the prompt at about 4 characters a token, plus max_tokens) from the caller's token limit.
+Per-model limits are the deployment's that answers: `admit_deployment` charges one request and
+reserves tokens from the limits of each deployment as it is tried (the model asked for, then its
+fallbacks), and `give_back` refunds a deployment that failed before another is tried. When the
+request ends, `settle` makes the reservations cost what it really used. The windows seen give
+the `x-ratelimit-*` headers (`headers`); a refusal is a RateLimited (429) carrying them.
 
 When the storage (Redis) cannot be reached, `security.limits.on_storage_error` decides:
 `closed` refuses limited callers with 503 (the default), `open` lets them through unlimited and
@@ -124,27 +126,44 @@ class Quota:
         """One request against the caller's requests per minute."""
         await self._charge_request(ctx, self.subject(ctx))
 
-    async def admit(
-        self, ctx: RequestContext, kind: str, data: Mapping[str, Any], spec: ModelSpec | None
-    ) -> None:
-        """The model's requests per minute (when `spec` is given), then tokens reserved from
-        every token limit that applies (all or none)."""
-        subjects = [self.subject(ctx)]
-        if spec is not None:
-            model = self.model_subject(spec.name)
-            await self._charge_request(ctx, model)
-            subjects.append(model)
-        limited = [s for s in subjects if s is not None and s.tpm is not None]
-        if not limited:
+    async def admit(self, ctx: RequestContext, kind: str, data: Mapping[str, Any]) -> None:
+        """Tokens reserved from the caller's token limit."""
+        subject = self.subject(ctx)
+        if subject is None or subject.tpm is None:
             return
         cost = estimate_tokens(kind, data, self._settings.default_max_tokens)
-        try:
-            for subject in limited:
-                await self._reserve_tokens(ctx, subject, cost)
-        except MloError:
-            await self._settle(ctx, 0)  # give back what another limit took
-            raise
+        await self._reserve_tokens(ctx, subject, cost)
         ctx.reserved_tokens = cost
+
+    async def admit_deployment(
+        self, ctx: RequestContext, kind: str, data: Mapping[str, Any], spec: ModelSpec
+    ) -> list[Charge]:
+        """`spec`'s own limits, for the deployment about to be tried: one request, then tokens
+        reserved (all or none). The charges, for `give_back` when it fails."""
+        model = self.model_subject(spec.name)
+        taken: list[Charge] = []
+        try:
+            if model.rpm is not None:
+                taken += await self._charge_model_request(ctx, model)
+            if model.tpm is not None:
+                cost = estimate_tokens(kind, data, self._settings.default_max_tokens)
+                before = len(ctx.charges)
+                await self._reserve_tokens(ctx, model, cost)
+                taken += ctx.charges[before:]
+                ctx.reserved_tokens = cost
+        except MloError:
+            await self.give_back(ctx, taken)
+            raise
+        return taken
+
+    async def give_back(self, ctx: RequestContext, charges: list[Charge]) -> None:
+        """Refund what a deployment's limits took: it failed, and another one is tried."""
+        ctx.charges = [c for c in ctx.charges if c not in charges]
+        try:
+            for charge in charges:
+                await self._limiter.settle(charge, 0)
+        except Unavailable as exc:
+            log.warning("limits not refunded: %s", exc.message)
 
     async def settle(self, ctx: RequestContext) -> None:
         """Make the reservation cost what the request really used."""
@@ -167,6 +186,17 @@ class Quota:
         ctx.windows["requests"] = window
         if charge is None:
             raise _refusal(ctx, subject.who, window, f"{subject.rpm} requests per minute")
+
+    async def _charge_model_request(self, ctx: RequestContext, model: Subject) -> list[Charge]:
+        assert model.rpm is not None
+        taken = await self._charge(model.counter("requests"), model.rpm, 1)
+        if taken is None:
+            return []
+        window, charge = taken
+        ctx.windows["requests"] = window
+        if charge is None:
+            raise _refusal(ctx, model.who, window, f"{model.rpm} requests per minute")
+        return [charge]
 
     async def _reserve_tokens(self, ctx: RequestContext, subject: Subject, cost: int) -> None:
         tpm = subject.tpm
