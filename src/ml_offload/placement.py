@@ -183,6 +183,74 @@ def place(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One node of a fleet as placement sees it: its devices, models and host memory."""
+
+    name: str
+    rooms: tuple[DeviceRoom, ...]
+    loaded: tuple[LoadedView, ...]
+    host_free_bytes: int
+    max_loaded: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlacement:
+    node: str | None  # None: refused on every node (see `placement.refused` and `.wait`)
+    placement: Placement
+
+
+def place_on_fleet(
+    est: Estimate,
+    nodes: list[NodeView],
+    *,
+    reserve_bytes: int,
+    max_gpu_layers: int | None = None,
+    gpu_factor: float = 1.0,
+) -> NodePlacement:
+    """Where a model that is warm nowhere goes: `place` on every node, then the node where the
+    most layers go on GPUs, evicting the fewest bytes, leaving the least room unused on the
+    devices it takes (best fit keeps large rooms for large models); ties by node order."""
+    best: tuple[tuple[int, int, int], NodeView, Placement] | None = None
+    refusals: list[Placement] = []
+    for node in nodes:
+        plan = place(
+            est,
+            list(node.rooms),
+            list(node.loaded),
+            reserve_bytes=reserve_bytes,
+            host_free_bytes=node.host_free_bytes,
+            max_loaded=node.max_loaded,
+            max_gpu_layers=max_gpu_layers,
+            gpu_factor=gpu_factor,
+        )
+        if plan.refused:
+            refusals.append(plan)
+            continue
+        rank = (-plan.gpu_layers, _evicted_bytes(node, plan.evict), _leftover(node, plan))
+        if best is None or rank < best[0]:
+            best = (rank, node, plan)
+    if best is not None:
+        return NodePlacement(best[1].name, best[2])
+    wait = any(p.wait for p in refusals)
+    reason = refusals[0].refused if len(refusals) == 1 else "no node can make room"
+    return NodePlacement(None, Placement(refused=reason or "no nodes", wait=wait))
+
+
+def _evicted_bytes(node: NodeView, evict: tuple[str, ...]) -> int:
+    return sum(sum(n for _, n in m.device_bytes) for m in node.loaded if m.name in evict)
+
+
+def _leftover(node: NodeView, plan: Placement) -> int:
+    """Room left on the devices the model takes, after the evictions and the model itself."""
+    rooms = {r.index: r.free_bytes for r in _rooms_after(list(node.rooms), _out(node, plan))}
+    return sum(rooms[i] - used for i, used in plan.device_bytes)
+
+
+def _out(node: NodeView, plan: Placement) -> list[LoadedView]:
+    return [m for m in node.loaded if m.name in plan.evict]
+
+
 def _rooms_after(rooms: list[DeviceRoom], evicted: list[LoadedView]) -> list[DeviceRoom]:
     freed: dict[int, int] = {}
     for m in evicted:

@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from ml_offload.placement import (
     DeviceRoom,
     LoadedView,
+    NodeView,
     Placement,
     fit_layers,
     host_bytes,
     idle_expired,
     place,
+    place_on_fleet,
     tensor_split,
 )
 from ml_offload.vram import MemoryEstimate
@@ -272,3 +274,43 @@ def test_context_overhead_and_companions_are_paid_on_each_gpu_used() -> None:
     # in host memory (no GPU) the projector counts, the CUDA context does not
     assert extra.cpu_total_bytes() == plain.cpu_total_bytes() + 200 * MIB
     assert host_bytes(extra, 0) == host_bytes(plain, 0) + 200 * MIB
+
+
+def _node(name: str, free_gib: list[float], loaded: tuple[LoadedView, ...] = ()) -> NodeView:
+    rooms = tuple(DeviceRoom(i, int(g * GIB)) for i, g in enumerate(free_gib))
+    return NodeView(name, rooms, loaded, host_free_bytes=64 * GIB, max_loaded=10)
+
+
+def test_fleet_takes_the_best_fit_without_evicting() -> None:
+    """1.15 GiB needed: the 2 GiB node, not the 8 GiB one (kept for large models); a node that
+    would have to evict comes after both."""
+    idle = LoadedView(
+        "x", 0, busy=False, pinned=False, last_used=0, ttl_s=0, device_bytes=((0, 5 * GIB),)
+    )
+    nodes = [_node("big", [8]), _node("full", [0.5], (idle,)), _node("small", [2])]
+    chosen = place_on_fleet(est(), nodes, reserve_bytes=0)
+    assert chosen.node == "small" and chosen.placement.evict == ()
+    alone = place_on_fleet(est(), [nodes[1]], reserve_bytes=0)
+    assert (alone.node, alone.placement.evict) == ("full", ("x",))
+
+
+def test_fleet_prefers_all_layers_on_gpu_and_the_cheapest_eviction() -> None:
+    small = LoadedView(
+        "s", 0, busy=False, pinned=False, last_used=0, ttl_s=0, device_bytes=((0, GIB),)
+    )
+    large = LoadedView(
+        "l", 0, busy=False, pinned=False, last_used=0, ttl_s=0, device_bytes=((0, 4 * GIB),)
+    )
+    nodes = [_node("partial", [0.6]), _node("a", [0.5], (large,)), _node("b", [0.5], (small,))]
+    chosen = place_on_fleet(est(), nodes, reserve_bytes=0)
+    assert chosen.node == "b" and chosen.placement.evict == ("s",)
+    assert chosen.placement.gpu_layers == est().layers
+
+
+def test_fleet_refusal_says_wait_when_busy_models_hold_the_room() -> None:
+    busy = LoadedView(
+        "b", 2 * GIB, busy=True, pinned=False, last_used=0, ttl_s=0, device_bytes=((0, GIB),)
+    )
+    node = NodeView("n", (DeviceRoom(0, 0),), (busy,), host_free_bytes=0, max_loaded=10)
+    chosen = place_on_fleet(est(), [node], reserve_bytes=0)
+    assert chosen.node is None and chosen.placement.wait
