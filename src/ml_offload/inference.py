@@ -17,7 +17,7 @@ import aiohttp
 
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.protocol import UpstreamProtocol, protocol_for
-from ml_offload.domain import ModelSpec, ModelState, RequestContext
+from ml_offload.domain import DeploymentKind, ModelSpec, ModelState, RequestContext
 from ml_offload.errors import (
     EngineError,
     EngineTimeout,
@@ -41,6 +41,7 @@ from ml_offload.wire.openai import (
     engine_error_message,
     is_request_fault,
 )
+from ml_offload.wire.openai_fold import FOLDS
 
 T = TypeVar("T")
 
@@ -135,6 +136,8 @@ class InferenceService:
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
     ) -> dict[str, Any]:
         check_tool_choice(spec, data)
+        if kind in FOLDS and spec.kind is DeploymentKind.LLAMACPP:
+            return await self._complete_by_stream(spec, kind, data, ctx)
         model = data["model"]
         call = self._metrics.genai.call(kind, spec.provider_name, model, spec.name)
         status, error = "error", ""
@@ -160,6 +163,19 @@ class InferenceService:
         finally:
             self._metrics.requests.labels(kind, spec.name, status).inc()
             call.finish(error)
+
+    async def _complete_by_stream(
+        self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
+    ) -> dict[str, Any]:
+        """A one-body answer read from the engine as a stream and folded: llama.cpp stops a
+        stream whose connection closes (a client that left costs nothing), not a plain call."""
+        as_stream = {**data, "stream": True, "stream_options": {"include_usage": True}}
+        stream = await self._open_on(spec, kind, as_stream, ctx)
+        try:
+            folded = FOLDS[kind]([chunk async for chunk in stream])
+        finally:
+            await stream.aclose()
+        return NORMALIZERS[kind](folded, data["model"])
 
     async def _open_on(
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None

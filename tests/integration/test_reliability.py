@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +160,68 @@ def test_malformed_http_gets_json_and_slow_headers_are_closed(
     assert _json_error(slow, 408)["code"] == "request_timeout"
     assert _json_error(_exchange(gw, b""), 408)  # one that sends nothing is closed too
     assert gw.http.get("/health").status_code == 200  # whole requests are served as before
+
+
+def _engine_log(gw: Gateway, name: str) -> str:
+    return next(gw.log.parent.rglob(f"logs/{name}.log")).read_text(errors="replace")
+
+
+def _launches(gw: Gateway, name: str) -> int:
+    """Requests the engine took into a slot so far (its log's `launch_slot_` lines)."""
+    return _engine_log(gw, name).count("launch_slot_")
+
+
+def _released_tokens(gw: Gateway, name: str) -> list[int]:
+    """Each finished task's context length when the engine stopped it (`release:` lines)."""
+    return [int(n) for n in re.findall(r"release: .*n_tokens = (\d+)", _engine_log(gw, name))]
+
+
+def _send_and_leave(gw: Gateway, body: dict[str, Any]) -> socket.socket:
+    host, port = gw.url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    payload = json.dumps(body).encode()
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
+    return s
+
+
+def test_departed_clients_leave_the_engine_idle(
+    gateway_factory: GatewayFactory, smollm_path: Path
+) -> None:
+    gw = gateway_factory(
+        demo_model=False,
+        scheduler={"queue_size": 100},
+        models=[{"name": "solo", "path": smollm_path, "parallel": 2, "ctx_size": 2048}],
+    )
+    long = {"model": "solo", "messages": HI, "max_tokens": 900, "ignore_eos": True}
+    assert gw.http.post("/v1/chat/completions", json={**long, "max_tokens": 1}).status_code == 200
+    before = _launches(gw, "solo")
+    clients = [_send_and_leave(gw, long) for _ in range(40)]  # 2 run, 38 wait for a slot
+    clients += [_send_and_leave(gw, {**long, "stream": True}) for _ in range(40)]  # all queued
+    deadline = time.monotonic() + 60
+    while gw.model("solo")["queued"] < 78 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gw.model("solo")["queued"] == 78 and gw.model("solo")["in_flight"] == 2
+    for c in clients:
+        c.close()
+    left = time.monotonic()
+    engine = gw.engine("solo")
+    idle_s = None
+    while time.monotonic() - left < 120:
+        busy = [s for s in engine.get("/slots").json() if s.get("is_processing")]
+        m = gw.model("solo")
+        if not busy and m["in_flight"] == 0 and m["queued"] == 0:
+            idle_s = time.monotonic() - left
+            break
+        time.sleep(0.02)
+    assert idle_s is not None, "the engine kept working for clients that left"
+    sent = _launches(gw, "solo") - before
+    stopped_at = _released_tokens(gw, "solo")[-sent:]
+    print(
+        f"\n80 departed clients (40 waiting for a slot, 40 queued streams): engine idle "
+        f"{idle_s:.2f}s after they left; {sent} reached it, stopped at {stopped_at} tokens"
+    )
+    assert sent <= 4, f"{sent} requests of departed clients were sent to the engine"
+    assert all(n < 900 for n in stopped_at), "the engine finished answers nobody would read"

@@ -31,7 +31,7 @@ async def messages(request: Request) -> Response:
         return json_response(wire.from_openai(out, req.model))
     data["stream"] = True
     data["stream_options"] = {"include_usage": True}
-    stream = await inference.open_stream("chat", data, ctx)
+    stream = await until_disconnect(request, inference.open_stream("chat", data, ctx))
     translator = wire.StreamTranslator(req.model, req.stop_sequences)
     if req.stream:
         return EventStreamResponse(_sse(stream, translator), stream.aclose)

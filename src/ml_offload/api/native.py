@@ -146,7 +146,8 @@ async def inference(request: Request) -> Response:
         data["stream_options"] = {"include_usage": True}  # the final event reports usage
     data["messages" if kind == "chat" else "prompt"] = body.messages or body.prompt
     if body.stream:
-        stream = await svc.inference.open_stream(kind, data, request_context(request))
+        opening = svc.inference.open_stream(kind, data, request_context(request))
+        stream = await until_disconnect(request, opening)  # gone while queued: nothing sent
         return EventStreamResponse(_native_sse(stream), stream.aclose)
     out = await until_disconnect(
         request, svc.inference.complete(kind, data, request_context(request))

@@ -75,7 +75,8 @@ async def _generate(
 ) -> Response:
     data["stream"] = True
     data["stream_options"] = {"include_usage": True}
-    stream = await svc.inference.open_stream(kind, data, request_context(request))
+    opening = svc.inference.open_stream(kind, data, request_context(request))
+    stream = await until_disconnect(request, opening)  # a client gone while queued: nothing sent
     tr.opened()
     if stream_out:
         return EventStreamResponse(_ndjson(stream, tr), stream.aclose, NDJSON_HEADERS)

@@ -59,7 +59,7 @@ async def _handle(request: Request, kind: Kind) -> Response:
     req, data = parse_request(kind, await read_body(request))
     ctx = request_context(request)
     if kind != "embedding" and getattr(req, "stream", False):
-        stream = await inference.open_stream(kind, data, ctx)
+        stream = await until_disconnect(request, inference.open_stream(kind, data, ctx))
         return EventStreamResponse(openai_sse(stream), stream.aclose)
     return _json(await until_disconnect(request, inference.complete(kind, data, ctx)))
 

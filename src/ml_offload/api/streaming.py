@@ -70,7 +70,8 @@ class EventStreamResponse(Response):
 
 
 async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (frees the engine slot)."""
+    """Run `work`, cancelling it if the client disconnects first (frees the engine slot, or
+    its place in the queue; a stream still queued or loading is never sent to the engine)."""
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(_disconnected(request.receive))
     try:
