@@ -57,6 +57,10 @@ KeyOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TrackOpt = Annotated[
+    bool,
+    typer.Option("--track", help="Log parameters and metrics to MLflow (MLFLOW_TRACKING_URI)."),
+]
 
 
 def settings_for(config: Path | None) -> Settings:

@@ -15,14 +15,17 @@ from ml_offload.cli.common import (
     ConfigOpt,
     JsonOpt,
     KeyOpt,
+    TrackOpt,
     UrlOpt,
     device_summary,
+    err,
     human_bytes,
     human_secs,
     out,
 )
 from ml_offload.client_tls import ClientTls
 from ml_offload.pipeline import PromptResult, percentile, run_prompts
+from ml_offload.tracking import check_tracking, log_run
 from ml_offload.wire.native import HealthView, MemoryView, ModelList, ModelView
 
 PROBE_PROMPT = "Reply with one short sentence about the sea."
@@ -39,12 +42,15 @@ def health(
     ca_file: CaFileOpt = None,
     cert: CertOpt = None,
     key: KeyOpt = None,
+    track: TrackOpt = False,
 ) -> None:
     """Check GPUs and memory, the gateway, engines, and per-model latency.
 
     Each loaded model gets --requests requests, one at a time: time to first
     token, total time and tokens per second, at p50 and p95.
     """
+    if track:
+        check_tracking()
     client = connect(url, config, timeout_s=120, tls=ClientTls(ca_file, cert, key))
     gateway = client.view(HealthView, "/health")
     vram = client.view(MemoryView, "/vram/status")
@@ -62,10 +68,34 @@ def health(
         )
     else:
         _print(gateway, vram, models, latency)
+    if track:
+        _track(gateway, models, latency, requests, max_tokens)
     failed = [m.id for m in models if m.state == "failed"]
     erring = [lat["model"] for lat in latency if lat["errors"]]
     if failed or erring:
         raise CliError(f"unhealthy: {', '.join(failed + erring)} (see above)")
+
+
+def _track(
+    gateway: HealthView,
+    models: list[ModelView],
+    latency: list[dict[str, Any]],
+    requests: int,
+    max_tokens: int,
+) -> None:
+    """One MLflow run: each loaded model's p50/p95 as `<model>.<measure>_<p>` metrics."""
+    params = {"requests": requests, "max_tokens": max_tokens, "version": gateway.version}
+    metrics: dict[str, float] = {
+        "models_known": len(models),
+        "models_loaded": sum(m.state == "ready" for m in models),
+    }
+    for lat in latency:
+        metrics[f"{lat['model']}.errors"] = len(lat["errors"])
+        for measure in ("ttft_ms", "latency_ms", "tokens_per_s"):
+            for p, value in lat[measure].items():
+                if value is not None:
+                    metrics[f"{lat['model']}.{measure}_{p}"] = value
+    err.print(f"MLflow run {log_run('health', params, metrics)}")  # stdout may be --json
 
 
 def _latency(client: GatewayClient, model: str, n: int, max_tokens: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ml_offload.cli.common import (
     CertOpt,
     ConfigOpt,
     KeyOpt,
+    TrackOpt,
     UrlOpt,
     err,
     out,
@@ -41,6 +42,7 @@ from ml_offload.pipeline import (
     run_prompts,
     write_results,
 )
+from ml_offload.tracking import check_tracking, log_run, result_metrics
 from ml_offload.wire.native import ModelList, ModelView
 
 FormatOpt = Annotated[
@@ -79,6 +81,7 @@ def run(
     ca_file: CaFileOpt = None,
     cert: CertOpt = None,
     key: KeyOpt = None,
+    track: TrackOpt = False,
 ) -> None:
     """Run prompts through a model; save answers with tokens and timings.
 
@@ -88,6 +91,8 @@ def run(
     Ctrl-C stops cleanly and keeps the finished results.
     """
     texts = _prompts(prompt, prompts)
+    if track:
+        check_tracking()
     chosen = format_for(output, fmt, "txt")
     parameters: dict[str, Any] = {"max_tokens": max_tokens}
     if temperature is not None:
@@ -104,6 +109,8 @@ def run(
             err.print(f"interrupted: kept {len(results)} of {len(texts)} results")
             raise typer.Exit(130) from None
     _save(results, output, chosen)
+    if track:
+        _track(results, name, parameters, concurrency or slots, output)
     failed = [r for r in results.values() if r.error]
     if failed:
         raise CliError(f"{len(failed)} of {len(texts)} prompts failed: {failed[0].error}")
@@ -194,6 +201,19 @@ def _run(
         f"{len(texts)} prompts, {ok} answered, model {model}, "
         f"{time.perf_counter() - started:.1f}s ({concurrency} at a time)"
     )
+
+
+def _track(
+    results: dict[int, PromptResult],
+    model: str,
+    parameters: dict[str, Any],
+    concurrency: int,
+    output: Path | None,
+) -> None:
+    ordered = [results[i] for i in sorted(results)]
+    params = {"model": model, "concurrency": concurrency, **parameters}
+    run_id = log_run(f"run {model}", params, result_metrics(ordered), output)
+    err.print(f"MLflow run {run_id}")
 
 
 def _save(results: dict[int, PromptResult], output: Path | None, fmt: Format) -> None:
