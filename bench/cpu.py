@@ -4,10 +4,11 @@ CPU per request is the figure that a busy machine leaves alone: the gateway proc
 system CPU time (from /proc/PID/stat) over the requests it answered while wrk drove it. Each
 ``--src`` is a tree's ``src/`` folder (e.g. a `git worktree add /tmp/perf-base <commit>` of the
 baseline); the gateways run one after another, interleaved over ``--rounds``, against one fake
-upstream, with keys, rate limits, the audit log and metrics on (as ``overhead.py --secure``).
+upstream, with keys, rate limits, the audit log and metrics on (as ``overhead.py --secure``;
+``--plain``: metrics only, as ``overhead.py``).
 
     python bench/cpu.py --src /tmp/perf-base/src --src src [--rounds 3] [--duration 4]
-                        [--conns 16] [--profile DIR]   # DIR: a py-spy profile per tree
+                        [--conns 16] [--plain] [--profile DIR]   # DIR: a py-spy profile per tree
 """
 
 from __future__ import annotations
@@ -48,9 +49,13 @@ def mlo(src: str, *args: str) -> list[str]:
     return [sys.executable, "-c", "from ml_offload.cli.main import main; main()", *args]
 
 
-def make_config(workdir: Path, upstream: str, src: str) -> tuple[Path, str]:
+def make_config(workdir: Path, upstream: str, src: str, plain: bool) -> tuple[Path, str]:
     cfg = workdir / "gateway.toml"
-    cfg.write_text(CONFIG.format(data_dir=workdir / "data", upstream=upstream) + SECURE)
+    cfg.write_text(
+        CONFIG.format(data_dir=workdir / "data", upstream=upstream) + SECURE * (not plain)
+    )
+    if plain:
+        return cfg, ""
     cmd = mlo(src, "keys", "create", "--config", str(cfg), "--name", "bench")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env_for(src)).stdout
     match = re.search(r"\bmlo-[A-Za-z0-9_-]{20,}", out)
@@ -61,7 +66,7 @@ def make_config(workdir: Path, upstream: str, src: str) -> tuple[Path, str]:
 
 def one_round(src: str, upstream: str, args: argparse.Namespace, tag: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="mlo-cpu-") as tmp:
-        cfg, key = make_config(Path(tmp), upstream, src)
+        cfg, key = make_config(Path(tmp), upstream, src, args.plain)
         port = procs.free_port()
         cmd = mlo(src, "serve", "--config", str(cfg), "--port", str(port))
         log = Path(tmp) / "gw.log"
@@ -92,7 +97,7 @@ def measure(
     time.sleep(1.0)
     rss_idle = (procs.status_kb(pid, "VmRSS") or 0) / 1024
     target = url + "/v1/chat/completions"
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     run_wrk(target, BODY, args.conns, 1.0, headers=headers)  # warm-up
     spy = start_profile(pid, args, tag)
     c0 = cpu_s(pid)
@@ -133,6 +138,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--conns", type=int, default=16)
+    ap.add_argument("--plain", action="store_true", help="no key, limits or audit log")
     ap.add_argument("--profile", help="folder for py-spy raw profiles (one per tree)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
