@@ -43,6 +43,9 @@ py.buildPythonApplication {
       huggingface-hub
       limits
       watchfiles
+      cryptography
+      mcp
+      tree-sitter
       redis
       asyncpg
       nvidia-ml-py
@@ -50,7 +53,9 @@ py.buildPythonApplication {
     ++ uvicorn.optional-dependencies.standard
     ++ [ uvicorn ];
 
-  pythonRemoveDeps = [ "xllamacpp" ];
+  # xllamacpp: the module runs nixpkgs' llama-server instead; the language pack (for
+  # `mlo analyze`) ships prebuilt grammars that nixpkgs does not package.
+  pythonRemoveDeps = [ "xllamacpp" "tree-sitter-language-pack" ];
   pythonRelaxDeps = true;
   pythonImportsCheck = [ "ml_offload" ];
   doCheck = false; # the test suite runs real engines and services: `make test` in the dev shell
