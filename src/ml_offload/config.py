@@ -94,6 +94,27 @@ class StorageSettings(_Section):
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'registry.db'}"
 
 
+FleetRole = Literal["all", "node", "gateway"]
+
+
+class FleetSettings(_Section):
+    role: FleetRole = Field(
+        "all",
+        description="all: one machine (today's gateway); node: also publishes its devices and "
+        "models as heartbeats in the shared database; gateway: holds no engines",
+    )
+    heartbeat_s: float = Field(2.0, gt=0, description="how often a node publishes its state")
+    lease_s: float = Field(
+        10.0, gt=0, description="a node not heard from for this long is shown gone"
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlives_beats(self) -> FleetSettings:
+        if self.lease_s <= self.heartbeat_s:
+            raise ValueError("fleet.lease_s must be longer than fleet.heartbeat_s")
+        return self
+
+
 class SchedulerSettings(_Section):
     max_loaded_models: int = Field(4, ge=1)
     memory_budget_bytes: int = Field(0, ge=0, description="0: 80% of host memory")
@@ -378,6 +399,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=lambda: ServerSettings())
     storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
     scheduler: SchedulerSettings = Field(default_factory=lambda: SchedulerSettings())
+    fleet: FleetSettings = Field(default_factory=lambda: FleetSettings())
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     gpu: GpuSettings = Field(default_factory=lambda: GpuSettings())
     router: RouterSettings = Field(default_factory=lambda: RouterSettings())
@@ -407,6 +429,19 @@ class Settings(BaseSettings):
                 for key, value in self.vllm.model_dump(exclude_none=True).items():
                     if getattr(m.serve, key) is None:
                         setattr(m.serve, key, value)
+        return self
+
+    @model_validator(mode="after")
+    def _gateway_holds_no_engines(self) -> Settings:
+        if self.fleet.role != "gateway":
+            return self
+        for m in self.models:
+            if m.path is not None or m.serve is not None:
+                raise ValueError(
+                    f"fleet.role = 'gateway' holds no engines but model {m.name!r} runs here; "
+                    "serve it from a node (mlo serve --role node) or give it a url"
+                )
+        self.scan_models_dir = self.demo_model = False  # nothing found here runs here
         return self
 
     @model_validator(mode="after")

@@ -256,3 +256,31 @@ class RequestContext:
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDevice:
+    """One GPU of a node, as its heartbeat reports it."""
+
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBeat:
+    """A node's heartbeat: what it holds, and the lease that says how long to believe it."""
+
+    name: str
+    role: str
+    devices: tuple[NodeDevice, ...]
+    loaded: tuple[str, ...]  # models ready or starting there
+    host_free_bytes: int
+    queue_depth: int  # requests in flight or queued over all its models
+    started_at: float  # unix time
+    beat_at: float  # unix time of this heartbeat
+    lease_s: float  # gone once `beat_at + lease_s` has passed
+
+    def alive(self, now: float) -> bool:
+        return now < self.beat_at + self.lease_s

@@ -29,6 +29,7 @@ from ml_offload.config import SecuritySettings, Settings
 from ml_offload.control import FolderWatch, ModelControl
 from ml_offload.domain import ApiKey, DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError, MloError
+from ml_offload.fleet.membership import Membership
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
 from ml_offload.inference import InferenceService
@@ -49,6 +50,7 @@ from ml_offload.status import StatusService, host_memory_bytes
 from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.models_repo import ModelRepository
+from ml_offload.storage.nodes_repo import NodeRepository
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +220,7 @@ class Services:
     probes: BackendMonitor  # vLLM /metrics, TGI /info, Ollama /api/tags and /api/ps
     status: StatusService  # the views of /health, /models, /backends, /vram/status; gauges
     control: ModelControl  # load, unload, pin, pull: for every entry point
+    fleet: Membership  # heartbeats of a node; the fleet's nodes for /nodes
     stack: AsyncExitStack = field(repr=False)  # closes every part, last opened first
 
     @property
@@ -294,6 +297,16 @@ class Services:
             watch = FolderWatch(control, settings.storage.models_path)
             stack.push_async_callback(watch.close)
             await watch.start()
+        fleet = Membership(
+            NodeRepository(db),
+            name=settings.storage.node,
+            role=settings.fleet.role,
+            heartbeat_s=settings.fleet.heartbeat_s,
+            lease_s=settings.fleet.lease_s,
+            snapshot=lambda: (status.memory(reveal=True), status.models(reveal=True)),
+        )
+        stack.push_async_callback(fleet.close)
+        await fleet.start()
         return cls(
             settings,
             metrics,
@@ -308,6 +321,7 @@ class Services:
             probes,
             status,
             control,
+            fleet,
             stack,
         )
 

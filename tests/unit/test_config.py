@@ -96,3 +96,14 @@ def test_config_check_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
     refused = CliRunner().invoke(app, ["config", "check", str(bad)])
     assert isinstance(refused.exception, ConfigError)
     assert "scheduler.max_loaded_models" in str(refused.exception)
+
+
+def test_fleet_gateway_role_holds_no_engines() -> None:
+    from ml_offload.config import Settings
+
+    gw = Settings(fleet={"role": "gateway"}, models=[{"name": "r", "url": "http://10.0.0.2:8080"}])
+    assert not gw.scan_models_dir and not gw.demo_model  # nothing found here runs here
+    with pytest.raises(ValueError, match="holds no engines but model 'local' runs here"):
+        Settings(fleet={"role": "gateway"}, models=[{"name": "local", "path": "/m/x.gguf"}])
+    with pytest.raises(ValueError, match="lease_s must be longer"):
+        Settings(fleet={"heartbeat_s": 5, "lease_s": 5})

@@ -17,6 +17,7 @@ from ml_offload.inference import EngineStream
 from ml_offload.wire import sse
 from ml_offload.wire.native import (
     BackendList,
+    FleetView,
     HealthView,
     MemoryView,
     ModelList,
@@ -100,6 +101,12 @@ async def pin(request: Request, name: str, body: PinBody) -> ModelView:
 async def backends(request: Request) -> BackendList:
     """Every deployment: what serves it, its state and health, and the work on it."""
     return services(request).status.backends(reveal=reveals_internals(request))
+
+
+@router.get("/nodes", response_model=FleetView)
+async def nodes(request: Request) -> FleetView:
+    """The fleet's nodes from their heartbeats (admin: it names hosts and their models)."""
+    return await services(request).fleet.view()
 
 
 @router.get("/vram/status", response_model=MemoryView)

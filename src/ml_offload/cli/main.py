@@ -20,6 +20,7 @@ from ml_offload.cli import (
     keys,
     logs,
     mcp,
+    nodes,
     pull,
     run,
     serve,
@@ -203,6 +204,7 @@ def _count(n: Any) -> str:
 app.command()(pull.pull)
 app.add_typer(server.app, name="server")
 app.add_typer(keys.app, name="keys")
+app.add_typer(nodes.app, name="nodes")  # issue 21: the fleet
 app.command()(run.run)
 app.command()(run.export)
 app.command()(health.health)

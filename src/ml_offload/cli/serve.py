@@ -19,7 +19,7 @@ from ml_offload.cli.hardening import (
     TlsKeyOpt,
     serve_overrides,
 )
-from ml_offload.config import load_settings
+from ml_offload.config import FleetRole, load_settings
 
 
 def serve(
@@ -30,6 +30,13 @@ def serve(
     tls_key: TlsKeyOpt = None,
     tls_client_ca: TlsClientCaOpt = None,
     allow_insecure: AllowInsecureOpt = False,
+    role: Annotated[
+        FleetRole | None,
+        typer.Option(
+            help="all: one machine; node: runs engines and publishes heartbeats; "
+            "gateway: holds no engines (fleet.role)"
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway in the foreground (default 127.0.0.1:9000)."""
     overrides = serve_overrides(
@@ -40,6 +47,8 @@ def serve(
         client_ca=tls_client_ca,
         allow_insecure=allow_insecure,
     )
+    if role is not None:
+        overrides["fleet"] = {"role": role}
     path = _resolved(config)
     settings = load_settings(path, **overrides)  # a bad config is one line
     logging.basicConfig(

@@ -72,7 +72,7 @@ _RECHECK_S = 1.0  # auth = auto with no key yet: how often to look whether one w
 
 
 def is_admin_path(method: str, path: str) -> bool:
-    if path == "/admin" or path.startswith("/admin/"):
+    if path == "/admin" or path.startswith("/admin/") or path == "/nodes":  # /nodes names hosts
         return True
     return method not in _READS and path.startswith(_MUTATING_PREFIXES)
 

@@ -111,3 +111,19 @@ session_messages = sa.Table(
     sa.Column("content", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+# Fleet nodes: each heartbeat rewrites its node's row (one row per name: a node back after a
+# restart takes its row again); `beat_at + lease_s` in the past means gone.
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("devices", sa.JSON, nullable=False),  # [{index, name, total_bytes, free_bytes}]
+    sa.Column("loaded", sa.JSON, nullable=False),  # model names
+    sa.Column("host_free_bytes", sa.BigInteger, nullable=False),
+    sa.Column("queue_depth", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("beat_at", sa.Float, nullable=False),
+    sa.Column("lease_s", sa.Float, nullable=False),
+)

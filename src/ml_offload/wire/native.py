@@ -274,3 +274,33 @@ class DashboardView(View):
     memory: MemoryView
     totals: GenAiTotals
     audit: list[AuditEventView]
+
+
+# -- /nodes ---------------------------------------------------------------------------------
+
+
+class NodeDeviceView(View):
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+class FleetNodeView(View):
+    """A fleet node from its latest heartbeat; `alive` false once its lease has passed."""
+
+    name: str
+    role: str
+    alive: bool
+    devices: list[NodeDeviceView]
+    loaded: list[str]
+    host_free_bytes: int
+    queue_depth: int
+    started_at: float  # unix time
+    beat_age_s: float  # seconds since its latest heartbeat
+    lease_s: float
+
+
+class FleetView(View):
+    object: Literal["list"] = "list"
+    data: list[FleetNodeView]

@@ -1,0 +1,1 @@
+"""Fleet membership: nodes publish heartbeats with leases in the shared database."""
