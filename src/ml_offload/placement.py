@@ -8,7 +8,8 @@ Order of preference for a model that needs memory:
    costs only a reload, while running a model mostly on the CPU makes every request slow);
 3. the largest number of layers that fit (partial offload), the rest in host memory;
 4. everything in host memory (machines without a GPU);
-5. refuse, with the reason (and `wait` when busy models could free room by finishing).
+5. refuse, with the reason, and `wait` only when busy models could free the room by finishing
+   (a model that fits nowhere even with every other model unloaded is refused at once).
 Nothing is ever placed past a device's free memory minus the reserve.
 """
 
@@ -148,8 +149,7 @@ def place(
     must = max(0, len(loaded) - max_loaded + 1)  # evictions the cap alone requires
     options = range(must, len(victims) + 1)
 
-    def attempt(k: int, layers: range) -> Placement | None:
-        out = victims[:k]
+    def attempt(out: list[LoadedView], layers: range) -> Placement | None:
         free_rooms = _rooms_after(rooms, out)
         host_free = host_free_bytes + sum(m.host_bytes for m in out)
         for n in layers:
@@ -166,20 +166,25 @@ def place(
 
     if rooms and limit:
         for k in options:  # everything allowed on the GPUs, fewest evictions first
-            if (plan := attempt(k, range(limit, limit + 1))) is not None:
+            if (plan := attempt(victims[:k], range(limit, limit + 1))) is not None:
                 return plan
     start = max(limit - 1, 0) if rooms else 0
     for k in options:  # partial offload, then host memory only
-        if (plan := attempt(k, range(start, -1, -1))) is not None:
+        if (plan := attempt(victims[:k], range(start, -1, -1))) is not None:
             return plan
-    if any(m.busy and not m.pinned for m in loaded):
+    every = range(limit if rooms else 0, -1, -1)
+    unpinned = [m for m in loaded if not m.pinned]
+    pinned = Placement(refused="the loaded models are pinned and leave no room")
+    if must > len(unpinned):
+        return pinned
+    if any(m.busy for m in unpinned) and attempt(unpinned, every) is not None:
         return Placement(refused="the loaded models that could make room are busy", wait=True)
-    if must > len(victims):
-        return Placement(refused="the loaded models are pinned and leave no room")
-    need = host_bytes(est, 0)
-    return Placement(
-        refused=f"needs {_gib(need)} in host memory (or GPU room for its layers) but only "
-        f"{_gib(host_free_bytes + sum(m.host_bytes for m in victims))} can be made free"
+    if attempt(loaded, every) is not None:
+        return pinned
+    return Placement(  # not even with every other model unloaded: waiting cannot help
+        refused=f"needs {_gib(host_bytes(est, 0))} in host memory (or GPU room for its layers) "
+        f"but only {_gib(host_free_bytes + sum(m.host_bytes for m in loaded))} is free with "
+        f"every other model unloaded (scheduler.memory_budget_bytes, or a GPU)"
     )
 
 

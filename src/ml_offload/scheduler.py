@@ -1,8 +1,9 @@
 """Owns the runtime state of every model: loads on demand, queues, evicts, unloads idle ones.
 
 Decisions are pure functions in `placement.py`; this module carries them out. Loads are
-serialised by one lock (one placement decision at a time), while requests for ready models
-take only their model's slot gate: no lock and no I/O on that path.
+serialised by one lock (one placement decision at a time), released while a load waits for
+busy models to free room, so loads that fit never queue behind one that does not. Requests
+for ready models take only their model's slot gate: no lock and no I/O on that path.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Scheduler:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._load_lock = asyncio.Lock()
-        self._idle = asyncio.Event()
+        self._room_waiters: list[asyncio.Future[None]] = []  # loads waiting for room
         self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -121,7 +122,7 @@ class Scheduler:
             entry.last_used = self._clock()
             entry.process.request_done()
             if not entry.gate.busy:
-                self._idle.set()
+                self._room_freed()
 
     async def replace_dead(self, spec: ModelSpec, base_url: str, *, refused: bool) -> bool:
         """The engine at `base_url` refused the connection (`refused`) or dropped it before
@@ -261,30 +262,53 @@ class Scheduler:
             ) from None
 
     async def _load(self, entry: _Entry) -> str:
-        async with self._load_lock:
-            if entry.process.state is ModelState.READY and entry.process.base_url:
-                return entry.process.base_url
-            if entry.spec.is_local:
-                await self._make_room(entry)
-            elif entry.spec.holds_memory:
-                await self._make_count_room(entry)
-            started = self._clock()
-            url = await entry.process.ensure_ready(self._s.load_timeout_s, self._launch(entry))
-            self._measure(entry)
-            entry.ready_at = self._clock()
-            entry.load_time_s = entry.ready_at - started
-            entry.last_used = entry.ready_at
-            if entry.spec.is_local:
-                self._metrics.load_time.labels(entry.spec.name).observe(entry.load_time_s)
-                log.info("model %s ready in %.2fs at %s", entry.spec.name, entry.load_time_s, url)
-            return url
-
-    async def _make_room(self, entry: _Entry) -> None:
-        """Place the model (see placement.py), evicting as told; wait while busy models hold
-        the room it needs, up to the queue deadline."""
-        assert entry.estimate is not None
+        """Make room and start the engine under the load lock; while busy models hold the
+        room it needs, wait without the lock (others may load meanwhile), then decide again,
+        up to the queue deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._s.queue_timeout_s  # real time, not the idle clock
+        while True:
+            freed = self._watch_room()  # before deciding: room freed after it wakes us
+            try:
+                async with self._load_lock:
+                    if entry.process.state is ModelState.READY and entry.process.base_url:
+                        return entry.process.base_url
+                    busy = await self._make_room(entry)
+                    if busy is None:
+                        return await self._start(entry)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"cannot load model {entry.spec.name!r}: {busy}", retry_after_s=1
+                    )
+                await asyncio.wait([freed], timeout=remaining)
+            finally:
+                self._unwatch_room(freed)
+
+    async def _start(self, entry: _Entry) -> str:
+        started = self._clock()
+        url = await entry.process.ensure_ready(self._s.load_timeout_s, self._launch(entry))
+        self._measure(entry)
+        entry.ready_at = self._clock()
+        entry.load_time_s = entry.ready_at - started
+        entry.last_used = entry.ready_at
+        if entry.spec.is_local:
+            self._metrics.load_time.labels(entry.spec.name).observe(entry.load_time_s)
+            log.info("model %s ready in %.2fs at %s", entry.spec.name, entry.load_time_s, url)
+        return url
+
+    async def _make_room(self, entry: _Entry) -> str | None:
+        """Place the model (see placement.py), evicting as told. None when placed; the reason
+        when busy models hold the room it needs (wait for them); Unavailable when waiting
+        cannot help."""
+        if entry.spec.is_local:
+            return await self._make_memory_room(entry)
+        if entry.spec.holds_memory:
+            return await self._make_count_room(entry)
+        return None
+
+    async def _make_memory_room(self, entry: _Entry) -> str | None:
+        assert entry.estimate is not None
         while True:
             plan = self._plan(entry, entry.estimate)
             if plan.evict:
@@ -293,45 +317,46 @@ class Scheduler:
             if plan.refused is None:
                 entry.placement = plan
                 self.monitor.track(entry.spec.name, dict(plan.device_bytes))
-                return
-            remaining = deadline - loop.time()
-            if not plan.wait or remaining <= 0:
-                raise Unavailable(
-                    f"cannot load model {entry.spec.name!r}: {plan.refused}",
-                    retry_after_s=1 if plan.wait else None,
-                )
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), remaining)
+                return None
+            if plan.wait:
+                return plan.refused
+            raise Unavailable(f"cannot load model {entry.spec.name!r}: {plan.refused}")
 
     def _others_loaded(self, entry: _Entry) -> list[_Entry]:
         """The loaded models besides `entry` that count toward `max_loaded_models`: our
         engines and the models we hold in an external Ollama."""
         return [e for e in self._held() if e is not entry and e.process.state in LOADED_STATES]
 
-    async def _make_count_room(self, entry: _Entry) -> None:
+    async def _make_count_room(self, entry: _Entry) -> str | None:
         """A model held by Ollama takes no memory we place, but counts toward the cap: unload
         the least recently used idle model while the cap is reached; wait while all are busy."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._s.queue_timeout_s
         while True:
             views = [e.view() for e in self._others_loaded(entry)]
             victim = cap_victim(views, self._s.max_loaded_models)
             if victim is None:
-                return
-            if victim:
-                await self._unload(self._entries[victim], "evicted")
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise Unavailable(
-                    f"cannot load model {entry.spec.name!r}: {len(views)} models are loaded "
-                    f"(scheduler.max_loaded_models) and all are busy or pinned",
-                    retry_after_s=1,
+                return None
+            if not victim:
+                return (
+                    f"{len(views)} models are loaded (scheduler.max_loaded_models) "
+                    f"and all are busy or pinned"
                 )
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), remaining)
+            await self._unload(self._entries[victim], "evicted")
+
+    def _watch_room(self) -> asyncio.Future[None]:
+        freed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(freed)
+        return freed
+
+    def _unwatch_room(self, freed: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._room_waiters.remove(freed)
+
+    def _room_freed(self) -> None:
+        """A model went idle, stopped or died: loads waiting for room decide again."""
+        waiters, self._room_waiters = self._room_waiters, []
+        for freed in waiters:
+            if not freed.done():
+                freed.set_result(None)
 
     def _plan(self, entry: _Entry, estimate: Estimate) -> Placement:
         others = self._others_loaded(entry)
@@ -385,6 +410,7 @@ class Scheduler:
         self.monitor.untrack(entry.spec.name)
         entry.ready_at, entry.placement, entry.measured_bytes = None, None, None
         self._metrics.evictions.labels(entry.spec.name, reason).inc()
+        self._room_freed()
 
     def _on_exit(self, spec: ModelSpec, message: str) -> None:
         """The engine died on its own: requests in flight fail, the next one restarts it."""
@@ -393,7 +419,7 @@ class Scheduler:
             entry.ready_at, entry.placement = None, None
             self.monitor.untrack(spec.name)
         self._metrics.errors.labels(spec.name, "engine_exit").inc()
-        self._idle.set()
+        self._room_freed()
 
     async def _reap_forever(self) -> None:
         while True:

@@ -314,3 +314,19 @@ def test_fleet_refusal_says_wait_when_busy_models_hold_the_room() -> None:
     node = NodeView("n", (DeviceRoom(0, 0),), (busy,), host_free_bytes=0, max_loaded=10)
     chosen = place_on_fleet(est(), [node], reserve_bytes=0)
     assert chosen.node is None and chosen.placement.wait
+
+
+def test_no_wait_for_busy_models_whose_room_would_not_be_enough() -> None:
+    """Waiting only helps when unloading the busy models would make room."""
+    busy = view("b", 100 * MIB, busy=True, dev=((0, 100 * MIB),))
+    plan = go(est(), [DeviceRoom(0, 100 * MIB)], [busy], host_free_bytes=100 * MIB)
+    assert plan.refused and not plan.wait and "every other model unloaded" in plan.refused
+    roomy = view("b", 2 * GIB, busy=True, dev=((0, 100 * MIB),))
+    plan = go(est(), [DeviceRoom(0, 100 * MIB)], [roomy], host_free_bytes=100 * MIB)
+    assert plan.refused and plan.wait
+
+
+def test_busy_models_do_not_make_a_load_wait_on_a_cap_only_pinned_ones_fill() -> None:
+    loaded = [view("p", pinned=True), view("q", pinned=True), view("b", busy=True)]
+    plan = go(est(), [], loaded, max_loaded=2)
+    assert plan.refused and "pinned" in plan.refused and not plan.wait

@@ -2,6 +2,7 @@
 at the cap, idle TTL unload, pins, crash and restart."""
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -368,4 +369,81 @@ async def test_a_model_ollama_dropped_is_stopped_here_unless_used_since() -> Non
     assert sched.state(o) is ModelState.STOPPED and procs["o"].stops == 1
     async with sched.lease(o) as url:  # the next request loads it again
         assert url and procs["o"].starts == 2
+    await sched.close()
+
+
+def on_one_gpu(
+    sizes: dict[str, MemoryEstimate], *, budget: int, queue_timeout_s: float
+) -> tuple[Scheduler, dict[str, FakeProcess]]:
+    """One simulated 1 GiB device and `budget` bytes of host memory."""
+    procs: dict[str, FakeProcess] = {}
+
+    def factory(s: ModelSpec, on_exit: ExitCallback) -> FakeProcess:
+        procs[s.name] = FakeProcess(s, on_exit, start_delay_s=0.01)
+        return procs[s.name]
+
+    sched = Scheduler(
+        SchedulerSettings(queue_timeout_s=queue_timeout_s),
+        factory,
+        Metrics(),
+        budget_bytes=budget,
+        estimate=lambda s: sizes[s.name],
+        monitor=SimulatedMonitor([("sim0", GIB)]),
+    )
+    return sched, procs
+
+
+async def test_a_load_that_fits_does_not_queue_behind_one_waiting_for_room() -> None:
+    """`busy` holds 600 MiB of a 1 GiB GPU; `big` (600 MiB, no host memory to spare) waits for
+    it to finish, while `small` (300 MiB) fits beside it: small is ready first, then big,
+    once busy is done (busy keeps its request until small is ready, or 5 s at most)."""
+    sizes = {n: Est((mib * MIB,) * 2) for n, mib in (("busy", 300), ("big", 300), ("small", 150))}
+    sched, procs = on_one_gpu(sizes, budget=0, queue_timeout_s=30)
+    order: list[str] = []
+    small_ready = asyncio.Event()
+
+    async def hold() -> None:
+        async with sched.lease(spec("busy")):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(small_ready.wait(), 5)
+
+    async def load(name: str) -> None:
+        await sched.load(spec(name))
+        order.append(name)
+
+    await sched.load(spec("busy"))
+    holder = asyncio.create_task(hold())
+    big = asyncio.create_task(load("big"))
+    await asyncio.sleep(0.05)  # big is waiting for room
+    assert procs["big"].starts == 0 and not big.done()
+    await load("small")
+    small_ready.set()
+    await asyncio.gather(holder, big)
+    print(f"finished in order: {order}")
+    assert order == ["small", "big"]
+    assert procs["busy"].state is ModelState.STOPPED, "evicted for big once idle"
+    assert procs["big"].state is ModelState.READY and procs["big"].starts == 1
+    await sched.close()
+
+
+async def test_a_model_that_can_never_fit_is_refused_at_once_with_the_reason() -> None:
+    """Bigger than the GPU plus the host budget: refused without waiting for the busy model
+    (whose unloading could not make room either), with the reason and no Retry-After."""
+    sizes = {"busy": Est((100 * MIB,) * 2), "huge": Est((GIB,) * 3)}
+    sched, procs = on_one_gpu(sizes, budget=GIB, queue_timeout_s=30)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with sched.lease(spec("busy")):
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.05)
+    with pytest.raises(Unavailable, match="every other model unloaded") as exc:
+        await asyncio.wait_for(sched.load(spec("huge")), 10)  # a guard; waiting would be 30 s
+    print(f"refused: {exc.value.message}")
+    assert exc.value.retry_after_s is None and "host memory" in exc.value.message
+    assert procs["huge"].starts == 0
+    release.set()
+    await holder
     await sched.close()
