@@ -44,6 +44,11 @@ class DeploymentKind(enum.StrEnum):
         return self.runs_here or self is DeploymentKind.OLLAMA
 
 
+def is_name_pattern(name: str) -> bool:
+    """Whether a model alias is a glob pattern (`claude-*`, `gpt-4?`), matched by fnmatch."""
+    return any(c in name for c in "*?[")
+
+
 def is_loopback_host(host: str) -> bool:
     """True for `localhost` and loopback addresses; a wildcard or any other name is not."""
     host = host.strip("[]")

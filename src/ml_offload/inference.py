@@ -17,6 +17,7 @@ import aiohttp
 
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.protocol import UpstreamProtocol, protocol_for
+from ml_offload.backends.tokenize import count_tokens, counts_tokens
 from ml_offload.domain import DeploymentKind, ModelSpec, ModelState, RequestContext
 from ml_offload.errors import (
     EngineError,
@@ -36,12 +37,12 @@ from ml_offload.scheduler import Scheduler
 from ml_offload.security.guard import Guard
 from ml_offload.wire.openai import (
     NORMALIZERS,
-    STREAM_NORMALIZERS,
     Kind,
     engine_error_message,
     is_request_fault,
 )
 from ml_offload.wire.openai_fold import FOLDS
+from ml_offload.wire.openai_stream import StreamConformer
 
 T = TypeVar("T")
 
@@ -93,6 +94,23 @@ class InferenceService:
             await self._guard.admit(ctx, kind, data)
         return await self._first_that_answers(
             partial(self._open_on, kind=kind, data=data, ctx=ctx), kind, data, ctx
+        )
+
+    async def count_tokens(
+        self, chat: dict[str, Any], native: dict[str, Any], ctx: RequestContext | None = None
+    ) -> int:
+        """The prompt tokens of `chat` as the deployment that would answer it counts them
+        (`native`: the caller's Anthropic body, for an Anthropic deployment)."""
+        if ctx is not None:
+            self._guard.authorize(ctx, chat["model"])
+        for spec in self._router.candidates(chat["model"]):
+            if counts_tokens(spec):
+                async with self._scheduler.lease(spec) as base_url:
+                    return await count_tokens(self._upstream, spec, base_url, chat, native)
+        raise InvalidRequest(
+            f"model {chat['model']!r} has no deployment that counts tokens exactly "
+            "(llama.cpp engines and Anthropic do)",
+            param="model",
         )
 
     async def _first_that_answers(
@@ -307,23 +325,29 @@ class EngineStream:
         self._kind, self._model, self._name, self._url = kind, model, name, url
         self._protocol, self._call = protocol, call
         self._resp, self._stack, self._metrics = resp, stack, metrics
-        self._want_usage, self._record_usage = want_usage, record_usage
+        self._record_usage = record_usage
+        self._conform = StreamConformer(kind, model, want_usage)
         self._status, self._error = "200", ""
         self._closed = False
 
+    @property
+    def prompt_tokens(self) -> int | None:
+        """The prompt's tokens, once the upstream has said (before the usage chunk for
+        llama.cpp engines and Anthropic; None until then)."""
+        return self._conform.prompt_tokens
+
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        normalize = STREAM_NORMALIZERS[self._kind]
+        conform = self._conform
         try:
             async for obj in self._protocol.chunks(self._kind, self._resp, self._url, self._model):
                 if obj.get("choices"):
                     self._call.first_token()
-                if obj.get("usage"):
-                    self._record_usage(obj["usage"])
-                    if not self._want_usage:
-                        if not obj.get("choices"):
-                            continue
-                        obj.pop("usage")
-                yield normalize(obj, self._model)
+                for out in conform.feed(obj):
+                    yield out
+            if conform.usage is not None:
+                self._record_usage(conform.usage)
+            for out in conform.finish():
+                yield out
         except MloError as exc:
             self._status, self._error = str(exc.status), exc.error_type
             self._metrics.errors.labels(self._name, exc.error_type).inc()

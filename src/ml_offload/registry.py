@@ -11,6 +11,7 @@ rebuilds the list (reading GGUF headers only for new or changed files) and store
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from pydantic import SecretStr
 
 from ml_offload.backends.protocol import DEFAULT_KEY_ENV, DEFAULT_URLS
 from ml_offload.config import ModelConfig, Settings
-from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec, leaves_machine
+from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec, is_name_pattern, leaves_machine
 from ml_offload.errors import InvalidModelFile, InvalidRequest, ModelNotFound, Unavailable
 from ml_offload.gguf import demo_model_path, read_gguf_info, split_shard, template_has_tools
 from ml_offload.storage import FileStamp, ModelRepository
@@ -130,6 +131,7 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._models: list[ModelSpec] = []
         self._index: dict[str, ModelSpec] = {}
+        self._patterns: list[tuple[str, ModelSpec]] = []
         self._folded: dict[str, ModelSpec] = {}
         self._copies: dict[str, str] = {}  # Ollama's /api/copy: alias → model (until restart)
 
@@ -166,7 +168,7 @@ class ModelRegistry:
 
     def resolve(self, name: str) -> ModelSpec:
         """The model called `name` (or with that alias; exact, else case-insensitive)."""
-        spec = self._index.get(name) or self._folded.get(name.casefold())
+        spec = self._index.get(name) or self._folded.get(name.casefold()) or self._matched(name)
         if spec is None:
             raise ModelNotFound(self._not_found(name), param="model")
         return spec
@@ -272,6 +274,15 @@ class ModelRegistry:
             folded.setdefault(name.casefold(), spec)
         self._models = sorted(specs, key=lambda spec: spec.name)
         self._index, self._folded = index, folded
+        self._patterns = [(n, spec) for spec in specs for n in spec.aliases if is_name_pattern(n)]
+
+    def _matched(self, name: str) -> ModelSpec | None:
+        """The first model (in config order) with a glob alias that matches `name`, so the
+        `claude-*` or `gpt-*` names clients insist on reach a chosen model."""
+        for pattern, spec in self._patterns:
+            if fnmatch.fnmatchcase(name, pattern):
+                return spec
+        return None
 
     def _index_names(self) -> list[str]:
         return [spec.name for spec in self._models]

@@ -437,3 +437,23 @@ def test_the_owner_is_the_host_unless_named(models_dir: Path) -> None:
     assert make_settings(models_dir).storage.node == socket.gethostname()
     named = make_settings(models_dir, storage={"data_dir": models_dir, "node_name": "gpu-1"})
     assert named.storage.node == "gpu-1"
+
+
+async def test_glob_aliases_route_the_names_clients_insist_on(
+    models_dir: Path, db: Database
+) -> None:
+    tiny_gguf(models_dir / "coder.gguf")
+    settings = make_settings(
+        models_dir,
+        models=[
+            {"name": "coder", "path": "coder.gguf", "aliases": ["claude-*", "gpt-4?"]},
+            {"name": "remote", "url": "http://10.0.0.5:8080", "aliases": ["gpt-*", "claude-x"]},
+        ],
+    )
+    registry = await refreshed(settings, db)
+    assert registry.resolve("claude-sonnet-4-5").name == "coder"
+    assert registry.resolve("claude-x").name == "remote"  # an exact alias before any pattern
+    assert registry.resolve("gpt-4o").name == "coder"  # the first pattern in config order
+    assert registry.resolve("gpt-5-codex").name == "remote"
+    with pytest.raises(ModelNotFound):
+        registry.resolve("Claude-Sonnet")  # patterns match case-sensitively

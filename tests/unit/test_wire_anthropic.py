@@ -37,7 +37,7 @@ def req(**kw: Any) -> wire.MessagesRequest:
 
 def run(chunks: list[dict[str, Any]], stops: list[str] | None = None) -> list[dict[str, Any]]:
     tr = wire.StreamTranslator("m", stops)
-    events = tr.start()
+    events: list[dict[str, Any]] = []
     for c in chunks:
         events += tr.feed(c)
         if tr.stopped:
@@ -323,3 +323,34 @@ def test_error_bodies(exc: Any, kind: str) -> None:
     body = wire.error_body(exc)
     ErrorResponse.model_validate(body)
     assert body == {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def test_message_start_waits_for_the_prompt_tokens_and_carries_them() -> None:
+    tr = wire.StreamTranslator("m")
+    assert tr.feed(chunk({"role": "assistant", "content": None})) == []  # nothing known yet
+    events = tr.feed(chunk({"content": "🚀"}), prompt_tokens=44)
+    assert events[0]["type"] == "message_start"
+    assert events[0]["message"]["usage"]["input_tokens"] == 44
+    assert [e["type"] for e in events[1:]] == ["content_block_start", "ping", "content_block_delta"]
+
+
+def test_message_start_from_the_usage_when_nothing_came_before() -> None:
+    tr = wire.StreamTranslator("m")
+    usage = {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}
+    events = tr.feed({**chunk({}), "choices": [], "usage": usage}) + tr.finish()
+    assert events[0]["type"] == "message_start"
+    assert events[0]["message"]["usage"]["input_tokens"] == 7
+    assert events[-1]["type"] == "message_stop"
+
+
+def test_server_tools_are_left_out_of_a_translated_request_and_named() -> None:
+    tools = [
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+        {"type": "code_execution_20250522", "name": "code_execution"},
+        {"name": "get_weather", "input_schema": {"type": "object"}},
+    ]
+    r = req(tools=tools)
+    assert wire.server_tools(r) == ["web_search", "code_execution"]
+    assert [t["function"]["name"] for t in wire.to_openai(r)["tools"]] == ["get_weather"]
+    only = req(tools=tools[:1])
+    assert "tools" not in wire.to_openai(only)

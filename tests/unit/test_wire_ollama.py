@@ -191,7 +191,7 @@ def test_one_stream_reads_the_same_in_both_dialects() -> None:
 
 def _anthropic_events(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     tr = anthropic.StreamTranslator("m")
-    events = tr.start()
+    events: list[dict[str, Any]] = []
     for c in chunks:
         events += tr.feed(c)
     return events + tr.finish()

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ml_offload.api.deps import json_response, read_body, request_context, services
-from ml_offload.api.streaming import EventStreamResponse, until_disconnect
+from ml_offload.api.streaming import SSE_HEADERS, EventStreamResponse, until_disconnect
 from ml_offload.errors import MloError
 from ml_offload.inference import EngineStream
 from ml_offload.wire import anthropic as wire
@@ -24,29 +24,44 @@ router = APIRouter()
 async def messages(request: Request) -> Response:
     req = wire.parse_request(await read_body(request))
     data = wire.to_openai(req)
+    warning = _dropped(wire.server_tools(req))
     inference = services(request).inference
     ctx = request_context(request)
     if not req.stream and not req.stop_sequences:
         out = await until_disconnect(request, inference.complete("chat", data, ctx))
-        return json_response(wire.from_openai(out, req.model))
+        return _warned(json_response(wire.from_openai(out, req.model)), warning)
     data["stream"] = True
     data["stream_options"] = {"include_usage": True}
     stream = await until_disconnect(request, inference.open_stream("chat", data, ctx))
     translator = wire.StreamTranslator(req.model, req.stop_sequences)
     if req.stream:
-        return EventStreamResponse(_sse(stream, translator), stream.aclose)
+        headers = [*SSE_HEADERS, *([(WARNING, warning.encode())] if warning else [])]
+        return EventStreamResponse(_sse(stream, translator), stream.aclose, headers)
     try:  # stop sequences are matched here, on the stream, even when the caller wants one body
         events = await until_disconnect(request, _collect(stream, translator))
     finally:
         await stream.aclose()
-    return json_response(wire.fold(events))
+    return _warned(json_response(wire.fold(events)), warning)
+
+
+WARNING = b"x-mlo-warning"
+
+
+def _dropped(tools: list[str]) -> str | None:
+    if not tools:
+        return None
+    return f"Anthropic server tools left out (the model cannot run them): {', '.join(tools)}"
+
+
+def _warned(response: Response, warning: str | None) -> Response:
+    if warning:
+        response.headers[WARNING.decode()] = warning
+    return response
 
 
 async def _events(stream: EngineStream, tr: wire.StreamTranslator) -> AsyncIterator[wire.Event]:
-    for event in tr.start():
-        yield event
     async for chunk in stream:
-        for event in tr.feed(chunk):
+        for event in tr.feed(chunk, stream.prompt_tokens):
             yield event
         if tr.stopped:
             break  # a stop sequence: closing the stream stops the engine
@@ -64,3 +79,12 @@ async def _sse(stream: EngineStream, tr: wire.StreamTranslator) -> AsyncIterator
 
 async def _collect(stream: EngineStream, tr: wire.StreamTranslator) -> list[dict[str, Any]]:
     return [event async for event in _events(stream, tr)]
+
+
+@router.post("/v1/messages/count_tokens", response_model=None)
+async def count_tokens(request: Request) -> Response:
+    """The prompt's tokens as the model counts them (its template and tokenizer)."""
+    req, native = wire.parse_count_request(await read_body(request))
+    inference = services(request).inference
+    work = inference.count_tokens(wire.to_openai(req), native, request_context(request))
+    return json_response({"input_tokens": await until_disconnect(request, work)})

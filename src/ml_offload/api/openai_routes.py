@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -10,22 +11,28 @@ from starlette.responses import Response
 from ml_offload.api.deps import json_response as _json
 from ml_offload.api.deps import read_body, request_context, services
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
+from ml_offload.domain import is_name_pattern
 from ml_offload.errors import MloError
 from ml_offload.inference import EngineStream
-from ml_offload.wire import sse
+from ml_offload.wire import anthropic, sse
 from ml_offload.wire.openai import Kind, error_body, parse_request
 
 router = APIRouter()
 
+ANTHROPIC_VERSION = "anthropic-version"  # the header Anthropic's clients always send
+
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
+    """OpenAI's list, or Anthropic's when the client sends `anthropic-version` (Claude Code)."""
     svc = services(request)
+    names = [n for spec in svc.registry.all() for n in spec.names if not is_name_pattern(n)]
+    if ANTHROPIC_VERSION in request.headers:
+        return _json(anthropic.model_list(names, _rfc3339(svc.started_at)))
     created = int(svc.started_at)
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "ml-offload"}
-        for spec in svc.registry.all()
-        for name in spec.names
+        for name in names
     ]
     return _json({"object": "list", "data": data})
 
@@ -35,8 +42,14 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
     """One model by name or alias (404 in OpenAI's error shape when unknown)."""
     svc = services(request)
     svc.registry.resolve(model_id)
+    if ANTHROPIC_VERSION in request.headers:
+        return _json(anthropic.model_object(model_id, _rfc3339(svc.started_at)))
     created = int(svc.started_at)
     return _json({"id": model_id, "object": "model", "created": created, "owned_by": "ml-offload"})
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(int(timestamp), UTC).isoformat().replace("+00:00", "Z")
 
 
 @router.post("/v1/chat/completions", response_model=None)

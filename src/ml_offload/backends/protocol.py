@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from ml_offload.backends.http import sse_data
-from ml_offload.domain import ModelSpec
+from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import EngineError, InvalidRequest
 from ml_offload.wire import anthropic_provider, tgi
 from ml_offload.wire.body import JSON_HEADERS
@@ -102,6 +102,17 @@ class OpenAIProtocol:
                 raise EngineError(engine_error_message(payload), upstream=True)
             yield obj
         raise _ended_early(model)
+
+
+class LlamaCppProtocol(OpenAIProtocol):
+    """Our llama.cpp engines: OpenAI's protocol, with per-token `timings` asked for on chat
+    streams so the prompt's token count arrives with the first token (Anthropic's
+    `message_start` carries it), not only in the usage chunk at the end."""
+
+    def body(self, spec: ModelSpec, kind: Kind, data: dict[str, Any]) -> bytes:
+        if kind == "chat" and data.get("stream"):
+            data = {**data, "timings_per_token": True}
+        return super().body(spec, kind, data)
 
 
 class TgiProtocol:
@@ -203,5 +214,10 @@ PROTOCOLS: dict[str, UpstreamProtocol] = {
 }
 
 
+LLAMACPP = LlamaCppProtocol()
+
+
 def protocol_for(spec: ModelSpec) -> UpstreamProtocol:
+    if spec.kind is DeploymentKind.LLAMACPP:
+        return LLAMACPP
     return PROTOCOLS.get(spec.backend, OPENAI)

@@ -51,8 +51,31 @@ class MessagesRequest(BaseModel):
     tool_choice: dict[str, Any] | None = None
 
 
+class CountTokensRequest(MessagesRequest):
+    """`POST /v1/messages/count_tokens`: a Messages request without `max_tokens`."""
+
+    max_tokens: int | None = Field(None, ge=1)  # type: ignore[assignment]
+
+
 def parse_request(raw: bytes) -> MessagesRequest:
     return parse(MessagesRequest, raw)
+
+
+def parse_count_request(raw: bytes) -> tuple[CountTokensRequest, dict[str, Any]]:
+    """The typed request and the caller's body as it came (passed through to Anthropic)."""
+    req = parse(CountTokensRequest, raw)
+    return req, req.model_dump(exclude_unset=True)
+
+
+def model_object(name: str, created_at: str) -> dict[str, Any]:
+    """A model in Anthropic's `GET /v1/models` shape (https://docs.claude.com/en/api/models)."""
+    return {"type": "model", "id": name, "display_name": name, "created_at": created_at}
+
+
+def model_list(names: list[str], created_at: str) -> dict[str, Any]:
+    data = [model_object(n, created_at) for n in names]
+    first, last = (names[0], names[-1]) if names else (None, None)
+    return {"data": data, "has_more": False, "first_id": first, "last_id": last}
 
 
 # -- request: Anthropic → OpenAI -----------------------------------------------------------
@@ -69,11 +92,26 @@ def to_openai(req: MessagesRequest) -> dict[str, Any]:
         value = getattr(req, key)
         if value is not None:
             out[key] = value
-    if req.tools:
-        out["tools"] = [_tool(t) for t in req.tools]
+    tools = [_tool(t) for t in req.tools or [] if not _is_server_tool(t)]
+    if tools:
+        out["tools"] = tools
     if req.tool_choice:
         out.update(_tool_choice(req.tool_choice))
     return out
+
+
+# Tools Anthropic runs on its own servers: a translated request cannot take them anywhere.
+SERVER_TOOL_TYPES = ("web_search_", "web_fetch_", "code_execution_")
+
+
+def _is_server_tool(tool: Tool) -> bool:
+    kind = (tool.model_extra or {}).get("type")
+    return isinstance(kind, str) and kind.startswith(SERVER_TOOL_TYPES)
+
+
+def server_tools(req: MessagesRequest) -> list[str]:
+    """The Anthropic server tools in `req` (left out by `to_openai`: say so to the caller)."""
+    return [t.name for t in req.tools or [] if _is_server_tool(t)]
 
 
 def _messages(req: MessagesRequest) -> list[dict[str, Any]]:
@@ -319,9 +357,11 @@ def _message(
 class StreamTranslator:
     """OpenAI chat chunks in, Anthropic stream events out.
 
-    `start()` gives message_start; `feed(chunk)` the events for one chunk; `finish()` closes the
-    open block and gives message_delta and message_stop. When a stop sequence is reached,
-    `stopped` turns true and the caller should stop reading the engine.
+    `feed(chunk, prompt_tokens)` gives the events for one chunk, led by message_start once the
+    prompt's token count is known or the first content comes (Anthropic announces
+    `input_tokens` there); `finish()` closes the open block and gives message_delta and
+    message_stop. When a stop sequence is reached, `stopped` turns true and the caller should
+    stop reading the engine.
     """
 
     def __init__(self, model: str, stop_sequences: list[str] | None = None) -> None:
@@ -336,15 +376,22 @@ class StreamTranslator:
         self._stop_sequence: str | None = None
         self._usage: dict[str, Any] | None = None
         self._pieces = 0  # chunks with content: the output tokens when usage never comes
+        self._started = False
 
-    def start(self) -> list[Event]:
-        message = _message(self.model, [], None, None, usage(None), self.id)
+    def _start(self, prompt_tokens: int | None) -> list[Event]:
+        self._started = True
+        use = usage(None)
+        use["input_tokens"] = prompt_tokens or 0
+        message = _message(self.model, [], None, None, use, self.id)
         return [{"type": "message_start", "message": message}]
 
-    def feed(self, chunk: dict[str, Any]) -> list[Event]:
+    def feed(self, chunk: dict[str, Any], prompt_tokens: int | None = None) -> list[Event]:
         if chunk.get("usage"):
             self._usage = chunk["usage"]
+            prompt_tokens = prompt_tokens or usage(self._usage)["input_tokens"]
         events: list[Event] = []
+        if not self._started and (prompt_tokens is not None or _has_output(chunk)):
+            events += self._start(prompt_tokens)
         for choice in chunk.get("choices") or []:
             if self.stopped:
                 break
@@ -361,6 +408,8 @@ class StreamTranslator:
 
     def finish(self) -> list[Event]:
         events: list[Event] = []
+        if not self._started:
+            events += self._start(usage(self._usage)["input_tokens"])
         held = self._stops.flush()
         if held:
             self._emit_text(held, events)
@@ -429,6 +478,14 @@ class StreamTranslator:
         if self._open is not None:
             events.append({"type": "content_block_stop", "index": self._index})
             self._open = None
+
+
+def _has_output(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
+            return True
+    return False
 
 
 def fold(events: list[Event]) -> dict[str, Any]:

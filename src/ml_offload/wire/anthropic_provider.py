@@ -262,7 +262,9 @@ class StreamTranslator:
             message = event.get("message") or {}
             self.id = message.get("id") or self.id
             self._input = message.get("usage") or {}
-            return [self._chunk({"role": "assistant", "content": ""})]
+            first = self._chunk({"role": "assistant", "content": ""})
+            first["usage"] = _usage(self._input)  # the prompt's tokens, known from the start
+            return [first]
         if kind == "content_block_start":
             return self._start(event)
         if kind == "content_block_delta":
