@@ -40,6 +40,10 @@ USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 def _split(request: dict[str, Any]) -> Reply:
     """A reply starting with a multi-token character, no role chunk, ids changing mid-stream
     and the usage on every chunk (vLLM's `continuous_usage_stats`), none at the end."""
+    if not request.get("stream"):
+        message = {"role": "assistant", "content": "🚀 lift-off"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return Reply(body={"id": "a", "object": "chat.completion", "choices": [choice]})
     first = {**USAGE, "completion_tokens": 1, "total_tokens": 10}
     return Reply(
         chunks=[
@@ -160,8 +164,10 @@ def test_count_tokens_errors_in_anthropic_shape(gw: Gateway) -> None:
     client = _anthropic(gw)
     with pytest.raises(anthropic.NotFoundError):
         client.messages.count_tokens(model="no-such", messages=[{"role": "user", "content": "x"}])
-    with pytest.raises(anthropic.BadRequestError, match="counts tokens exactly"):
+    # the scripted upstream is no llama.cpp server: its /apply-template answer is an SSE stream
+    with pytest.raises(anthropic.APIStatusError, match="/apply-template") as caught:
         client.messages.count_tokens(model=FAKE, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.body["type"] == "error"  # type: ignore[index]
 
 
 def test_models_in_anthropic_shape_for_anthropic_clients(gw: Gateway) -> None:
