@@ -9,7 +9,7 @@ import pytest
 
 from ml_offload.analyzer import Analysis, Options, analyze
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "analyzer"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "analyzer"
 
 # Hand-checked from the fixture sources (see each file's imports).
 EXPECTED: dict[str, dict[str, Any]] = {

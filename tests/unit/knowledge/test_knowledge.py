@@ -12,7 +12,7 @@ from ml_offload.errors import InvalidRequest, NotFound
 from ml_offload.knowledge.notes import KnowledgeBase, fts5_query
 from ml_offload.knowledge.sessions import SessionStore
 from ml_offload.storage.db import Database
-from tests.unit.test_storage import BACKENDS, database_url, reset
+from tests.unit.storage.test_db import BACKENDS, database_url, reset
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,6 +1,6 @@
 """API keys: format, storage (only a hash), verification, scopes, the guard's checks, and
 `mlo keys`. The database tests run on SQLite and, when `MLO_TEST_POSTGRES_URL` is set, on
-PostgreSQL (like tests/unit/test_storage.py)."""
+PostgreSQL (like tests/unit/storage/test_db.py)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from ml_offload.services import build_guard
 from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.tables import api_keys
-from tests.unit.test_storage import BACKENDS, database_url, reset
+from tests.unit.storage.test_db import BACKENDS, database_url, reset
 
 LOCAL = ModelSpec(name="tiny", path=Path("/m/tiny.gguf"), aliases=("t",))
 CLAUDE = ModelSpec(

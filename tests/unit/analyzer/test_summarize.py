@@ -16,7 +16,7 @@ from ml_offload.analyzer.report import to_json, to_markdown
 from ml_offload.analyzer.summarize import SYSTEM, Budget, summarize
 from ml_offload.errors import EngineError, PermissionDenied
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "analyzer"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "analyzer"
 
 
 class FakeModel:
