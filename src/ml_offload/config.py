@@ -366,6 +366,12 @@ class ModelConfig(_Section):
     )
     ttl_s: float | None = Field(None, ge=0)
     extra_args: list[str] = Field(default_factory=list)
+    chat_template_file: Path | None = Field(
+        None,
+        description="a Jinja chat template llama.cpp runs instead of the GGUF's own "
+        "(--chat-template-file); `chatml-tools` names the one shipped for ChatML models "
+        "(SmolLM2, Qwen) with Hermes-style tool calls",
+    )
     pinned: bool = False
     embeddings: bool = True
 

@@ -118,6 +118,7 @@ class ModelSpec:
     max_concurrency: int | None = None  # requests sent at once; None: see `concurrency`
     ttl_s: float = 300.0
     extra_args: tuple[str, ...] = ()
+    chat_template_file: Path | None = None  # a Jinja template run instead of the GGUF's own
     pinned: bool = False
     embeddings: bool = True
     info: GgufInfo | None = None

@@ -30,8 +30,9 @@ from ml_offload.errors import (
     Unavailable,
     UpstreamClientError,
 )
+from ml_offload.gguf import forced_call_opening
 from ml_offload.metrics import GenAiCall, Metrics
-from ml_offload.registry import offers_tools, unavailable_reason
+from ml_offload.registry import engine_template, unavailable_reason
 from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
 from ml_offload.security.guard import Guard
@@ -47,17 +48,42 @@ from ml_offload.wire.openai_stream import StreamConformer
 T = TypeVar("T")
 
 
-def check_tool_choice(spec: ModelSpec, data: dict[str, Any]) -> None:
-    """A forced tool call (`tool_choice` "required" or a named function; Anthropic's "any" or
-    "tool") on a model that is not offered tools cannot be honoured: 400, never a plain answer."""
+def honour_tool_choice(spec: ModelSpec, data: dict[str, Any]) -> dict[str, Any]:
+    """The request as our engine must get it for a forced tool call (`tool_choice` "required"
+    or a named function; Anthropic's "any" or "tool" arrive as these): "required" over the
+    named tool alone, the answer opened with the template's tool-call tag so it cannot start
+    as prose. A model whose template has no tool support cannot honour it: 400."""
     choice = data.get("tool_choice")
     forced = choice == "required" or isinstance(choice, dict)
-    if forced and data.get("tools") and not offers_tools(spec):
+    if not forced or not data.get("tools") or spec.kind is not DeploymentKind.LLAMACPP:
+        return data
+    template = engine_template(spec) or ""
+    if "tools" not in template:
         raise InvalidRequest(
             f"tool_choice: model {spec.name!r} cannot be made to call a tool (its chat template "
-            'has no tool support); send tool_choice "auto" or use a model whose template has it',
+            'has no tool support); send tool_choice "auto", set the model\'s chat_template_file '
+            '(e.g. "chatml-tools") or use a model whose template has it',
             param="tool_choice",
         )
+    out = {**data, "tools": _chosen_tools(data["tools"], choice), "tool_choice": "required"}
+    opening = forced_call_opening(template)
+    messages = data.get("messages") or []
+    if opening and messages and messages[-1].get("role") != "assistant":
+        out["messages"] = [*messages, {"role": "assistant", "content": opening}]
+    return out
+
+
+def _chosen_tools(tools: list[dict[str, Any]], choice: Any) -> list[dict[str, Any]]:
+    """The tools a forced call may use: the one `choice` names, else all of them."""
+    if not isinstance(choice, dict):
+        return tools
+    name = (choice.get("function") or {}).get("name")
+    chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
+    if not chosen:
+        raise InvalidRequest(
+            f"tool_choice names {name!r}, which is not in tools", param="tool_choice"
+        )
+    return chosen
 
 
 class InferenceService:
@@ -153,9 +179,9 @@ class InferenceService:
     async def _complete_on(
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
     ) -> dict[str, Any]:
-        check_tool_choice(spec, data)
         if kind in FOLDS and spec.kind is DeploymentKind.LLAMACPP:
             return await self._complete_by_stream(spec, kind, data, ctx)
+        data = honour_tool_choice(spec, data)  # (_open_on does it for the stream above)
         model = data["model"]
         call = self._metrics.genai.call(kind, spec.provider_name, model, spec.name)
         status, error = "error", ""
@@ -198,7 +224,7 @@ class InferenceService:
     async def _open_on(
         self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
     ) -> EngineStream:
-        check_tool_choice(spec, data)
+        data = honour_tool_choice(spec, data)
         model = data["model"]
         opts = data.get("stream_options") or {}
         want_usage = bool(opts.get("include_usage"))

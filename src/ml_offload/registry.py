@@ -23,7 +23,13 @@ from ml_offload.backends.protocol import DEFAULT_KEY_ENV, DEFAULT_URLS
 from ml_offload.config import ModelConfig, Settings
 from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec, is_name_pattern, leaves_machine
 from ml_offload.errors import InvalidModelFile, InvalidRequest, ModelNotFound, Unavailable
-from ml_offload.gguf import demo_model_path, read_gguf_info, split_shard, template_has_tools
+from ml_offload.gguf import (
+    chat_template,
+    chat_template_path,
+    demo_model_path,
+    read_gguf_info,
+    split_shard,
+)
 from ml_offload.storage import FileStamp, ModelRepository
 from ml_offload.wire.vllm import serve_argv
 
@@ -70,15 +76,23 @@ def _with_copies(found: _Found, copies: dict[str, str]) -> _Found:
     return found
 
 
+def engine_template(spec: ModelSpec) -> str | None:
+    """The chat template our engine runs for `spec` (its `chat_template_file`, else the GGUF's
+    own); None for other deployments, or when it cannot be read."""
+    if spec.kind is not DeploymentKind.LLAMACPP or spec.path is None:
+        return None
+    try:
+        return chat_template(spec.path, spec.chat_template_file)
+    except (OSError, UnicodeDecodeError, InvalidModelFile):
+        return None
+
+
 def offers_tools(spec: ModelSpec) -> bool:
-    """Whether tools reach the model as tools: our engine runs the file's chat template, which
-    must render them; other servers take OpenAI's (or their own) tools themselves."""
+    """Whether tools reach the model as tools: our engine runs the model's chat template,
+    which must render them; other servers take OpenAI's (or their own) tools themselves."""
     if spec.kind is not DeploymentKind.LLAMACPP or spec.path is None:
         return True
-    try:
-        return template_has_tools(spec.path)
-    except (OSError, InvalidModelFile):
-        return False
+    return "tools" in (engine_template(spec) or "")
 
 
 def unavailable_reason(spec: ModelSpec) -> str | None:
@@ -86,6 +100,9 @@ def unavailable_reason(spec: ModelSpec) -> str | None:
     key), checked before each start so the caller hears it at once; None when it can be."""
     if spec.kind is DeploymentKind.LLAMACPP and spec.path is not None and not spec.path.exists():
         return f"model file {spec.path} is missing; put it back or remove the model"
+    template = spec.chat_template_file
+    if spec.kind is DeploymentKind.LLAMACPP and template is not None and not template.is_file():
+        return f"chat template {template} is missing; put it back or fix chat_template_file"
     if spec.kind is DeploymentKind.CLOUD and spec.api_key is None:
         env = DEFAULT_KEY_ENV.get(spec.backend, "the variable in its api_key_env")
         return f"no API key for {spec.backend}: set {env} (or the model's api_key_env)"
@@ -358,6 +375,9 @@ def _apply(spec: ModelSpec, config: ModelConfig) -> ModelSpec:
         max_concurrency=config.max_concurrency,
         ttl_s=spec.ttl_s if config.ttl_s is None else config.ttl_s,
         extra_args=tuple(config.extra_args),
+        chat_template_file=(
+            chat_template_path(config.chat_template_file) if config.chat_template_file else None
+        ),
         pinned=config.pinned,
         embeddings=config.embeddings,
         backend=config.backend,

@@ -47,6 +47,10 @@ def build_params(cfg: dict[str, Any]) -> Any:
     if cfg.get("embeddings"):
         p.embedding = True
         p.pooling_type = xlc.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+    if cfg.get("chat_template_file"):  # llama-server's --jinja --chat-template-file
+        with open(cfg["chat_template_file"], encoding="utf-8") as template:
+            p.chat_template = template.read()
+        p.use_jinja = True
     for key, value in cfg.get("engine_params", {}).items():
         setattr(p, key, value)
     return p

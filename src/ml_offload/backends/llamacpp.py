@@ -56,6 +56,7 @@ def engine_config(spec: ModelSpec, launch: Launch, engine: EngineSettings) -> di
         "embeddings": spec.embeddings,
         "ubatch": engine_ubatch(spec.parallel, spec.embeddings),
         "flash_attn": engine.flash_attn,
+        "chat_template_file": str(spec.chat_template_file) if spec.chat_template_file else None,
     }
 
 
@@ -73,6 +74,8 @@ def server_argv(binary: str, cfg: dict[str, Any], port: int) -> list[str]:
         argv += ["--embeddings", "--pooling", "mean"]
     if cfg["flash_attn"] != "auto":
         argv += ["--flash-attn", cfg["flash_attn"]]
+    if cfg["chat_template_file"]:
+        argv += ["--jinja", "--chat-template-file", cfg["chat_template_file"]]
     return argv
 
 
