@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from bench import fleet_sim as fs
 from bench import fleet_traces as ft
+
 from ml_offload.vram import MemoryEstimate
 
 GIB = 2**30
