@@ -119,6 +119,7 @@ def test_health_reports_latency_per_loaded_model(tmp_path: Path, gateway: Gatewa
     done = mlo(env_for(tmp_path), "health", "--url", gateway.url, "--json", "-n", "3",
                "--max-tokens", "8")  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert f"measuring {MODEL}: 3 requests" in done.stderr  # the progress line
     report = json.loads(done.stdout)
     assert report["gateway"]["status"] == "ok"
     assert report["gateway"]["disk"]["free_bytes"] > 0 and report["gateway"]["disk"]["low"] in (
@@ -134,6 +135,21 @@ def test_health_reports_latency_per_loaded_model(tmp_path: Path, gateway: Gatewa
     table = CliRunner().invoke(app, args, env={"COLUMNS": "120"})
     assert table.exit_code == 0, table.output
     assert "TTFT" in table.output and MODEL in table.output
+
+
+def test_health_measures_only_when_asked(tmp_path: Path, gateway: Gateway) -> None:
+    gateway.http.post(f"/models/{MODEL}/load")
+    done = mlo(env_for(tmp_path), "health", "--url", gateway.url, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["latency"] == [] and "measuring" not in done.stderr
+    table = mlo(env_for(tmp_path), "health", "--url", gateway.url)
+    assert table.returncode == 0 and "not measured (mlo health --measure)" in table.stdout
+    measured = mlo(env_for(tmp_path), "health", "--url", gateway.url, "--json", "--measure",
+                   "--max-tokens", "4")  # fmt: skip
+    assert measured.returncode == 0, measured.stderr
+    assert f"measuring {MODEL}: 5 requests" in measured.stderr
+    (lat,) = json.loads(measured.stdout)["latency"]
+    assert lat["model"] == MODEL and lat["requests"] == 5 and lat["errors"] == []
 
 
 def test_errors_are_one_line(tmp_path: Path, gateway: Gateway) -> None:

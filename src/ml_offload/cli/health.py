@@ -29,13 +29,20 @@ from ml_offload.tracking import check_tracking, log_run
 from ml_offload.wire.native import HealthView, MemoryView, ModelList, ModelView
 
 PROBE_PROMPT = "Reply with one short sentence about the sea."
+DEFAULT_REQUESTS = 5  # per loaded model, with --measure
 
 
 def health(
     url: UrlOpt = None,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Also measure each loaded model's latency.")
+    ] = False,
     requests: Annotated[
-        int, typer.Option("--requests", "-n", min=0, help="Latency requests per loaded model.")
-    ] = 5,
+        int | None,
+        typer.Option(
+            "--requests", "-n", min=0, help="Latency requests per loaded model (implies --measure)."
+        ),
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens per latency request.")] = 32,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -44,19 +51,21 @@ def health(
     key: KeyOpt = None,
     track: TrackOpt = False,
 ) -> None:
-    """Check GPUs and memory, the gateway, engines, and per-model latency.
+    """Check GPUs and memory, the gateway and engines, in a few seconds.
 
-    Each loaded model gets --requests requests, one at a time: time to first
-    token, total time and tokens per second, at p50 and p95.
+    With --measure (or --requests N), each loaded model also gets N requests
+    (default 5), one at a time: time to first token, total time and tokens per
+    second, at p50 and p95, with a progress line per model on stderr.
     """
     if track:
         check_tracking()
+    n = requests if requests is not None else (DEFAULT_REQUESTS if measure else 0)
     client = connect(url, config, timeout_s=120, tls=ClientTls(ca_file, cert, key))
     gateway = client.view(HealthView, "/health")
     vram = client.view(MemoryView, "/vram/status")
     models = client.view(ModelList, "/models").data
     ready = [m.id for m in models if m.state == "ready"]
-    latency = [_latency(client, name, requests, max_tokens) for name in ready if requests > 0]
+    latency = [_latency(client, name, n, max_tokens) for name in ready if n > 0]
     if as_json:
         out.print_json(
             data={
@@ -68,8 +77,10 @@ def health(
         )
     else:
         _print(gateway, vram, models, latency)
+        if ready and not n:
+            out.print("latency: not measured (mlo health --measure)")
     if track:
-        _track(gateway, models, latency, requests, max_tokens)
+        _track(gateway, models, latency, n, max_tokens)
     failed = [m.id for m in models if m.state == "failed"]
     erring = [lat["model"] for lat in latency if lat["errors"]]
     if failed or erring:
@@ -99,6 +110,7 @@ def _track(
 
 
 def _latency(client: GatewayClient, model: str, n: int, max_tokens: int) -> dict[str, Any]:
+    err.print(f"measuring {model}: {n} requests of up to {max_tokens} tokens...")  # stdout: --json
     params = {"max_tokens": max_tokens, "temperature": 0}
     results: list[PromptResult] = asyncio.run(
         run_prompts(
