@@ -245,6 +245,8 @@ class RequestContext:
     reserved_tokens: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0  # of the prompt tokens, those read from the prompt cache
+    cache_write_tokens: int = 0  # written to it (Anthropic's cache_creation_input_tokens)
     redactions: int = 0
     prompt: object = None  # text or messages, as sent: hashed (and dropped) by the audit writer
     status: int = 0
@@ -262,6 +264,9 @@ class RequestContext:
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict):
+                self.cache_read_tokens = int(details.get("cached_tokens") or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,12 @@ proper HTTP error; after that, errors arrive as stream events.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.protocol import UpstreamProtocol, protocol_for
@@ -32,6 +33,7 @@ from ml_offload.errors import (
 )
 from ml_offload.gguf import forced_call_opening
 from ml_offload.metrics import GenAiCall, Metrics
+from ml_offload.passthrough import NativeStream, PassthroughProtocol, record
 from ml_offload.registry import engine_template, unavailable_reason
 from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
@@ -139,18 +141,80 @@ class InferenceService:
             param="model",
         )
 
+    def passes_through(self, model: str) -> bool:
+        """Whether `model`'s deployment speaks Anthropic's Messages API itself: its requests
+        then go through untranslated (`anthropic_messages`)."""
+        return self._router.candidates(model)[0].backend == "anthropic"
+
+    async def anthropic_messages(
+        self,
+        chat: dict[str, Any],
+        native: dict[str, Any],
+        headers: Mapping[str, str],
+        ctx: RequestContext | None = None,
+    ) -> bytes | NativeStream:
+        """`native` (the caller's Messages body, `chat` its OpenAI reading for the limits) sent
+        to the first Anthropic deployment that answers: its JSON body, or its event stream."""
+        if ctx is not None:
+            await self._guard.admit(ctx, "chat", chat)
+        protocol = PassthroughProtocol(headers)
+        attempt = partial(self._native_on, protocol=protocol, native=native, ctx=ctx)
+        return await self._first_that_answers(attempt, "chat", chat, ctx, only="anthropic")
+
+    async def _native_on(
+        self,
+        spec: ModelSpec,
+        protocol: PassthroughProtocol,
+        native: dict[str, Any],
+        ctx: RequestContext | None,
+    ) -> bytes | NativeStream:
+        body = self._guard.outbound(spec, {**native, "model": spec.upstream_model}, ctx)
+        if ctx is not None:
+            ctx.backend = spec.name
+        call = self._metrics.genai.call("chat", spec.provider_name, native["model"], spec.name)
+        stack = contextlib.AsyncExitStack()
+        try:
+            request = orjson.dumps(body)
+            if native.get("stream"):
+                _, resp = await self._open(stack, spec, protocol, "chat", request, call)
+                stack.callback(resp.close)
+                if resp.status != 200:
+                    _raise_for_status(resp.status, await resp.read())
+                self._metrics.requests.labels("chat", spec.name, "200").inc()
+                return NativeStream(resp, stack, call, partial(record, call, ctx))
+            code, raw = await self._post(spec, protocol, "chat", request, call)
+            _raise_for_status(code, raw)
+            record(call, ctx, orjson.loads(raw).get("usage"))
+        except MloError as exc:
+            await stack.aclose()
+            self._metrics.errors.labels(spec.name, exc.error_type).inc()
+            self._metrics.requests.labels("chat", spec.name, str(exc.status)).inc()
+            call.finish(exc.error_type)
+            raise
+        except BaseException as exc:
+            await stack.aclose()
+            call.finish(type(exc).__name__)
+            raise
+        self._metrics.requests.labels("chat", spec.name, "200").inc()
+        call.finish()
+        return raw
+
     async def _first_that_answers(
         self,
         attempt: Callable[[ModelSpec], Awaitable[T]],
         kind: Kind,
         data: dict[str, Any],
         ctx: RequestContext | None,
+        only: str | None = None,
     ) -> T:
         """Try each deployment in the router's order that the guard lets this request use
-        (scope, per-model limits); fall back only on deployment failures."""
+        (scope, per-model limits; with the backend `only`, when given); fall back only on
+        deployment failures."""
         failure: MloError | None = None
         skipped: list[MloError] = []
         for spec in self._router.candidates(data["model"]):
+            if only is not None and spec.backend != only:
+                continue
             reason = unavailable_reason(spec)
             if reason is not None and not self._running(spec):  # at once, not after a start
                 failure = Unavailable(f"model {spec.name!r} is unavailable: {reason}")

@@ -21,16 +21,40 @@ from aiohttp import web
 from tests.integration.fake_server import LoopbackServer, sse
 
 TOOL_INPUT = {"city": "Paris", "unit": "celsius", "days": [1, 2, 3]}
+# mode "native": what only a passthrough keeps (extended thinking with its signature, a
+# redacted block, then text and a tool call) and usage with prompt-cache counts
+NATIVE_CONTENT: list[dict[str, Any]] = [
+    {"type": "thinking", "thinking": "The user wants weather.", "signature": "EqQBCkYIARgCKkB="},
+    {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT"},
+    {"type": "text", "text": "Let me check."},
+    {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": TOOL_INPUT},
+]
+NATIVE_USAGE = {
+    "input_tokens": 12,
+    "cache_creation_input_tokens": 100,
+    "cache_read_input_tokens": 200,
+    "output_tokens": 15,
+}
 
 
 class FakeAnthropic(LoopbackServer):
     def __init__(self, api_key: str) -> None:
         super().__init__()
         self.api_key = api_key
-        self.mode = "text"  # "text", "tool", "overloaded", "stream_error"
+        self.mode = "text"  # "text", "tool", "native", "overloaded", "stream_error"
+        self.frames: list[bytes] = []  # the last stream's events, as sent
+
+    async def _count(self, request: web.Request) -> web.Response:
+        body = await self.record(request)
+        if request.headers.get("x-api-key") != self.api_key:
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        if "max_tokens" in body or not body.get("messages"):
+            return self._error(400, "invalid_request_error", "count_tokens takes messages only")
+        return web.json_response({"input_tokens": 7 + len(json.dumps(body["messages"]))})
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count)
 
     def _error(self, status: int, kind: str, message: str) -> web.Response:
         body = {"type": "error", "error": {"type": kind, "message": message}}
@@ -56,7 +80,7 @@ class FakeAnthropic(LoopbackServer):
         if refused is not None:
             return refused
         content = self._content()
-        reason = "tool_use" if self.mode == "tool" else "end_turn"
+        reason = "tool_use" if self.mode in ("tool", "native") else "end_turn"
         if not body.get("stream"):
             return web.json_response(
                 {
@@ -67,12 +91,18 @@ class FakeAnthropic(LoopbackServer):
                     "content": content,
                     "stop_reason": reason,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": 12, "output_tokens": 5},
+                    "usage": self._usage({"input_tokens": 12, "output_tokens": 5}),
                 }
             )
-        return await sse(request, [_event(e) for e in self._events(body, content, reason)])
+        self.frames = [_event(e) for e in self._events(body, content, reason)]
+        return await sse(request, self.frames)
+
+    def _usage(self, usage: dict[str, int]) -> dict[str, int]:
+        return dict(NATIVE_USAGE) if self.mode == "native" else usage
 
     def _content(self) -> list[dict[str, Any]]:
+        if self.mode == "native":
+            return NATIVE_CONTENT
         if self.mode != "tool":
             return [{"type": "text", "text": "Hello from Claude"}]
         return [
@@ -91,7 +121,7 @@ class FakeAnthropic(LoopbackServer):
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 12, "output_tokens": 1},
+            "usage": {**self._usage({"input_tokens": 12}), "output_tokens": 1},
         }
         events: list[dict[str, Any]] = [{"type": "message_start", "message": message}]
         events.append({"type": "ping"})
@@ -112,7 +142,17 @@ class FakeAnthropic(LoopbackServer):
 
 
 def _block_events(index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
-    if block["type"] == "text":
+    start: dict[str, Any]
+    deltas: list[dict[str, Any]]
+    if block["type"] == "thinking":  # thinking deltas, then the signature as its own delta
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [
+            {"type": "thinking_delta", "thinking": block["thinking"]},
+            {"type": "signature_delta", "signature": block["signature"]},
+        ]
+    elif block["type"] == "redacted_thinking":  # whole in its start event
+        start, deltas = block, []
+    elif block["type"] == "text":
         start = {"type": "text", "text": ""}
         words = block["text"].split(" ")
         deltas = [

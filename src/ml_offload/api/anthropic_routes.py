@@ -16,13 +16,17 @@ from ml_offload.api.streaming import SSE_HEADERS, EventStreamResponse, until_dis
 from ml_offload.errors import MloError
 from ml_offload.inference import EngineStream
 from ml_offload.wire import anthropic as wire
+from ml_offload.wire.body import JSON_MEDIA_TYPE, load_object
 
 router = APIRouter()
 
 
 @router.post("/v1/messages", response_model=None)
 async def messages(request: Request) -> Response:
-    req = wire.parse_request(await read_body(request))
+    raw = await read_body(request)
+    req = wire.parse_request(raw)
+    if services(request).inference.passes_through(req.model):
+        return await _passthrough(request, req, load_object(raw))
     data = wire.to_openai(req)
     warning = _dropped(wire.server_tools(req))
     inference = services(request).inference
@@ -42,6 +46,18 @@ async def messages(request: Request) -> Response:
     finally:
         await stream.aclose()
     return _warned(json_response(wire.fold(events)), warning)
+
+
+async def _passthrough(request: Request, req: wire.MessagesRequest, native: Any) -> Response:
+    """To a deployment that speaks Messages itself: the body and the answer untranslated."""
+    inference = services(request).inference
+    work = inference.anthropic_messages(
+        wire.limits_view(req), native, request.headers, request_context(request)
+    )
+    answer = await until_disconnect(request, work)
+    if isinstance(answer, bytes):
+        return Response(answer, media_type=JSON_MEDIA_TYPE)
+    return EventStreamResponse(aiter(answer), answer.aclose)
 
 
 WARNING = b"x-mlo-warning"
@@ -86,5 +102,7 @@ async def count_tokens(request: Request) -> Response:
     """The prompt's tokens as the model counts them (its template and tokenizer)."""
     req, native = wire.parse_count_request(await read_body(request))
     inference = services(request).inference
-    work = inference.count_tokens(wire.to_openai(req), native, request_context(request))
+    native_model = inference.passes_through(req.model)  # then `native` goes, untranslated
+    chat = wire.limits_view(req) if native_model else wire.to_openai(req)
+    work = inference.count_tokens(chat, native, request_context(request))
     return json_response({"input_tokens": await until_disconnect(request, work)})

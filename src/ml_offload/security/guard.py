@@ -413,6 +413,9 @@ def audit_event(ctx: RequestContext) -> dict[str, Any]:
         "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
         "redactions": ctx.redactions,
     }
+    if ctx.cache_read_tokens or ctx.cache_write_tokens:  # prompt tokens served from a cache
+        event["cache_read_tokens"] = ctx.cache_read_tokens
+        event["cache_write_tokens"] = ctx.cache_write_tokens
     if ctx.prompt is not None:
         event["prompt"] = ctx.prompt  # the writer hashes it, keeps it only with log_prompts
     if ctx.error:

@@ -100,6 +100,15 @@ def to_openai(req: MessagesRequest) -> dict[str, Any]:
     return out
 
 
+def limits_view(req: MessagesRequest) -> dict[str, Any]:
+    """The OpenAI reading of a request passed through untranslated, for the limits' estimate:
+    `to_openai`'s, or the name and max_tokens alone for blocks it does not translate."""
+    try:
+        return to_openai(req)
+    except InvalidRequest:
+        return {"model": req.model, "max_tokens": req.max_tokens, "messages": []}
+
+
 # Tools Anthropic runs on its own servers: a translated request cannot take them anywhere.
 SERVER_TOOL_TYPES = ("web_search_", "web_fetch_", "code_execution_")
 
