@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ml_offload.security.quota import estimate_tokens
 from tests.integration.conftest import GatewayFactory, redis_server, stop
 from tests.integration.fake_upstream import FakeOpenAI, Reply, fake_openai
 from tests.integration.test_auth import ADMIN, CHAT, Keys, answer, start
@@ -77,7 +78,8 @@ def test_concurrent_requests_never_pass_the_token_limit_and_settle_refunds(
     with fake_openai(held) as fake:
         gw = start(gateway_factory, fake, keys)
         headers = {"authorization": f"Bearer {key}"}
-        body = {**CHAT, "max_tokens": 100}  # "hi" is 1 token: 101 reserved each
+        body = {**CHAT, "max_tokens": 100}
+        reserved = estimate_tokens("chat", body, 1024)  # "hi" in the template, and max_tokens
 
         async def burst() -> list[int]:
             async with httpx.AsyncClient(base_url=gw.url, headers=headers, timeout=60) as c:
@@ -91,13 +93,14 @@ def test_concurrent_requests_never_pass_the_token_limit_and_settle_refunds(
                 return [(await t).status_code for t in tasks]
 
         codes = asyncio.run(burst())
-        assert codes.count(200) == 1000 // 101 and codes.count(429) == 30 - 1000 // 101
-        # Each answer used 5 tokens: the unused 96 of each came back, so 900 fit again.
-        again = gw.http.post(
-            "/v1/chat/completions", json={**CHAT, "max_tokens": 900}, headers=headers
-        )
+        admitted = 1000 // reserved
+        assert codes.count(200) == admitted and codes.count(429) == 30 - admitted
+        # Each answer used 5 tokens: the rest of each reservation came back, so 900 fit again.
+        big = {**CHAT, "max_tokens": 900}
+        again = gw.http.post("/v1/chat/completions", json=big, headers=headers)
         assert again.status_code == 200, again.text
-        assert int(again.headers["x-ratelimit-remaining-tokens"]) == 1000 - 9 * 5 - 901
+        left = 1000 - admitted * 5 - estimate_tokens("chat", big, 1024)
+        assert int(again.headers["x-ratelimit-remaining-tokens"]) == left
 
 
 def test_streams_settle_from_their_usage(

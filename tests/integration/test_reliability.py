@@ -3,6 +3,7 @@ validated is what is forwarded, a dead engine is restarted for the request that 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,9 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.integration.conftest import Gateway, GatewayFactory, pid_alive
+from ml_offload.security.quota import estimate_tokens
+from tests.integration.conftest import MODEL, Gateway, GatewayFactory, pid_alive
+from tests.integration.test_rate_limits import wait_for_a_fresh_minute
 
 pytestmark = pytest.mark.integration
 
@@ -225,3 +229,51 @@ def test_departed_clients_leave_the_engine_idle(
     )
     assert sent <= 4, f"{sent} requests of departed clients were sent to the engine"
     assert all(n < 900 for n in stopped_at), "the engine finished answers nobody would read"
+
+
+PROMPTS = [  # English, code, other scripts, several messages: the template counts in each
+    [{"role": "user", "content": "hi"}],
+    [{"role": "user", "content": "Explain in one sentence why the sky is blue."}],
+    [{"role": "user", "content": "def f(x):\n    return {k: v for k, v in x.items() if v}"}],
+    [{"role": "user", "content": "Übersetze: 東京は日本の首都です。 Привет, мир! 🚀"}],
+    [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Name three colours."},
+        {"role": "assistant", "content": "Red, green, blue."},
+        {"role": "user", "content": "And three more?"},
+    ],
+    [{"role": "user", "content": "x.y,z;a:b|c&d^e~f" * 4}],
+]
+
+
+def test_concurrent_requests_never_pass_a_token_limit(gateway_factory: GatewayFactory) -> None:
+    """18 requests at once against the model's 1,000 tokens a minute: each reservation is an
+    upper bound of what the engine really counts (prompt through the chat template, and the
+    answer), so what the answered requests used never passes the limit."""
+    limit = 1000
+    gw = gateway_factory(security={"limits": {"model_tpm": {MODEL: limit}}})
+    bodies = [
+        {"model": MODEL, "messages": PROMPTS[i % len(PROMPTS)], "max_tokens": 16} for i in range(18)
+    ]
+    wait_for_a_fresh_minute()
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=300) as c:
+            sent = [c.post("/v1/chat/completions", json=b) for b in bodies]
+            return list(await asyncio.gather(*sent))
+
+    answers = asyncio.run(burst())
+    used_total = 0
+    for body, resp in zip(bodies, answers, strict=True):
+        reserved = estimate_tokens("chat", body, 1024)
+        if resp.status_code != 200:
+            assert resp.status_code == 429, resp.text
+            print(f"reserved {reserved:4d}  refused (429)")
+            continue
+        usage = resp.json()["usage"]
+        used = usage["prompt_tokens"] + usage["completion_tokens"]
+        used_total += used
+        print(f"reserved {reserved:4d}  used {used:4d} (prompt {usage['prompt_tokens']})")
+        assert used <= reserved, (body["messages"], usage)
+    print(f"answered {sum(r.status_code == 200 for r in answers)}/18, used {used_total}/{limit}")
+    assert 0 < used_total <= limit

@@ -2,7 +2,8 @@
 
 At arrival the caller (its key; the client address when auth is off; nobody for the admin key)
 is charged one request per minute (`charge_caller`). Once the model is known, `admit` reserves
-tokens (the prompt at about 4 characters a token, plus max_tokens) from the caller's token limit.
+tokens (an upper bound of the prompt as the chat template renders it, plus max_tokens) from the
+caller's token limit, so that concurrent requests never pass it.
 Per-model limits are the deployment's that answers: `admit_deployment` charges one request and
 reserves tokens from the limits of each deployment as it is tried (the model asked for, then its
 fallbacks), and `give_back` refunds a deployment that failed before another is tried. When the
@@ -16,8 +17,9 @@ logs once per outage. Unlimited callers never touch the storage.
 
 from __future__ import annotations
 
+import json
 import logging
-import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,7 +32,19 @@ from ml_offload.wire.native import LimitsView, LimitView
 
 log = logging.getLogger(__name__)
 
-_CHARS_PER_TOKEN = 4  # the prompt's share of a reservation, before the real count is known
+# The prompt's share of a reservation, before the real count is known: an upper bound, so
+# that concurrent requests never pass a token limit. Tokenizers split text at letter runs,
+# digits, punctuation and whitespace before merging within each piece, so a run of ASCII
+# letters is counted at a token per 2 letters (English is ~4 characters a token), every other
+# character at a token per UTF-8 byte (digits, punctuation, other scripts: byte-level BPE), a
+# single space as part of the word it precedes, longer whitespace at a token per 2. A chat
+# template adds its role markers per message and, with no system message, a default one
+# (measured with SmolLM2: "hi" is 31 prompt tokens; Llama 3.1's date header is ~25 more).
+_LETTERS = re.compile(r"[A-Za-z]+")
+_WHITESPACE = re.compile(r"\s{2,}")
+_MESSAGE_OVERHEAD_TOKENS = 8
+_TEMPLATE_OVERHEAD_TOKENS = 48
+_TEXT_KEYS = ("content", "text", "tool_calls", "function", "name", "arguments")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,10 +293,17 @@ def _headers(windows: Mapping[str, Window]) -> dict[str, str]:
 
 
 def estimate_tokens(kind: str, data: Mapping[str, Any], default_max_tokens: int) -> int:
-    """Prompt (about 4 characters a token, images not counted) plus the most it may write."""
-    chars = _text_chars(data.get("messages") if kind == "chat" else data.get("prompt"))
-    chars += _text_chars(data.get("input"))
-    prompt = math.ceil(chars / _CHARS_PER_TOKEN)
+    """An upper bound of the prompt's tokens (images not counted) plus the most it may write."""
+    prompt = _text_tokens(data.get("input"))
+    if kind == "chat":
+        messages = data.get("messages")
+        count = len(messages) if isinstance(messages, list) else 0
+        prompt += _text_tokens(messages) + _TEMPLATE_OVERHEAD_TOKENS
+        prompt += count * _MESSAGE_OVERHEAD_TOKENS
+        if data.get("tools"):  # rendered into the prompt as JSON
+            prompt += _text_tokens(json.dumps(data["tools"]))
+    else:
+        prompt += _text_tokens(data.get("prompt"))
     if kind == "embedding":
         return max(1, prompt)
     most = data.get("max_completion_tokens") or data.get("max_tokens")
@@ -291,16 +312,25 @@ def estimate_tokens(kind: str, data: Mapping[str, Any], default_max_tokens: int)
     return prompt + max(1, most)
 
 
-def _text_chars(value: Any) -> int:
+def _text_tokens(value: Any) -> int:
     if isinstance(value, str):
-        return len(value)
+        return _str_tokens(value)
     if isinstance(value, list):
-        return sum(_text_chars(v) for v in value)
+        return sum(_text_tokens(v) for v in value)
     if isinstance(value, dict):
         if value.get("type") in ("image_url", "input_audio", "image"):
             return 0
-        return sum(_text_chars(value.get(k)) for k in ("content", "text", "arguments"))
+        return sum(_text_tokens(value.get(k)) for k in _TEXT_KEYS)
     return 0
+
+
+def _str_tokens(text: str) -> int:
+    letters = [len(run) for run in _LETTERS.findall(text)]
+    gaps = _WHITESPACE.findall(text)  # a single space goes with the word after it
+    single_spaces = text.count(" ") - sum(gap.count(" ") for gap in gaps)
+    gap_bytes = [len(gap.encode()) for gap in gaps]
+    rest = len(text.encode()) - sum(letters) - sum(gap_bytes) - single_spaces
+    return sum((n + 1) // 2 for n in (*letters, *gap_bytes)) + rest
 
 
 def actual_tokens(ctx: RequestContext) -> int:

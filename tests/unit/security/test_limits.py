@@ -17,6 +17,7 @@ from ml_offload.domain import DeploymentKind, ModelSpec, RequestContext
 from ml_offload.errors import ConfigError, RateLimited, Unavailable
 from ml_offload.security.guard import Guard
 from ml_offload.security.limits import Charge, Limiter, reset_text
+from ml_offload.security.quota import estimate_tokens
 from ml_offload.services import build_guard
 from tests.integration.conftest import redis_server
 
@@ -138,18 +139,20 @@ async def test_tokens_are_reserved_then_settled_from_usage(
     client = f"{scope(request)}:1"
     ctx = await guard.authenticate({}, method="POST", path="/x", client=client, cert_subject=None)
     await guard.admit(ctx, "chat", {"model": "m", "messages": [{"content": "x" * 40}]})
-    assert ctx.reserved_tokens == 10 + 1024  # 40 characters, default_max_tokens
+    # 40 ASCII characters (at most 20 tokens), the chat template's overhead (48, 8 a message)
+    # and default_max_tokens
+    assert ctx.reserved_tokens == 20 + 48 + 8 + 1024
     second = ctx_for(client)
-    with pytest.raises(RateLimited) as refused:  # 1034 + 995 > 2000
+    with pytest.raises(RateLimited) as refused:  # 1100 + 48 + 995 > 2000
         await guard.admit(second, "chat", {"model": "m", "max_tokens": 995, "messages": []})
     assert refused.value.headers["x-ratelimit-limit-tokens"] == "2000"
-    assert refused.value.headers["x-ratelimit-remaining-tokens"] == "966"
+    assert refused.value.headers["x-ratelimit-remaining-tokens"] == "900"
     assert refused.value.retry_after_s is not None and refused.value.retry_after_s <= 60
     ctx.prompt_tokens, ctx.completion_tokens, ctx.status = 12, 8, 200
     await guard.finish(ctx)
     third = ctx_for(client)
     await guard.admit(third, "chat", {"model": "m", "max_tokens": 1900, "messages": []})
-    assert third.reserved_tokens == 1900  # fits now that 1014 unused tokens came back
+    assert third.reserved_tokens == 48 + 1900  # fits now that 1080 unused tokens came back
     await guard.close()
 
 
@@ -174,20 +177,20 @@ async def test_concurrent_admits_never_exceed_the_token_limit(
         return True
 
     admitted = sum(await asyncio.gather(*(one() for _ in range(50))))
-    assert admitted == 1000 // 64
+    assert admitted == 1000 // (48 + 64)  # the template's overhead and max_tokens each
     await guard.close()
 
 
 async def test_failed_requests_give_all_their_tokens_back(tmp_path: Path) -> None:
     guard = await guard_with(tmp_path, "memory://", default_tpm=100)
-    for _ in range(3):  # 3 × 80 > 100: only possible when each failure refunds
+    for _ in range(3):  # 3 × (48 + 40) > 100: only possible when each failure refunds
         ctx = ctx_for("c:1")
-        await guard.admit(ctx, "chat", {"model": "m", "max_tokens": 80})
+        await guard.admit(ctx, "chat", {"model": "m", "max_tokens": 40})
         ctx.status = 502
         await guard.finish(ctx)
     admitted = ctx_for("c:1")
-    await guard.admit(admitted, "chat", {"model": "m", "max_tokens": 80})  # still room for 80
-    assert admitted.reserved_tokens >= 80
+    await guard.admit(admitted, "chat", {"model": "m", "max_tokens": 40})  # still room
+    assert admitted.reserved_tokens == 48 + 40
     await guard.close()
 
 
@@ -204,14 +207,14 @@ async def test_model_limits_apply_to_every_caller(tmp_path: Path) -> None:
 async def test_a_deployment_that_failed_gives_its_model_limits_back(tmp_path: Path) -> None:
     guard = await guard_with(tmp_path, "memory://", model_rpm={"m": 1}, model_tpm={"m": 100})
     ctx = ctx_for("a:1")
-    charges = await guard.enter(ctx, SPEC, "chat", {"model": "m", "max_tokens": 80})
+    charges = await guard.enter(ctx, SPEC, "chat", {"model": "m", "max_tokens": 40})
     assert len(charges) == 2 and len(ctx.charges) == 1  # a request, and tokens to settle
     with pytest.raises(RateLimited, match="model 'm'"):  # one request a minute: spent
-        await guard.enter(ctx_for("b:1"), SPEC, "chat", {"model": "m", "max_tokens": 80})
+        await guard.enter(ctx_for("b:1"), SPEC, "chat", {"model": "m", "max_tokens": 40})
     await guard.give_back(ctx, charges)  # `m` failed; the next deployment is tried
     assert ctx.charges == []
     again = ctx_for("b:1")
-    assert len(await guard.enter(again, SPEC, "chat", {"model": "m", "max_tokens": 80})) == 2
+    assert len(await guard.enter(again, SPEC, "chat", {"model": "m", "max_tokens": 40})) == 2
     await guard.close()
 
 
@@ -291,7 +294,7 @@ async def test_limits_report_reads_the_windows_without_charging(tmp_path: Path) 
     seen = {(v.subject, v.what): (v.limit, v.used, v.remaining) for v in report.limits}
     assert seen == {
         ("client 127.0.0.1", "requests"): (5, 0, 5),  # charged at arrival, not here
-        ("client 127.0.0.1", "tokens"): (1000, 100, 900),  # an empty prompt and max_tokens
+        ("client 127.0.0.1", "tokens"): (1000, 148, 852),  # the template's 48 and max_tokens
         ("model 'm'", "requests"): (9, 1, 8),
     }
     again = await guard.limits(ctx)  # reading takes nothing
@@ -303,12 +306,40 @@ async def test_limits_report_reads_the_windows_without_charging(tmp_path: Path) 
 
 
 async def test_requests_and_tokens_are_counted_apart_when_equal(tmp_path: Path) -> None:
-    """rpm == tpm must not share one counter: 3 tokens reserved are not 3 requests made."""
-    guard = await guard_with(tmp_path, "memory://", default_rpm=5, default_tpm=5)
+    """rpm == tpm must not share one counter: 100 tokens reserved are not 100 requests made."""
+    guard = await guard_with(tmp_path, "memory://", default_rpm=200, default_tpm=200)
     first = ctx_for("a:1")
     await guard.admit(first, "chat", {"model": "m", "max_tokens": 3})
     second = ctx_for("a:1")
     await guard.admit(second, "chat", {"model": "m", "max_tokens": 1})
     report = {v.what: v.used for v in (await guard.limits(ctx_for("a:1"))).limits}
-    assert report == {"tokens": 4, "requests": 0}  # admit() charges no caller request
+    assert report == {"tokens": 48 + 3 + 48 + 1, "requests": 0}  # admit() charges no request
     await guard.close()
+
+
+def test_the_prompt_is_reserved_with_an_upper_bound_of_its_tokens() -> None:
+    """A token per 2 ASCII letters of a word (a single space goes with it) or of longer
+    whitespace, a token per UTF-8 byte of anything else, the chat template's overhead, tools
+    rendered as JSON; images are not text."""
+
+    def chat(messages: list[dict[str, Any]], **kw: Any) -> int:
+        return estimate_tokens("chat", {"messages": messages, "max_tokens": 1, **kw}, 1024)
+
+    base = chat([])
+    assert base == 48 + 1
+    assert chat([{"role": "user", "content": "abcd"}]) == base + 8 + 2
+    assert chat([{"role": "user", "content": "日本"}]) == base + 8 + 6  # 3 bytes each
+    assert chat([{"role": "user", "content": "ab日"}]) == base + 8 + 1 + 3
+    # a letter between punctuation is a token of its own (SmolLM2: 64 tokens for these 68)
+    assert chat([{"role": "user", "content": "x.y,z;a:b|c&d^e~f" * 4}]) == base + 8 + 65
+    sky = chat([{"role": "user", "content": "the sky  is\n\nblue"}])
+    assert sky == base + 8 + 2 + 2 + 1 + 1 + 1 + 2  # the, sky, "  ", is, "\n\n", blue
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 999}}
+    text = {"type": "text", "text": "ab"}
+    assert chat([{"role": "user", "content": [text, image]}]) == base + 8 + 1
+    calls = [{"function": {"name": "f" * 10, "arguments": "x" * 20}}]
+    assert chat([{"role": "assistant", "tool_calls": calls}]) == base + 8 + 5 + 10
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert chat([], tools=tools) > base
+    assert estimate_tokens("completion", {"prompt": "abcd"}, 7) == 2 + 7  # no template
+    assert estimate_tokens("embedding", {"input": ["abcd", "ef"]}, 7) == 3
