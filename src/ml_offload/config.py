@@ -397,6 +397,17 @@ class ModelConfig(_Section):
         return self.backend == "openai" and (self.api_key or self.api_key_env) is not None
 
 
+class TracingSettings(_Section):
+    """OTLP traces (the `otel` extra): one span per request, with its steps as children."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: the standard "
+        "OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
+    )
+    service_name: str = Field("ml-offload", min_length=1, description="service.name of spans")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MLO_", env_nested_delimiter="__", extra="forbid", toml_file=None
@@ -413,6 +424,7 @@ class Settings(BaseSettings):
     profile: ProfileName | None = Field(None, description="hardware profile (see PROFILES)")
     vllm: VllmSettings = Field(default_factory=lambda: VllmSettings())
     mcp: McpSettings = Field(default_factory=lambda: McpSettings())
+    tracing: TracingSettings = Field(default_factory=lambda: TracingSettings())
     models: list[ModelConfig] = Field(default_factory=list)
     demo_model: bool = Field(True, description="register the bundled SmolLM2 when installed")
     scan_models_dir: bool = True

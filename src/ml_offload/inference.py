@@ -38,6 +38,7 @@ from ml_offload.registry import engine_template, unavailable_reason
 from ml_offload.router import Router, should_fall_back
 from ml_offload.scheduler import Scheduler
 from ml_offload.security.guard import Guard
+from ml_offload.tracing import NOOP, NOOP_TRACER, Span, Tracer
 from ml_offload.wire.openai import (
     NORMALIZERS,
     Kind,
@@ -96,7 +97,9 @@ class InferenceService:
         upstream: Upstream,
         metrics: Metrics,
         guard: Guard,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or NOOP_TRACER
         self._router = router
         self._scheduler = scheduler
         self._upstream = upstream
@@ -107,22 +110,41 @@ class InferenceService:
         self, kind: Kind, data: dict[str, Any], ctx: RequestContext | None = None
     ) -> dict[str, Any]:
         """Answer from the first deployment that can (see router.py)."""
-        if ctx is not None:
-            await self._guard.admit(ctx, kind, data)
-        return await self._first_that_answers(
-            partial(self._complete_on, kind=kind, data=data, ctx=ctx), kind, data, ctx
-        )
+        with self._tracer.request(kind, str(data.get("model"))) as span:
+            if ctx is not None:
+                with span.child("auth"):
+                    await self._guard.admit(ctx, kind, data)
+            return await self._first_that_answers(
+                partial(self._complete_on, kind=kind, data=data, ctx=ctx, span=span),
+                kind,
+                data,
+                ctx,
+                span=span,
+            )
 
     async def open_stream(
         self, kind: Kind, data: dict[str, Any], ctx: RequestContext | None = None
     ) -> EngineStream:
         """Open the stream on the first deployment that can; once it is open (upstream status
         checked, nothing sent to the client yet), errors are the stream's, never a fallback."""
-        if ctx is not None:
-            await self._guard.admit(ctx, kind, data)
-        return await self._first_that_answers(
-            partial(self._open_on, kind=kind, data=data, ctx=ctx), kind, data, ctx
-        )
+        span = self._tracer.request(kind, str(data.get("model")))
+        try:
+            if ctx is not None:
+                with span.child("auth"):
+                    await self._guard.admit(ctx, kind, data)
+            stream = await self._first_that_answers(
+                partial(self._open_on, kind=kind, data=data, ctx=ctx, span=span),
+                kind,
+                data,
+                ctx,
+                span=span,
+            )
+        except BaseException as exc:
+            span.fail(exc)
+            span.end()
+            raise
+        stream.owns(span)
+        return stream
 
     async def count_tokens(
         self, chat: dict[str, Any], native: dict[str, Any], ctx: RequestContext | None = None
@@ -206,13 +228,16 @@ class InferenceService:
         data: dict[str, Any],
         ctx: RequestContext | None,
         only: str | None = None,
+        span: Span = NOOP,
     ) -> T:
         """Try each deployment in the router's order that the guard lets this request use
         (scope, per-model limits; with the backend `only`, when given); fall back only on
         deployment failures."""
         failure: MloError | None = None
         skipped: list[MloError] = []
-        for spec in self._router.candidates(data["model"]):
+        with span.child("routing"):
+            candidates = self._router.candidates(data["model"])
+        for spec in candidates:
             if only is not None and spec.backend != only:
                 continue
             reason = unavailable_reason(spec)
@@ -224,6 +249,8 @@ class InferenceService:
             except (PermissionDenied, RateLimited) as exc:
                 skipped.append(exc)
                 continue
+            span.set("gen_ai.provider.name", spec.provider_name)
+            span.set("mlo.deployment", spec.name)
             try:
                 result = await attempt(spec)
             except MloError as exc:
@@ -241,10 +268,15 @@ class InferenceService:
         return spec.holds_memory and self._scheduler.status([spec])[0].state is ModelState.READY
 
     async def _complete_on(
-        self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
+        self,
+        spec: ModelSpec,
+        kind: Kind,
+        data: dict[str, Any],
+        ctx: RequestContext | None,
+        span: Span = NOOP,
     ) -> dict[str, Any]:
         if kind in FOLDS and spec.kind is DeploymentKind.LLAMACPP:
-            return await self._complete_by_stream(spec, kind, data, ctx)
+            return await self._complete_by_stream(spec, kind, data, ctx, span)
         data = honour_tool_choice(spec, data)  # (_open_on does it for the stream above)
         model = data["model"]
         call = self._metrics.genai.call(kind, spec.provider_name, model, spec.name)
@@ -255,10 +287,10 @@ class InferenceService:
         protocol = protocol_for(spec)
         try:
             request = protocol.body(spec, kind, outbound)
-            code, body = await self._post(spec, protocol, kind, request, call)
+            code, body = await self._post(spec, protocol, kind, request, call, span)
             _raise_for_status(code, body)
             out = NORMALIZERS[kind](protocol.answer(kind, body), model)
-            _record_usage(call, ctx, out.get("usage"))
+            _record_usage(call, ctx, span, out.get("usage"))
             status = "200"
             return out
         except MloError as exc:
@@ -273,12 +305,17 @@ class InferenceService:
             call.finish(error)
 
     async def _complete_by_stream(
-        self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
+        self,
+        spec: ModelSpec,
+        kind: Kind,
+        data: dict[str, Any],
+        ctx: RequestContext | None,
+        span: Span,
     ) -> dict[str, Any]:
         """A one-body answer read from the engine as a stream and folded: llama.cpp stops a
         stream whose connection closes (a client that left costs nothing), not a plain call."""
         as_stream = {**data, "stream": True, "stream_options": {"include_usage": True}}
-        stream = await self._open_on(spec, kind, as_stream, ctx)
+        stream = await self._open_on(spec, kind, as_stream, ctx, span)
         try:
             folded = FOLDS[kind]([chunk async for chunk in stream])
         finally:
@@ -286,7 +323,12 @@ class InferenceService:
         return NORMALIZERS[kind](folded, data["model"])
 
     async def _open_on(
-        self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
+        self,
+        spec: ModelSpec,
+        kind: Kind,
+        data: dict[str, Any],
+        ctx: RequestContext | None,
+        span: Span = NOOP,
     ) -> EngineStream:
         data = honour_tool_choice(spec, data)
         model = data["model"]
@@ -301,7 +343,7 @@ class InferenceService:
         stack = contextlib.AsyncExitStack()
         try:
             request = protocol.body(spec, kind, data)
-            url, resp = await self._open(stack, spec, protocol, kind, request, call)
+            url, resp = await self._open(stack, spec, protocol, kind, request, call, span)
             stack.callback(resp.close)
             if resp.status != 200:
                 _raise_for_status(resp.status, await resp.read())
@@ -315,7 +357,7 @@ class InferenceService:
             await stack.aclose()
             call.finish(type(exc).__name__)
             raise
-        record = partial(_record_usage, call, ctx)
+        record = partial(_record_usage, call, ctx, span)
         return EngineStream(
             kind,
             model,
@@ -328,6 +370,7 @@ class InferenceService:
             record,
             protocol,
             call,
+            span,
         )
 
     async def _post(
@@ -337,16 +380,20 @@ class InferenceService:
         kind: Kind,
         request: bytes,
         call: GenAiCall,
+        span: Span = NOOP,
     ) -> tuple[int, bytes]:
         """Send under a slot; an engine of ours found dead (connection refused, or dropped by a
         process that exited) is restarted and the request sent again, once."""
         for retry in (True, False):
-            async with self._scheduler.lease(spec) as base_url:
+            async with contextlib.AsyncExitStack() as held:
+                with span.child("load wait"):
+                    base_url = await held.enter_async_context(self._scheduler.lease(spec))
                 call.sent()
                 try:
-                    return await self._upstream.post(
-                        protocol.url(base_url, kind, False), request, protocol.headers(spec)
-                    )
+                    with span.child("upstream"):
+                        return await self._upstream.post(
+                            protocol.url(base_url, kind, False), request, protocol.headers(spec)
+                        )
                 except EngineError as exc:
                     if not (retry and await self._engine_died(spec, base_url, exc)):
                         raise
@@ -360,15 +407,18 @@ class InferenceService:
         kind: Kind,
         request: bytes,
         call: GenAiCall,
+        span: Span = NOOP,
     ) -> tuple[str, aiohttp.ClientResponse]:
         """`_post` for a stream: the slot stays held on `stack` while the response is open."""
         for retry in (True, False):
             lease = contextlib.AsyncExitStack()
-            base_url = await lease.enter_async_context(self._scheduler.lease(spec))
+            with span.child("load wait"):
+                base_url = await lease.enter_async_context(self._scheduler.lease(spec))
             call.sent()
             url = protocol.url(base_url, kind, True)
             try:
-                resp = await self._upstream.open(url, request, protocol.headers(spec))
+                with span.child("upstream"):
+                    resp = await self._upstream.open(url, request, protocol.headers(spec))
             except EngineError as exc:
                 await lease.aclose()
                 if retry and await self._engine_died(spec, base_url, exc):
@@ -389,8 +439,11 @@ class InferenceService:
         return await self._scheduler.replace_dead(spec, base_url, refused=refused)
 
 
-def _record_usage(call: GenAiCall, ctx: RequestContext | None, usage: Any) -> None:
+def _record_usage(call: GenAiCall, ctx: RequestContext | None, span: Span, usage: Any) -> None:
     call.usage(usage)
+    if isinstance(usage, dict):
+        span.set("gen_ai.usage.input_tokens", int(usage.get("prompt_tokens") or 0))
+        span.set("gen_ai.usage.output_tokens", int(usage.get("completion_tokens") or 0))
     if ctx is not None:
         ctx.record_usage(usage)
 
@@ -411,14 +464,20 @@ class EngineStream:
         record_usage: Callable[[Any], None],
         protocol: UpstreamProtocol,
         call: GenAiCall,
+        span: Span = NOOP,
     ) -> None:
         self._kind, self._model, self._name, self._url = kind, model, name, url
+        self._span, self._streaming, self._owned = span, NOOP, NOOP
         self._protocol, self._call = protocol, call
         self._resp, self._stack, self._metrics = resp, stack, metrics
         self._record_usage = record_usage
         self._conform = StreamConformer(kind, model, want_usage)
         self._status, self._error = "200", ""
         self._closed = False
+
+    def owns(self, span: Span) -> None:
+        """End `span` (the request's) when the stream closes."""
+        self._owned = span
 
     @property
     def prompt_tokens(self) -> int | None:
@@ -428,6 +487,7 @@ class EngineStream:
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         conform = self._conform
+        self._streaming = self._span.child("streaming")
         try:
             async for obj in self._protocol.chunks(self._kind, self._resp, self._url, self._model):
                 if obj.get("choices"):
@@ -441,6 +501,8 @@ class EngineStream:
         except MloError as exc:
             self._status, self._error = str(exc.status), exc.error_type
             self._metrics.errors.labels(self._name, exc.error_type).inc()
+            self._streaming.fail(exc)
+            self._span.fail(exc)
             raise
 
     async def aclose(self) -> None:
@@ -450,6 +512,8 @@ class EngineStream:
         await self._stack.aclose()
         self._metrics.requests.labels(self._kind, self._name, self._status).inc()
         self._call.finish(self._error)
+        self._streaming.end()
+        self._owned.end()
 
 
 def _raise_for_status(code: int, body: bytes) -> None:

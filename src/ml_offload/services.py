@@ -10,6 +10,7 @@ rather than each command opening the database itself.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -51,6 +52,7 @@ from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.models_repo import ModelRepository
 from ml_offload.storage.nodes_repo import NodeRepository
+from ml_offload.tracing import open_tracer
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +290,9 @@ class Services:
         )
         stack.push_async_callback(guard.close)
         await guard.start()
-        inference = InferenceService(router, scheduler, upstream, metrics, guard)
+        tracer = open_tracer(settings.tracing)
+        stack.push_async_callback(asyncio.to_thread, tracer.close)  # exports what is batched
+        inference = InferenceService(router, scheduler, upstream, metrics, guard, tracer)
         started_at = time.time()
         status = StatusService(settings, registry, scheduler, router, probes, started_at=started_at)
         metrics.watch(status.gauges)
