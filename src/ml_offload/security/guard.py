@@ -35,7 +35,7 @@ import hmac
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from ml_offload.config import SecuritySettings, Settings
@@ -265,7 +265,7 @@ class Guard:
 
     # -- the model is known: admitted -----------------------------------------------------
 
-    async def admit(self, ctx: RequestContext, kind: str, data: Mapping[str, Any]) -> None:
+    async def admit(self, ctx: RequestContext, kind: str, data: MutableMapping[str, Any]) -> None:
         """May this request use `data["model"]`, and are there tokens left for it?"""
         model = str(data.get("model"))
         ctx.model = model
@@ -291,7 +291,7 @@ class Guard:
         ctx: RequestContext | None,
         spec: ModelSpec,
         kind: str,
-        data: Mapping[str, Any],
+        data: MutableMapping[str, Any],
     ) -> list[Charge]:
         """May `spec` answer (the model asked for, or one of its fallbacks)? The key's scope
         for `spec` itself, then `spec`'s own limits; raises PermissionDenied or RateLimited

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -140,17 +140,18 @@ class Quota:
         """One request against the caller's requests per minute."""
         await self._charge_request(ctx, self.subject(ctx))
 
-    async def admit(self, ctx: RequestContext, kind: str, data: Mapping[str, Any]) -> None:
+    async def admit(self, ctx: RequestContext, kind: str, data: MutableMapping[str, Any]) -> None:
         """Tokens reserved from the caller's token limit."""
         subject = self.subject(ctx)
         if subject is None or subject.tpm is None:
             return
+        cap_completion(kind, data, self._settings.default_max_tokens)
         cost = estimate_tokens(kind, data, self._settings.default_max_tokens)
         await self._reserve_tokens(ctx, subject, cost)
         ctx.reserved_tokens = cost
 
     async def admit_deployment(
-        self, ctx: RequestContext, kind: str, data: Mapping[str, Any], spec: ModelSpec
+        self, ctx: RequestContext, kind: str, data: MutableMapping[str, Any], spec: ModelSpec
     ) -> list[Charge]:
         """`spec`'s own limits, for the deployment about to be tried: one request, then tokens
         reserved (all or none). The charges, for `give_back` when it fails."""
@@ -160,6 +161,7 @@ class Quota:
             if model.rpm is not None:
                 taken += await self._charge_model_request(ctx, model)
             if model.tpm is not None:
+                cap_completion(kind, data, self._settings.default_max_tokens)
                 cost = estimate_tokens(kind, data, self._settings.default_max_tokens)
                 before = len(ctx.charges)
                 await self._reserve_tokens(ctx, model, cost)
@@ -290,6 +292,13 @@ def _headers(windows: Mapping[str, Window]) -> dict[str, str]:
         out[f"x-ratelimit-remaining-{what}"] = str(w.remaining)
         out[f"x-ratelimit-reset-{what}"] = reset_text(w.reset_s)
     return out
+
+
+def cap_completion(kind: str, data: MutableMapping[str, Any], default_max_tokens: int) -> None:
+    """Under a token limit, a request that names no most it may write is given the most it was
+    reserved for: otherwise the engine may write past the reservation, and past the limit."""
+    if kind != "embedding" and not data.get("max_completion_tokens") and not data.get("max_tokens"):
+        data["max_tokens"] = default_max_tokens
 
 
 def estimate_tokens(kind: str, data: Mapping[str, Any], default_max_tokens: int) -> int:

@@ -343,3 +343,22 @@ def test_the_prompt_is_reserved_with_an_upper_bound_of_its_tokens() -> None:
     assert chat([], tools=tools) > base
     assert estimate_tokens("completion", {"prompt": "abcd"}, 7) == 2 + 7  # no template
     assert estimate_tokens("embedding", {"input": ["abcd", "ef"]}, 7) == 3
+
+
+async def test_a_limited_request_without_max_tokens_is_capped_at_its_reservation(
+    tmp_path: Path,
+) -> None:
+    """Otherwise the engine may write past what was reserved, and past the limit."""
+    guard = await guard_with(tmp_path, "memory://", default_tpm=5000, default_max_tokens=300)
+    data: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    await guard.admit(ctx_for("cap:1"), "chat", data)
+    assert data["max_tokens"] == 300
+    asked: dict[str, Any] = {"model": "m", "messages": [], "max_tokens": 7}
+    await guard.admit(ctx_for("cap:2"), "chat", asked)
+    assert asked["max_tokens"] == 7
+    await guard.close()
+    unlimited = await guard_with(tmp_path, "memory://")
+    free: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    await unlimited.admit(ctx_for("cap:3"), "chat", free)
+    assert "max_tokens" not in free
+    await unlimited.close()
