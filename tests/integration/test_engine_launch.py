@@ -86,7 +86,12 @@ def placed_gateway(
     gw = gateway_factory(
         demo_model=False,
         engine=engine,
-        gpu={"monitor": "simulated", "reserve_bytes": RESERVE, "simulated_devices": devices},
+        gpu={
+            "monitor": "simulated",
+            "reserve_bytes": RESERVE,
+            "simulated_devices": devices,
+            "context_overhead_bytes": 0,  # the room above counts the model's buffers only
+        },
         models=[model(smollm_path)],
     )
     chat = gw.client.chat.completions.create(
