@@ -14,9 +14,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from ml_offload.services import Services
@@ -25,6 +26,37 @@ PATH = "/mcp"
 _INTERNAL = "http://127.0.0.1"  # the in-process calls' base URL (no socket is opened)
 
 log = logging.getLogger(__name__)
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json_errors(send: Send) -> Send:
+    """The SDK's own plain-text refusals (421 for a foreign Host, 406, 415...) in the gateway's
+    JSON error shape, with their status; everything else passes untouched."""
+    pending: dict[str, Any] = {}
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers", []))
+            if message["status"] >= 400 and b"json" not in headers.get(b"content-type", b""):
+                pending["status"] = message["status"]
+                pending["text"] = b""
+                return
+        elif message["type"] == "http.response.body" and "status" in pending:
+            pending["text"] += message.get("body", b"")
+            if not message.get("more_body", False):
+                text = pending["text"].decode(errors="replace").strip() or "refused"
+                await _send_error(send, pending["status"], text)
+            return
+        await send(message)
+
+    return wrapped
 
 
 class McpEndpoint:
@@ -53,10 +85,9 @@ class McpEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self._app or await self._start()
         if app is None:
-            await send({"type": "http.response.start", "status": 503, "headers": []})
-            await send({"type": "http.response.body", "body": b"MCP is starting"})
+            await _send_error(send, 503, "the MCP server is starting; try again")
             return
-        await app(scope, receive, send)
+        await app(scope, receive, _json_errors(send))
 
     async def _start(self) -> ASGIApp | None:
         async with self._lock:
