@@ -154,19 +154,6 @@ def read_fields(path: Path) -> dict[str, int | float | bool | str]:
     return {k: v for k, v in fields.items() if v is not None and not isinstance(v, tuple)}
 
 
-# chat templates shipped in the package (`models.chat_template_file` may name one)
-SHIPPED_TEMPLATES = ("chatml-tools",)
-# how a Hermes-style template (ours, Qwen's, Hermes') opens a tool call: llama.cpp parses it
-HERMES_CALL_OPEN = "<tool_call>\n"
-
-
-def chat_template_path(value: Path) -> Path:
-    """A configured chat template: the name of one shipped here, else a file path."""
-    if str(value) in SHIPPED_TEMPLATES:
-        return Path(__file__).parent / "templates" / f"{value}.jinja"
-    return value.expanduser()
-
-
 def chat_template(model: Path, template_file: Path | None = None) -> str | None:
     """The chat template llama.cpp runs for a model: `template_file` when set, else the
     GGUF's own `tokenizer.chat_template`; raise OSError or InvalidModelFile."""
@@ -181,13 +168,6 @@ def _chat_template(path: Path, is_file: bool, mtime_ns: int, size: int) -> str |
         return path.read_text(encoding="utf-8")
     template = _read_header(path).fields.get("tokenizer.chat_template")
     return template if isinstance(template, str) else None
-
-
-def forced_call_opening(template: str) -> str | None:
-    """What the answer to a forced tool call starts with under `template`, given to the engine
-    as the assistant's first words: llama.cpp's grammar for tool_choice "required" still lets
-    free text come before a call (chat-auto-parser-generator.cpp), which small models take."""
-    return HERMES_CALL_OPEN if HERMES_CALL_OPEN.strip() in template else None
 
 
 def split_shard(path: Path) -> tuple[int, int] | None:

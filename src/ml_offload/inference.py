@@ -19,6 +19,7 @@ import orjson
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.protocol import UpstreamProtocol, protocol_for
 from ml_offload.backends.tokenize import count_tokens, counts_tokens
+from ml_offload.chat_templates import forced_call_opening
 from ml_offload.domain import DeploymentKind, ModelSpec, ModelState, RequestContext
 from ml_offload.errors import (
     EngineError,
@@ -31,7 +32,6 @@ from ml_offload.errors import (
     Unavailable,
     UpstreamClientError,
 )
-from ml_offload.gguf import forced_call_opening
 from ml_offload.metrics import GenAiCall, Metrics
 from ml_offload.passthrough import NativeStream, PassthroughProtocol, record
 from ml_offload.registry import engine_template, unavailable_reason

@@ -20,12 +20,12 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from ml_offload.backends.protocol import DEFAULT_KEY_ENV, DEFAULT_URLS
+from ml_offload.chat_templates import chat_template_path
 from ml_offload.config import ModelConfig, Settings
 from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec, is_name_pattern, leaves_machine
 from ml_offload.errors import InvalidModelFile, InvalidRequest, ModelNotFound, Unavailable
 from ml_offload.gguf import (
     chat_template,
-    chat_template_path,
     demo_model_path,
     read_gguf_info,
     split_shard,

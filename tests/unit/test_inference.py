@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from ml_offload.backends.llamacpp import server_argv
+from ml_offload.chat_templates import chat_template_path, forced_call_opening
 from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import InvalidRequest
-from ml_offload.gguf import chat_template_path, forced_call_opening
 from ml_offload.inference import honour_tool_choice
 from ml_offload.registry import unavailable_reason
 
