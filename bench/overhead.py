@@ -8,6 +8,7 @@ first ``data:`` event (p50/p99), direct and through the gateway; plus the gatewa
     python bench/overhead.py [--duration 5] [--warmup 1] [--conns 1,16,64] [--json]
     python bench/overhead.py --direct-only      # only the upstream half (no gateway needed)
     python bench/overhead.py --secure           # with a key, rate limits and the audit log on
+    python bench/overhead.py --tracing          # exporting OTLP traces (all requests) too
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procs
 from fake_upstream import spawn
 from loadgen import Result, new_loop, run_py, run_wrk, wrk_available
+from tracing import otlp_receiver
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 BODY = orjson.dumps({"model": "fake", "messages": MESSAGES, "max_tokens": 16})
@@ -76,12 +78,23 @@ class Gateway:
     modes_ok: list[str] = field(default_factory=list)
 
 
+TRACING = """[tracing]
+otlp_endpoint = "{receiver}"
+"""
+
+
 def start_gateway(
-    upstream: str, workdir: Path, timeout_s: float = 90.0, secure: bool = False
+    upstream: str,
+    workdir: Path,
+    timeout_s: float = 90.0,
+    secure: bool = False,
+    traces_to: str | None = None,
 ) -> Gateway:
     cfg = workdir / "gateway.toml"
     cfg.write_text(
-        CONFIG.format(data_dir=workdir / "data", upstream=upstream) + (SECURE if secure else "")
+        CONFIG.format(data_dir=workdir / "data", upstream=upstream)
+        + (SECURE if secure else "")
+        + (TRACING.format(receiver=traces_to) if traces_to else "")
     )
     if secure:
         HEADERS["Authorization"] = "Bearer " + create_key(cfg)
@@ -234,6 +247,8 @@ def fmt(x: object, spec: str = ".3f") -> str:
 
 def print_report(report: dict[str, object]) -> None:
     print(f"machine: {report['machine']}\nnoise: {report['noise']}")
+    on = [name for name in ("secure", "tracing") if report.get(name)]
+    print("gateway: metrics" + "".join(f", {name}" for name in on))
     print(
         f"load generator: {report['generator_json']} (non-streaming), "
         f"{report['generator_stream']} (streaming TTFB); "
@@ -292,6 +307,9 @@ def main() -> None:
     ap.add_argument(
         "--secure", action="store_true", help="gateway with a key, rate limits and audit log on"
     )
+    ap.add_argument(
+        "--tracing", action="store_true", help="gateway exporting OTLP traces to a receiver"
+    )
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
     args.conns = [int(c) for c in args.conns.split(",")]
@@ -317,12 +335,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     machine = procs.machine_note()  # before we load the machine ourselves
     watch = procs.CpuWatch()
     upstream, up_proc = spawn()
+    receiver = otlp_receiver() if args.tracing else None
     gw: Gateway | None = None
     gw_results = None
     try:
         with tempfile.TemporaryDirectory(prefix="mlo-bench-") as tmp:
             if not args.direct_only:
-                gw = start_gateway(upstream, Path(tmp), secure=args.secure)
+                traces_to = receiver[0] if receiver else None
+                gw = start_gateway(upstream, Path(tmp), secure=args.secure, traces_to=traces_to)
             try:
                 if gw is not None:
                     settle_and_check(gw)
@@ -333,8 +353,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 if gw is not None:
                     procs.stop_group(gw.proc)
     finally:
-        up_proc.terminate()
-        up_proc.wait(5)
+        for proc in (up_proc, receiver[1] if receiver else None):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(5)
     table = rows(direct, gw_results)
     return {
         "machine": machine,
@@ -342,6 +364,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "generator_json": "wrk -t1" if args.generator == "wrk" else "python-raw",
         "generator_stream": "python-raw (uvloop)",
         "secure": args.secure,
+        "tracing": args.tracing,
         "duration_s": args.duration,
         "gap_ms": args.gap_ms,
         "warmup_s": args.warmup,

@@ -1,10 +1,10 @@
 """What OTLP tracing costs per request, in this process's CPU time: the span calls one request
 makes (the request span, auth, routing, load wait, upstream and streaming children, provider,
 deployment and usage attributes) with tracing off (the no-op spans) against no calls at all, and
-with tracing on (OpenTelemetry's SDK batching spans to an OTLP/HTTP receiver in another process,
-so encoding and sending count, decoding does not), all kept and one in ten kept (the SDK's
-standard OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1). The share
-of the request rate is the added time per request times that rate.
+with tracing on (spans batched by otlp.Exporter's thread to an OTLP/HTTP receiver in another
+process, so encoding and sending count, decoding does not), all kept and one in ten kept
+(`sample_ratio = 0.1`). The share of the request rate is the added time per request times that
+rate.
 
     python bench/tracing.py [--n 100000] [--rps 1500]
 """
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from ml_offload.config import TracingSettings
+from ml_offload.otlp import QUEUE_ENV
 from ml_offload.tracing import Tracer, open_tracer
 
 RECEIVER = """
@@ -33,6 +34,14 @@ s = HTTPServer(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 """
+
+
+def otlp_receiver() -> tuple[str, subprocess.Popen[str]]:
+    """An OTLP/HTTP receiver in another process (it reads and drops what it is sent): its
+    endpoint and its process."""
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return f"http://127.0.0.1:{proc.stdout.readline().strip()}", proc
 
 
 def per_call_us(n: int, once: Callable[[], None]) -> float:
@@ -75,15 +84,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000, help="requests traced per figure")
     ap.add_argument("--rps", type=float, default=1500.0, help="request rate for the share")
     args = ap.parse_args()
-    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+    # Room for every span: a tight loop outruns the export thread, and a dropped span would
+    # not be encoded, so its cost would not be counted.
+    os.environ[QUEUE_ENV] = str(args.n * 8)
+    endpoint, receiver = otlp_receiver()
     try:
-        assert receiver.stdout is not None
-        port = receiver.stdout.readline().strip()
-        settings = TracingSettings(otlp_endpoint=f"http://127.0.0.1:{port}")
+        settings = TracingSettings(otlp_endpoint=endpoint)
         on = open_tracer(settings, {})
-        os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"  # read by the SDK
-        os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0.1"
-        tenth = open_tracer(settings, {})
+        tenth = open_tracer(settings.model_copy(update={"sample_ratio": 0.1}), {})
         base = per_call_us(args.n, bare)
         print(f"{'':<18} {'us/request':>10} {'added us':>9} {'share':>8}")
         off = open_tracer(TracingSettings(), {})

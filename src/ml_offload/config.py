@@ -406,6 +406,9 @@ class TracingSettings(_Section):
         "OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off)",
     )
     service_name: str = Field("ml-offload", min_length=1, description="service.name of spans")
+    sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of requests traced (1: all, 0.1: one in ten)"
+    )
 
 
 class Settings(BaseSettings):

@@ -20,7 +20,6 @@ trace_pb2 = pytest.importorskip(
     "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
     reason="the otel extra is not installed (pip install 'ml-offload[otel]')",
 )
-pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
 
 STEPS = {"auth", "routing", "load wait", "upstream", "streaming"}
 
@@ -107,7 +106,7 @@ def requests_and_children(spans: list[dict[str, Any]], name: str) -> list[tuple[
 def test_request_spans_with_their_steps(
     gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")  # the SDK's batch delay, in ms
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")  # the batch delay, in ms
     with otlp_receiver() as (url, receiver):
         gw = gateway_factory(tracing={"otlp_endpoint": url, "service_name": "mlo-test"})
         client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
