@@ -206,7 +206,7 @@ class InferenceService:
                 return NativeStream(resp, stack, call, partial(record, call, ctx))
             code, raw = await self._post(spec, protocol, "chat", request, call)
             _raise_for_status(code, raw)
-            record(call, ctx, orjson.loads(raw).get("usage"))
+            record(call, ctx, _native_usage(raw, native["model"]))
         except MloError as exc:
             await stack.aclose()
             self._metrics.errors.labels(spec.name, exc.error_type).inc()
@@ -289,7 +289,7 @@ class InferenceService:
             request = protocol.body(spec, kind, outbound)
             code, body = await self._post(spec, protocol, kind, request, call, span)
             _raise_for_status(code, body)
-            out = NORMALIZERS[kind](protocol.answer(kind, body), model)
+            out = _read_answer(protocol, kind, body, model)
             _record_usage(call, ctx, span, out.get("usage"))
             status = "200"
             return out
@@ -514,6 +514,42 @@ class EngineStream:
         self._call.finish(self._error)
         self._streaming.end()
         self._owned.end()
+
+
+_ITEMS = {"chat": "choices", "completion": "choices", "embedding": "data"}
+_NOT_THE_PROTOCOL = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+def _read_answer(protocol: UpstreamProtocol, kind: Kind, body: bytes, model: str) -> dict[str, Any]:
+    """A 2xx body as an OpenAI response; a body that is not one (not JSON, no `choices`) is
+    the deployment's fault (EngineError, 502), never the gateway's (500)."""
+    try:
+        answer = protocol.answer(kind, body)
+        items = answer.get(_ITEMS[kind]) if isinstance(answer, dict) else None
+        if not (isinstance(items, list) and items and all(isinstance(i, dict) for i in items)):
+            raise ValueError(f"no {_ITEMS[kind]!r} list of objects")
+        return NORMALIZERS[kind](answer, model)
+    except _NOT_THE_PROTOCOL as exc:
+        raise EngineError(
+            f"the deployment of {model!r} answered with a body that is not an answer of its "
+            f"protocol ({type(exc).__name__}: {str(exc)[:120]})",
+            upstream=True,
+        ) from exc
+
+
+def _native_usage(raw: bytes, model: str) -> Any:
+    """The `usage` of a passed-through Messages answer, which goes to the caller as it is."""
+    try:
+        answer = orjson.loads(raw)
+        if not isinstance(answer, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise EngineError(
+            f"the deployment of {model!r} answered with a body that is not a Messages answer "
+            f"({str(exc)[:120]})",
+            upstream=True,
+        ) from exc
+    return answer.get("usage")
 
 
 def _raise_for_status(code: int, body: bytes) -> None:

@@ -18,12 +18,14 @@ from typing import Any
 
 @dataclass
 class Reply:
-    """One scripted answer: a JSON body, or SSE chunks (`drop` ends the stream without [DONE])."""
+    """One scripted answer: a JSON body, `raw` bytes sent as they are (a broken upstream), or
+    SSE chunks (`drop` ends the stream without [DONE]; a `bytes` chunk is sent as its data)."""
 
     status: int = 200
-    body: dict[str, Any] | None = None
-    chunks: list[dict[str, Any]] = field(default_factory=list)
+    body: Any = None
+    chunks: list[dict[str, Any] | bytes] = field(default_factory=list)
     drop: bool = False
+    raw: bytes | None = None
 
 
 Script = Callable[[dict[str, Any]], Reply]
@@ -50,8 +52,9 @@ class FakeOpenAI:
                 request = json.loads(self.rfile.read(length) or b"{}")
                 fake.requests.append(request)
                 reply = fake.script(request)
-                if reply.body is not None or reply.status != 200:
-                    data = json.dumps(reply.body or {}).encode()
+                if reply.raw is not None or reply.body is not None or reply.status != 200:
+                    body = {} if reply.body is None else reply.body
+                    data = reply.raw if reply.raw is not None else json.dumps(body).encode()
                     self.send_response(reply.status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(data)))
@@ -62,7 +65,8 @@ class FakeOpenAI:
                 self.send_header("content-type", "text/event-stream")
                 self.end_headers()
                 for chunk in reply.chunks:
-                    self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                    data = chunk if isinstance(chunk, bytes) else json.dumps(chunk).encode()
+                    self.wfile.write(b"data: " + data + b"\n\n")
                     self.wfile.flush()
                 if not reply.drop:
                     self.wfile.write(b"data: [DONE]\n\n")

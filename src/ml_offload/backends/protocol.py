@@ -62,6 +62,17 @@ class UpstreamProtocol(Protocol):
         ...
 
 
+def _event(payload: bytes, model: str) -> Any:
+    """A stream event's JSON; one that is not JSON is the engine's fault (EngineError)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise EngineError(
+            f"the engine for {model!r} sent a stream event that is not JSON: {payload[:80]!r}",
+            upstream=True,
+        ) from exc
+
+
 def _ended_early(model: str) -> EngineError:
     return EngineError(f"the engine for {model!r} ended the stream early")
 
@@ -97,7 +108,7 @@ class OpenAIProtocol:
             if payload == b"[DONE]":
                 resp.release()  # back to the pool for the next request
                 return
-            obj = orjson.loads(payload)
+            obj = _event(payload, model)
             if "error" in obj:
                 raise EngineError(engine_error_message(payload), upstream=True)
             yield obj
@@ -153,7 +164,7 @@ class TgiProtocol:
             return
         translator = tgi.StreamTranslator()
         async for payload in sse_data(resp, url):
-            event = orjson.loads(payload)
+            event = _event(payload, model)
             if "error" in event:
                 raise EngineError(engine_error_message(payload), upstream=True)
             for chunk in translator.feed(event):
@@ -195,7 +206,7 @@ class AnthropicProtocol:
     ) -> AsyncIterator[dict[str, Any]]:
         translator = anthropic_provider.StreamTranslator()
         async for payload in sse_data(resp, url):
-            for chunk in translator.feed(orjson.loads(payload)):
+            for chunk in translator.feed(_event(payload, model)):
                 yield chunk
             if translator.done:
                 resp.release()
