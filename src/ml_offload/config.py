@@ -69,6 +69,12 @@ class StorageSettings(_Section):
     low_disk_bytes: int = Field(
         5 * 1024**3, ge=0, description="warn in /health and the log below this free space (0: off)"
     )
+    responses_ttl_s: float = Field(
+        30 * 86400,
+        gt=0,
+        description="how long answers of POST /v1/responses (store: true) are kept for "
+        "previous_response_id and GET /v1/responses/{id}",
+    )
     node_name: str | None = Field(
         None,
         min_length=1,

@@ -52,6 +52,7 @@ from ml_offload.storage.db import Database
 from ml_offload.storage.keys_repo import KeyRepository
 from ml_offload.storage.models_repo import ModelRepository
 from ml_offload.storage.nodes_repo import NodeRepository
+from ml_offload.storage.responses_repo import ResponseRepository
 from ml_offload.tracing import open_tracer
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class Services:
     status: StatusService  # the views of /health, /models, /backends, /vram/status; gauges
     control: ModelControl  # load, unload, pin, pull: for every entry point
     fleet: Membership  # heartbeats of a node; the fleet's nodes for /nodes
+    responses: ResponseRepository  # stored answers of /v1/responses
     stack: AsyncExitStack = field(repr=False)  # closes every part, last opened first
 
     @property
@@ -326,6 +328,7 @@ class Services:
             status,
             control,
             fleet,
+            ResponseRepository(db, settings.storage.responses_ttl_s),
             stack,
         )
 

@@ -162,6 +162,13 @@ SHAPES: dict[str, dict[str, Any]] = {  # a valid request per path, to be broken 
     "/v1/completions": {"model": MODEL, "prompt": "hi", "max_tokens": 4},
     "/v1/embeddings": {"model": MODEL, "input": ["a", "b"]},
     "/v1/messages": {**_CHAT, "system": "be brief", "stop_sequences": ["x"]},
+    "/v1/responses": {
+        "model": MODEL,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+        "instructions": "be brief",
+        "max_output_tokens": 4,
+        "stream": False,
+    },
     "/api/chat": {**_CHAT, "options": {"num_predict": 4}, "keep_alive": "5m"},
     "/api/generate": {"model": MODEL, "prompt": "hi", "stream": False, "options": {}},
     "/api/embed": {"model": MODEL, "input": ["a"]},

@@ -22,6 +22,7 @@ from ml_offload.api import (
     native,
     ollama_routes,
     openai_routes,
+    responses_routes,
     ui,
     ws,
 )
@@ -77,6 +78,7 @@ def build_app(
     app.include_router(native.router)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)  # issue 15: OpenAI's Responses API
     app.include_router(ollama_routes.router)
     app.include_router(ws.router)
     app.include_router(admin.router)

@@ -127,3 +127,18 @@ nodes = sa.Table(
     sa.Column("beat_at", sa.Float, nullable=False),
     sa.Column("lease_s", sa.Float, nullable=False),
 )
+
+# Stored answers of `POST /v1/responses` (store=true), for `previous_response_id`, GET and
+# DELETE: only the key that made one (`owner`, its id; "" with auth off) finds it, until
+# `expires_at` (unix time; `storage.responses_ttl_s` after it was made).
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),  # the response object, as answered
+    sa.Column("items", sa.JSON, nullable=False),  # the conversation before its output
+    sa.Index("ix_responses_expires_at", "expires_at"),
+)
