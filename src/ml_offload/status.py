@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 
 from ml_offload import __version__
@@ -81,8 +82,9 @@ class StatusService:
             disk=self._disk(reveal),
         )
 
-    def models(self, *, reveal: bool) -> ModelList:
-        specs = self._registry.all()
+    def models(self, *, reveal: bool, specs: Sequence[ModelSpec] | None = None) -> ModelList:
+        """`specs` (default: every deployment) as the model list."""
+        specs = self._registry.all() if specs is None else list(specs)
         statuses = self._scheduler.status(specs)
         return ModelList(
             data=[self._model(sp, st, reveal) for sp, st in zip(specs, statuses, strict=True)]
@@ -90,11 +92,13 @@ class StatusService:
 
     def model(self, name: str, *, reveal: bool) -> ModelView:
         """One model by name or alias (NotFound naming what exists)."""
-        spec = self._registry.resolve(name)
+        return self.view_of(self._registry.resolve(name), reveal=reveal)
+
+    def view_of(self, spec: ModelSpec, *, reveal: bool) -> ModelView:
         return self._model(spec, self._scheduler.status([spec])[0], reveal)
 
-    def backends(self, *, reveal: bool) -> BackendList:
-        specs = self._registry.all()
+    def backends(self, *, reveal: bool, specs: Sequence[ModelSpec] | None = None) -> BackendList:
+        specs = self._registry.all() if specs is None else list(specs)
         statuses = self._scheduler.status(specs)
         return BackendList(
             data=[self._backend(sp, st, reveal) for sp, st in zip(specs, statuses, strict=True)]

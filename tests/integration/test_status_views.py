@@ -77,3 +77,28 @@ def test_a_non_admin_key_reads_names_and_state_only(
     assert seen[MODEL]["path"] == str(smollm_path) and seen["far"]["url"] == f"{upstream.url}/v1"
     targets = {b["model"]: b["target"] for b in gw.http.get("/backends").json()["data"]}
     assert targets == {MODEL: str(smollm_path), "far": f"{upstream.url}/v1"}
+
+
+def test_a_scoped_key_sees_only_the_models_it_may_use(gw: Gateway) -> None:
+    """Lists show a key scoped to `far` only `far` (as OpenAI lists the models a key can call);
+    asking for another by name is a 404, as for a model that does not exist."""
+    made = gw.http.post("/admin/keys", json={"name": "far-only", "models": ["far"]})
+    assert made.status_code == 201, made.text
+    as_far = {"authorization": f"Bearer {made.json()['key']}"}
+    listed = {
+        "/models": [m["id"] for m in gw.http.get("/models", headers=as_far).json()["data"]],
+        "/backends": [b["model"] for b in gw.http.get("/backends", headers=as_far).json()["data"]],
+        "/v1/models": [m["id"] for m in gw.http.get("/v1/models", headers=as_far).json()["data"]],
+        "/api/tags": [m["name"] for m in gw.http.get("/api/tags", headers=as_far).json()["models"]],
+    }
+    assert all(set(names) == {"far"} or names == ["far:latest"] for names in listed.values()), (
+        listed
+    )
+    assert gw.http.get("/api/ps", headers=as_far).json()["models"] == []  # MODEL is loaded
+    for path in (f"/models/{MODEL}", f"/v1/models/{MODEL}"):
+        hidden = gw.http.get(path, headers=as_far)
+        assert hidden.status_code == 404, hidden.text
+        assert MODEL in hidden.json()["error"]["message"]
+    assert gw.http.get("/models/far", headers=as_far).status_code == 200
+    # the admin key still sees both
+    assert {m["id"] for m in gw.http.get("/models").json()["data"]} == {MODEL, "far"}

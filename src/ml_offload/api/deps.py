@@ -9,7 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ml_offload.api.security import context_of
-from ml_offload.domain import RequestContext
+from ml_offload.domain import ModelSpec, RequestContext
+from ml_offload.errors import NotFound
+from ml_offload.security.keys import in_scope
 from ml_offload.services import Services
 from ml_offload.wire.body import JSON_MEDIA_TYPE
 
@@ -29,6 +31,26 @@ def reveals_internals(request: Request) -> bool:
     views: an admin key, or anyone when auth is off (every caller is then an admin)."""
     ctx = request_context(request)
     return ctx is None or ctx.admin or not services(request).guard.auth_on
+
+
+def visible_models(request: Request) -> list[ModelSpec]:
+    """The deployments the caller may see in lists: all of them, except for a key scoped to
+    some models, which sees those it may use (as OpenAI lists the models a key can call)."""
+    specs = services(request).registry.all()
+    ctx = request_context(request)
+    key = ctx.key if ctx is not None else None
+    if key is None or not key.models or ctx is None or ctx.admin:
+        return specs
+    return [spec for spec in specs if in_scope(key.models, spec.name, spec)]
+
+
+def visible_model(request: Request, name: str) -> ModelSpec:
+    """`name` resolved, or NotFound when the caller's key may not use it (the same answer as
+    for a model that does not exist: a scoped key learns nothing of the others)."""
+    spec = services(request).registry.resolve(name)
+    if spec not in visible_models(request):
+        raise NotFound(f"model {name!r} not found")
+    return spec
 
 
 async def read_body(request: Request) -> bytes:

@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from ml_offload.api.deps import json_response as _json
-from ml_offload.api.deps import read_body, request_context, reveals_internals, services
+from ml_offload.api.deps import (
+    read_body,
+    request_context,
+    reveals_internals,
+    services,
+    visible_model,
+    visible_models,
+)
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.errors import InvalidRequest, MloError
 from ml_offload.inference import EngineStream
@@ -38,7 +45,8 @@ async def health(request: Request) -> HealthView:
 
 @router.get("/models", response_model=ModelList)
 async def models(request: Request) -> ModelList:
-    return services(request).status.models(reveal=reveals_internals(request))
+    reveal = reveals_internals(request)
+    return services(request).status.models(reveal=reveal, specs=visible_models(request))
 
 
 @router.post("/models/unload_all", response_model=Unloaded)
@@ -70,7 +78,8 @@ class PinBody(BaseModel):
 
 @router.get("/models/{name:path}", response_model=ModelView)
 async def model(request: Request, name: str) -> ModelView:
-    return services(request).status.model(name, reveal=reveals_internals(request))
+    spec = visible_model(request, name)
+    return services(request).status.view_of(spec, reveal=reveals_internals(request))
 
 
 @router.post("/models/{name:path}/load", response_model=ModelView)
@@ -100,7 +109,8 @@ async def pin(request: Request, name: str, body: PinBody) -> ModelView:
 @router.get("/backends", response_model=BackendList)
 async def backends(request: Request) -> BackendList:
     """Every deployment: what serves it, its state and health, and the work on it."""
-    return services(request).status.backends(reveal=reveals_internals(request))
+    reveal = reveals_internals(request)
+    return services(request).status.backends(reveal=reveal, specs=visible_models(request))
 
 
 @router.get("/nodes", response_model=FleetView)

@@ -13,7 +13,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ml_offload.api.deps import json_response, read_body, request_context, services
+from ml_offload.api.deps import (
+    json_response,
+    read_body,
+    request_context,
+    services,
+    visible_models,
+)
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import InvalidRequest, MloError, ModelNotFound
@@ -176,13 +182,13 @@ def _pull_body(raw: bytes) -> dict[str, Any]:
 @router.get("/tags")
 async def tags(request: Request) -> Response:
     svc = services(request)
-    return json_response(wire.tags(svc.registry.all(), svc.started_at))
+    return json_response(wire.tags(visible_models(request), svc.started_at))
 
 
 @router.get("/ps")
 async def ps(request: Request) -> Response:
     svc = services(request)
-    specs = {spec.name: spec for spec in svc.registry.all()}
+    specs = {spec.name: spec for spec in visible_models(request)}
     loaded = [
         (specs[s.name], s)
         for s in svc.scheduler.loaded()

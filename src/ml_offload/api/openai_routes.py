@@ -9,7 +9,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ml_offload.api.deps import json_response as _json
-from ml_offload.api.deps import read_body, request_context, services
+from ml_offload.api.deps import (
+    read_body,
+    request_context,
+    services,
+    visible_model,
+    visible_models,
+)
 from ml_offload.api.streaming import EventStreamResponse, until_disconnect
 from ml_offload.domain import is_name_pattern
 from ml_offload.errors import MloError
@@ -26,7 +32,7 @@ ANTHROPIC_VERSION = "anthropic-version"  # the header Anthropic's clients always
 async def list_models(request: Request) -> Response:
     """OpenAI's list, or Anthropic's when the client sends `anthropic-version` (Claude Code)."""
     svc = services(request)
-    names = [n for spec in svc.registry.all() for n in spec.names if not is_name_pattern(n)]
+    names = [n for spec in visible_models(request) for n in spec.names if not is_name_pattern(n)]
     if ANTHROPIC_VERSION in request.headers:
         return _json(anthropic.model_list(names, _rfc3339(svc.started_at)))
     created = int(svc.started_at)
@@ -41,7 +47,7 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request, model_id: str) -> Response:
     """One model by name or alias (404 in OpenAI's error shape when unknown)."""
     svc = services(request)
-    svc.registry.resolve(model_id)
+    visible_model(request, model_id)
     if ANTHROPIC_VERSION in request.headers:
         return _json(anthropic.model_object(model_id, _rfc3339(svc.started_at)))
     created = int(svc.started_at)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -18,8 +18,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ml_offload.api.deps import request_context, reveals_internals, services
+from ml_offload.api.deps import request_context, reveals_internals, services, visible_models
 from ml_offload.api.streaming import EventStreamResponse
+from ml_offload.domain import ModelSpec
 from ml_offload.security.audit import audit_path
 from ml_offload.security.audit_read import tail
 from ml_offload.services import Services
@@ -83,7 +84,7 @@ async def events(request: Request) -> Response:
 
     async def feed() -> AsyncIterator[bytes]:
         while True:
-            view = await snapshot(svc, reveal=reveal, admin=admin)
+            view = await snapshot(svc, reveal=reveal, admin=admin, specs=visible_models(request))
             yield sse.event(view.model_dump(mode="json"))
             await asyncio.sleep(FEED_INTERVAL_S)
 
@@ -94,12 +95,15 @@ async def _nothing() -> None:
     return None
 
 
-async def snapshot(svc: Services, *, reveal: bool, admin: bool) -> DashboardView:
+async def snapshot(
+    svc: Services, *, reveal: bool, admin: bool, specs: Sequence[ModelSpec] | None = None
+) -> DashboardView:
+    """The dashboard's view; `specs`: the models the caller may see (default: all)."""
     audit = await asyncio.to_thread(_recent_audit, svc) if admin else []
     return DashboardView(
         time=time.time(),
         admin=admin,
-        models=svc.status.models(reveal=reveal).data,
+        models=svc.status.models(reveal=reveal, specs=specs).data,
         memory=svc.status.memory(reveal=reveal),
         totals=GenAiTotals.model_validate(svc.metrics.genai.totals()),
         audit=audit,
