@@ -258,13 +258,4 @@ def _on_device(index: int, placed: list[ModelStatus]) -> dict[str, int]:
 
 
 def _placed(st: ModelStatus) -> PlacedModelView:
-    return PlacedModelView(
-        name=st.name,
-        state=st.state,
-        estimate_bytes=st.estimate_bytes,
-        measured_bytes=st.measured_bytes,
-        gpu_layers=st.gpu_layers,
-        layers=st.layers,
-        device_bytes=st.device_bytes,
-        host_bytes=st.host_bytes,
-    )
+    return PlacedModelView.model_validate(st, from_attributes=True)  # its fields, by name
