@@ -96,6 +96,11 @@ class StorageSettings(_Section):
         return self.data_dir / "logs"
 
     @property
+    def slots_path(self) -> Path:
+        """Where llama.cpp engines save conversations' slots (a folder per model)."""
+        return self.data_dir / "slots"
+
+    @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'registry.db'}"
 
@@ -139,6 +144,17 @@ class EngineSettings(_Section):
     default_parallel: int = Field(8, ge=1)
     flash_attn: Literal["auto", "on", "off"] = "auto"
     extra_args: list[str] = Field(default_factory=list)
+    slot_save: bool = Field(
+        True,
+        description="keep conversations' KV cache across a model swap: llama.cpp's slot save "
+        "before an unload, restored when the conversation returns (<data_dir>/slots)",
+    )
+    slot_save_max_bytes: int = Field(
+        4 * 1024**3, ge=0, description="saved slots kept on disk, in all; oldest removed first"
+    )
+    slot_save_max_age_s: float = Field(
+        86400.0, gt=0, description="a saved slot older than this is removed, never restored"
+    )
 
 
 class SimulatedDevice(_Section):

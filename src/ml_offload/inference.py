@@ -18,6 +18,7 @@ import orjson
 
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.protocol import UpstreamProtocol, protocol_for
+from ml_offload.backends.slot_keeper import ConversationSlots
 from ml_offload.backends.tokenize import count_tokens, counts_tokens
 from ml_offload.chat_templates import forced_call_opening
 from ml_offload.domain import DeploymentKind, ModelSpec, ModelState, RequestContext
@@ -98,8 +99,10 @@ class InferenceService:
         metrics: Metrics,
         guard: Guard,
         tracer: Tracer | None = None,
+        slots: ConversationSlots | None = None,
     ) -> None:
         self._tracer = tracer or NOOP_TRACER
+        self._slots = slots  # conversations kept in llama.cpp slots across swaps
         self._router = router
         self._scheduler = scheduler
         self._upstream = upstream
@@ -287,7 +290,8 @@ class InferenceService:
         protocol = protocol_for(spec)
         try:
             request = protocol.body(spec, kind, outbound)
-            code, body = await self._post(spec, protocol, kind, request, call, span)
+            conversation = self._conversation(spec, kind, data)
+            code, body = await self._post(spec, protocol, kind, request, call, span, conversation)
             _raise_for_status(code, body)
             out = _read_answer(protocol, kind, body, model)
             _record_usage(call, ctx, span, out.get("usage"))
@@ -343,7 +347,10 @@ class InferenceService:
         stack = contextlib.AsyncExitStack()
         try:
             request = protocol.body(spec, kind, data)
-            url, resp = await self._open(stack, spec, protocol, kind, request, call, span)
+            conversation = self._conversation(spec, kind, data)
+            url, resp = await self._open(
+                stack, spec, protocol, kind, request, call, span, conversation
+            )
             stack.callback(resp.close)
             if resp.status != 200:
                 _raise_for_status(resp.status, await resp.read())
@@ -381,18 +388,23 @@ class InferenceService:
         request: bytes,
         call: GenAiCall,
         span: Span = NOOP,
+        conversation: str | None = None,
     ) -> tuple[int, bytes]:
-        """Send under a slot; an engine of ours found dead (connection refused, or dropped by a
-        process that exited) is restarted and the request sent again, once."""
+        """Send under a slot (and the engine slot holding `conversation`, when it has one); an
+        engine of ours found dead (connection refused, or dropped by a process that exited) is
+        restarted and the request sent again, once."""
         for retry in (True, False):
             async with contextlib.AsyncExitStack() as held:
                 with span.child("load wait"):
                     base_url = await held.enter_async_context(self._scheduler.lease(spec))
+                    body = await held.enter_async_context(
+                        self._pinned(spec, base_url, conversation, request)
+                    )
                 call.sent()
                 try:
                     with span.child("upstream"):
                         return await self._upstream.post(
-                            protocol.url(base_url, kind, False), request, protocol.headers(spec)
+                            protocol.url(base_url, kind, False), body, protocol.headers(spec)
                         )
                 except EngineError as exc:
                     if not (retry and await self._engine_died(spec, base_url, exc)):
@@ -408,17 +420,25 @@ class InferenceService:
         request: bytes,
         call: GenAiCall,
         span: Span = NOOP,
+        conversation: str | None = None,
     ) -> tuple[str, aiohttp.ClientResponse]:
         """`_post` for a stream: the slot stays held on `stack` while the response is open."""
         for retry in (True, False):
             lease = contextlib.AsyncExitStack()
             with span.child("load wait"):
                 base_url = await lease.enter_async_context(self._scheduler.lease(spec))
+                try:
+                    body = await lease.enter_async_context(
+                        self._pinned(spec, base_url, conversation, request)
+                    )
+                except BaseException:  # cancelled while restoring: the model's slot back
+                    await lease.aclose()
+                    raise
             call.sent()
             url = protocol.url(base_url, kind, True)
             try:
                 with span.child("upstream"):
-                    resp = await self._upstream.open(url, request, protocol.headers(spec))
+                    resp = await self._upstream.open(url, body, protocol.headers(spec))
             except EngineError as exc:
                 await lease.aclose()
                 if retry and await self._engine_died(spec, base_url, exc):
@@ -430,6 +450,19 @@ class InferenceService:
             stack.push_async_callback(lease.aclose)
             return url, resp
         raise AssertionError("unreachable")
+
+    def _conversation(self, spec: ModelSpec, kind: Kind, data: dict[str, Any]) -> str | None:
+        """The conversation a chat request continues, when its engine keeps conversations."""
+        if self._slots is None or kind != "chat":
+            return None
+        return self._slots.key(spec, data)
+
+    def _pinned(
+        self, spec: ModelSpec, base_url: str, conversation: str | None, request: bytes
+    ) -> contextlib.AbstractAsyncContextManager[bytes]:
+        if self._slots is None or conversation is None:
+            return contextlib.nullcontext(request)
+        return self._slots.pinned(spec, base_url, conversation, request)
 
     async def _engine_died(self, spec: ModelSpec, base_url: str, exc: EngineError) -> bool:
         """Whether the request met a dead engine of ours, now being replaced: send it again."""

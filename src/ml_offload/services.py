@@ -26,6 +26,8 @@ from ml_offload.backends.llamacpp import Launcher, LlamaCppProcess, resolve_engi
 from ml_offload.backends.ollama import OllamaHeldModel
 from ml_offload.backends.probe import PROBED, BackendMonitor
 from ml_offload.backends.remote import RemoteServer
+from ml_offload.backends.slot_files import SlotBounds
+from ml_offload.backends.slot_keeper import ConversationSlots
 from ml_offload.config import SecuritySettings, Settings
 from ml_offload.control import FolderWatch, ModelControl
 from ml_offload.domain import ApiKey, DeploymentKind, ModelSpec
@@ -75,6 +77,7 @@ class _Engines:
     settings: Settings
     launcher: Launcher
     upstream: Upstream  # the pooled client: readiness probes, Ollama's load and unload
+    slots: ConversationSlots  # llama.cpp engines' saved conversations
 
 
 def _llamacpp(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
@@ -86,6 +89,7 @@ def _llamacpp(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> Engi
         launcher=engines.launcher,
         log_dir=s.storage.logs_path,
         upstream=engines.upstream,
+        slots=engines.slots.keeper(spec),
     )
 
 
@@ -114,8 +118,17 @@ PROCESS_FACTORIES: dict[
 }
 
 
-def process_factory(settings: Settings, upstream: Upstream) -> ProcessFactory:
-    engines = _Engines(settings, resolve_engine_kind(settings.engine), upstream)
+def conversation_slots(settings: Settings, upstream: Upstream) -> ConversationSlots:
+    e = settings.engine
+    bounds = SlotBounds(e.slot_save_max_bytes, e.slot_save_max_age_s)
+    return ConversationSlots(settings.storage.slots_path, bounds, upstream, e.slot_save)
+
+
+def process_factory(
+    settings: Settings, upstream: Upstream, slots: ConversationSlots | None = None
+) -> ProcessFactory:
+    slots = slots or conversation_slots(settings, upstream)
+    engines = _Engines(settings, resolve_engine_kind(settings.engine), upstream, slots)
 
     def make(spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
         return PROCESS_FACTORIES[spec.kind](engines, spec, on_exit)
@@ -257,9 +270,10 @@ class Services:
         upstream = Upstream(timeout_s=settings.server.upstream_timeout_s)
         stack.push_async_callback(upstream.close)  # closed after the scheduler stops engines
         await upstream.start()
+        slots = conversation_slots(settings, upstream)
         scheduler = Scheduler(
             settings.scheduler,
-            factory or process_factory(settings, upstream),
+            factory or process_factory(settings, upstream, slots),
             metrics,
             budget_bytes=memory_budget(settings),
             estimate=functools.partial(
@@ -294,7 +308,7 @@ class Services:
         await guard.start()
         tracer = open_tracer(settings.tracing)
         stack.push_async_callback(asyncio.to_thread, tracer.close)  # exports what is batched
-        inference = InferenceService(router, scheduler, upstream, metrics, guard, tracer)
+        inference = InferenceService(router, scheduler, upstream, metrics, guard, tracer, slots)
         started_at = time.time()
         status = StatusService(settings, registry, scheduler, router, probes, started_at=started_at)
         metrics.watch(status.gauges)

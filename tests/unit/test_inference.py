@@ -90,6 +90,7 @@ def test_llama_server_gets_the_template_file_with_jinja() -> None:
         "embeddings": False,
         "flash_attn": "auto",
         "chat_template_file": str(SHIPPED),
+        "slot_save_path": None,
     }
     argv = server_argv("llama-server", cfg, 1234)
     assert argv[argv.index("--chat-template-file") + 1] == str(SHIPPED) and "--jinja" in argv

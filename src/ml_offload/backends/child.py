@@ -230,8 +230,9 @@ def free_port() -> int:
 
 def engine_log(log_dir: Path, name: str) -> Path:
     """Where model `name`'s engine writes its log (`mlo logs --model`)."""
-    return log_dir / f"{_safe(name)}.log"
+    return log_dir / f"{safe_name(name)}.log"
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """`name` as one file name (letters, digits, `._-`; anything else `_`)."""
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)

@@ -51,6 +51,8 @@ def build_params(cfg: dict[str, Any]) -> Any:
         with open(cfg["chat_template_file"], encoding="utf-8") as template:
             p.chat_template = template.read()
         p.use_jinja = True
+    if cfg.get("slot_save_path"):  # llama-server's --slot-save-path, which adds the "/"
+        p.slot_save_path = os.path.join(cfg["slot_save_path"], "")  # the server appends names
     for key, value in cfg.get("engine_params", {}).items():
         setattr(p, key, value)
     return p

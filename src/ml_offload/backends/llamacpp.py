@@ -20,6 +20,7 @@ from ml_offload.backends.base import ExitCallback, Launch
 from ml_offload.backends.child import ChildProcess, free_port
 from ml_offload.backends.engine_child import API_KEY_ENV
 from ml_offload.backends.http import Upstream
+from ml_offload.backends.slot_keeper import SlotKeeper
 from ml_offload.config import EngineSettings
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import ConfigError, EngineError
@@ -42,9 +43,11 @@ def resolve_engine_kind(engine: EngineSettings) -> Launcher:
     )
 
 
-def engine_config(spec: ModelSpec, launch: Launch, engine: EngineSettings) -> dict[str, Any]:
+def engine_config(
+    spec: ModelSpec, launch: Launch, engine: EngineSettings, slot_save_path: Path | None = None
+) -> dict[str, Any]:
     """What the engine is started with, whichever launcher runs it (placed values from
-    `launch`)."""
+    `launch`; `slot_save_path`: where it saves and restores slots, None: it does not)."""
     return {
         "name": spec.name,
         "path": str(spec.path),
@@ -57,6 +60,7 @@ def engine_config(spec: ModelSpec, launch: Launch, engine: EngineSettings) -> di
         "ubatch": engine_ubatch(spec.parallel, spec.embeddings),
         "flash_attn": engine.flash_attn,
         "chat_template_file": str(spec.chat_template_file) if spec.chat_template_file else None,
+        "slot_save_path": None if slot_save_path is None else str(slot_save_path),
     }
 
 
@@ -76,6 +80,8 @@ def server_argv(binary: str, cfg: dict[str, Any], port: int) -> list[str]:
         argv += ["--flash-attn", cfg["flash_attn"]]
     if cfg["chat_template_file"]:
         argv += ["--jinja", "--chat-template-file", cfg["chat_template_file"]]
+    if cfg["slot_save_path"]:
+        argv += ["--slot-save-path", cfg["slot_save_path"]]
     return argv
 
 
@@ -91,14 +97,23 @@ class LlamaCppProcess(ChildProcess):
         launcher: Launcher,
         log_dir: Path,
         upstream: Upstream,
+        slots: SlotKeeper | None = None,
     ) -> None:
         assert spec.path is not None
         super().__init__(spec, on_exit, log_dir=log_dir, upstream=upstream)
         self._engine = engine
         self._launcher = launcher
+        self._slots = slots  # conversations' slots, saved before the engine stops
 
     def _config(self) -> dict[str, Any]:
-        return engine_config(self.spec, self._launch_plan, self._engine)
+        folder = None if self._slots is None else self._slots.files.folder
+        return engine_config(self.spec, self._launch_plan, self._engine, folder)
+
+    async def stop(self) -> None:
+        url = self.base_url
+        if self._slots is not None and url is not None:
+            await self._slots.save(url)
+        await super().stop()
 
     async def _launch(self) -> str:
         if self._launcher == "xllamacpp":

@@ -97,7 +97,17 @@ def to_openai(req: MessagesRequest) -> dict[str, Any]:
         out["tools"] = tools
     if req.tool_choice:
         out.update(_tool_choice(req.tool_choice))
+    user = _metadata_user(req)
+    if user is not None:
+        out["user"] = user  # (anthropic_provider.py maps it back)
     return out
+
+
+def _metadata_user(req: MessagesRequest) -> str | None:
+    """`metadata.user_id`: who (and, for agents such as Claude Code, which session) asks."""
+    metadata = (req.model_extra or {}).get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return user if isinstance(user, str) and user else None
 
 
 def limits_view(req: MessagesRequest) -> dict[str, Any]:

@@ -85,6 +85,12 @@ def test_parameters_and_no_stop_forwarded() -> None:
     }
 
 
+def test_metadata_user_id_is_the_user() -> None:
+    assert wire.to_openai(req(metadata={"user_id": "session-7"}))["user"] == "session-7"
+    assert "user" not in wire.to_openai(req(metadata={"user_id": ""}))
+    assert "user" not in wire.to_openai(req(metadata="x"))
+
+
 def test_content_blocks_and_images() -> None:
     content = [
         {"type": "text", "text": "What is"},
