@@ -235,6 +235,13 @@ def test_another_key_gets_404(gateway_factory: GatewayFactory, fake: FakeOpenAI)
     with pytest.raises(openai.NotFoundError):
         theirs.responses.delete(made.id)
     assert mine.responses.retrieve(made.id).output_text == "seen 1"  # still there
+    scoped = gw.http.post(
+        "/admin/keys", json={"name": "scoped", "models": ["elsewhere"]}, headers=admin
+    ).json()["key"]
+    with pytest.raises(openai.PermissionDeniedError, match="may not use model"):
+        openai.OpenAI(base_url=f"{gw.url}/v1", api_key=scoped, max_retries=0).responses.create(
+            model=FAKE, input="x"
+        )
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{gw.url}/v1", api_key="wrong", max_retries=0).responses.create(
             model=FAKE, input="x"

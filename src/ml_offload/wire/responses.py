@@ -35,6 +35,7 @@ class ResponsesRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     reasoning: Item | None = None
+    text: Item | None = None
     metadata: dict[str, str] | None = None
     store: bool = True
     stream: bool = False
@@ -167,6 +168,9 @@ def to_chat(req: ResponsesRequest, items: list[Item]) -> Item:
     effort = (req.reasoning or {}).get("effort")
     if isinstance(effort, str):
         out["reasoning_effort"] = effort  # chat's name for it; engines without it ignore it
+    response_format = _response_format(req.text)
+    if response_format is not None:
+        out["response_format"] = response_format
     tools = [_tool(t, f"tools.{i}") for i, t in enumerate(req.tools or []) if _is_function(t)]
     if tools:
         out["tools"] = tools
@@ -208,6 +212,29 @@ def _content(parts: list[Item]) -> str | list[Item]:
         else:
             out.append({"type": "text", "text": p.get("text") or p.get("refusal") or ""})
     return out
+
+
+def _response_format(text: Item | None) -> Item | None:
+    """`text.format` as chat's `response_format` (None for plain text)."""
+    fmt = (text or {}).get("format")
+    if fmt is None:
+        return None
+    kind = _obj(fmt, "text.format").get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        schema = {
+            "name": fmt.get("name") or "response",
+            "schema": _obj(fmt.get("schema"), "text.format.schema"),
+        }
+        if fmt.get("strict") is not None:
+            schema["strict"] = fmt["strict"]
+        return {"type": "json_schema", "json_schema": schema}
+    raise InvalidRequest(
+        "text.format.type must be text, json_object or json_schema", param="text.format.type"
+    )
 
 
 def _is_function(tool: Item) -> bool:
@@ -273,7 +300,7 @@ def response_object(
         "store": req.store,
         "temperature": req.temperature,
         "top_p": req.top_p,
-        "text": {"format": {"type": "text"}},
+        "text": req.text if req.text and req.text.get("format") else {"format": {"type": "text"}},
         "tool_choice": req.tool_choice or "auto",
         "tools": req.tools or [],
         "truncation": "disabled",

@@ -6,7 +6,9 @@ for a message `response.content_part.added`, `response.output_text.delta`...,
 `response.output_text.done`, `response.content_part.done`; for a function call
 `response.function_call_arguments.delta`..., `response.function_call_arguments.done`; then
 `response.output_item.done`; last `response.completed` (or `response.incomplete` when the
-output hit `max_output_tokens`). Each event has a `sequence_number`, counted from 0.
+output hit `max_output_tokens`). Each event has a `sequence_number`, counted from 0. A model's
+reasoning (chat's `reasoning_content`) is a `reasoning` item written like a message, with
+`response.reasoning_text.delta`/`.done` events.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ from ml_offload.wire.responses import (
     text_part,
     usage,
 )
+
+# The items written as text, and the prefix of their text events.
+TEXT_EVENTS = {"message": "response.output_text", "reasoning": "response.reasoning_text"}
+
+
+def _part(kind: str, text: str) -> Item:
+    return text_part(text) if kind == "message" else {"type": "reasoning_text", "text": text}
 
 
 class ResponseStream:
@@ -67,8 +76,10 @@ class ResponseStream:
         events: list[Event] = []
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                self._text_delta("reasoning", delta["reasoning_content"], events)
             if delta.get("content"):
-                self._text_delta(delta["content"], events)
+                self._text_delta("message", delta["content"], events)
             for call in delta.get("tool_calls") or []:
                 self._tool_delta(call, events)
             if choice.get("finish_reason"):
@@ -77,8 +88,8 @@ class ResponseStream:
 
     def finish(self) -> list[Event]:
         events: list[Event] = []
-        if not self._output and self._open is None:  # nothing generated: one empty message
-            self._open_message(events)
+        if self._open is None and not any(i["type"] != "reasoning" for i in self._output):
+            self._open_text("message", events)  # nothing said: one empty message, as OpenAI
         self._close(events)
         status: Status = "incomplete" if self._finish == "length" else "completed"
         self.response = self._snapshot(status, usage(self._usage))
@@ -88,32 +99,22 @@ class ResponseStream:
 
     # -- items ---------------------------------------------------------------------------
 
-    def _text_delta(self, text: str, events: list[Event]) -> None:
-        if self._open is None or self._open["type"] != "message":
+    def _text_delta(self, kind: str, text: str, events: list[Event]) -> None:
+        if self._open is None or self._open["type"] != kind:
             self._close(events)
-            self._open_message(events)
-        assert self._open is not None
+            self._open_text(kind, events)
         self._text.append(text)
-        events.append(
-            self._event(
-                "response.output_text.delta",
-                **self._where(),
-                content_index=0,
-                delta=text,
-                logprobs=[],
-            )
-        )
+        fields: Item = {"logprobs": []} if kind == "message" else {}
+        name = TEXT_EVENTS[kind] + ".delta"
+        events.append(self._event(name, **self._where(), content_index=0, delta=text, **fields))
 
-    def _open_message(self, events: list[Event]) -> None:
-        item = {
-            "type": "message",
-            "id": new_id("msg_"),
-            "role": "assistant",
-            "content": [],
-            "status": "in_progress",
-        }
-        self._added(item, events)
-        part = text_part("")
+    def _open_text(self, kind: str, events: list[Event]) -> None:
+        if kind == "message":
+            item = {"type": kind, "id": new_id("msg_"), "role": "assistant", "content": []}
+        else:
+            item = {"type": kind, "id": new_id("rs_"), "summary": [], "content": []}
+        self._added({**item, "status": "in_progress"}, events)
+        part = _part(kind, "")
         events.append(
             self._event("response.content_part.added", **self._where(), content_index=0, part=part)
         )
@@ -153,15 +154,13 @@ class ResponseStream:
         if item is None:
             return
         where = self._where()
-        if item["type"] == "message":
+        if item["type"] in TEXT_EVENTS:
             text = "".join(self._text)
             self._text = []
-            part = text_part(text)
-            events.append(
-                self._event(
-                    "response.output_text.done", **where, content_index=0, text=text, logprobs=[]
-                )
-            )
+            part = _part(item["type"], text)
+            fields: Item = {"logprobs": []} if item["type"] == "message" else {}
+            name = TEXT_EVENTS[item["type"]] + ".done"
+            events.append(self._event(name, **where, content_index=0, text=text, **fields))
             events.append(
                 self._event("response.content_part.done", **where, content_index=0, part=part)
             )

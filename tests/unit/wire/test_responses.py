@@ -206,3 +206,48 @@ def test_error_event_and_framing() -> None:
     EVENT.validate_python(event)
     frame = wire.sse(event)
     assert frame.startswith(b"event: error\ndata: {") and frame.endswith(b"\n\n")
+
+
+def test_stream_reasoning_then_text() -> None:
+    chunks = [chunk({"reasoning_content": "think"}), chunk({"reasoning_content": "ing"})]
+    chunks += [chunk({"content": "done"}), chunk({}, "stop")]
+    events, _ = run(chunks)
+    assert kinds(events) == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    final = Response.model_validate(events[-1]["response"])
+    reasoning, message = final.output
+    assert message.type == "message" and message.status == "completed"
+    assert reasoning.type == "reasoning" and reasoning.content is not None
+    assert reasoning.content[0].text == "thinking" and final.output_text == "done"
+
+
+def test_text_format_as_response_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    fmt = {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}
+    r = req(text={"format": fmt})
+    assert chat(r)["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "thing", "schema": schema, "strict": True},
+    }
+    assert wire.response_object(r, "resp_x", 1, [], "completed")["text"] == {"format": fmt}
+    object_format = req(text={"format": {"type": "json_object"}})
+    assert chat(object_format)["response_format"] == {"type": "json_object"}
+    assert "response_format" not in chat(req(text={"format": {"type": "text"}}))
+    with pytest.raises(InvalidRequest):
+        chat(req(text={"format": {"type": "yaml"}}))
