@@ -118,6 +118,20 @@ class FleetSettings(_Section):
     lease_s: float = Field(
         10.0, gt=0, description="a node not heard from for this long is shown gone"
     )
+    advertise_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+/?$",
+        description="where gateways reach this node (http[s]://host:port); default: from "
+        "server.host, server.port and security.tls (the host name for a wildcard bind)",
+    )
+    node_key: SecretStr | None = Field(
+        None,
+        description="the secret gateways send to nodes as their bearer key; a node takes it "
+        "as a key for inference (never for admin paths)",
+    )
+    refresh_s: float = Field(
+        1.0, gt=0, description="how often a gateway re-reads the fleet's nodes for routing"
+    )
 
     @model_validator(mode="after")
     def _lease_outlives_beats(self) -> FleetSettings:
@@ -473,6 +487,20 @@ class Settings(BaseSettings):
                     if getattr(m.serve, key) is None:
                         setattr(m.serve, key, value)
         return self
+
+    @property
+    def advertised_url(self) -> str:
+        """Where gateways reach this node: `fleet.advertise_url`, else this server's own
+        address (the host name in place of a wildcard bind)."""
+        if self.fleet.advertise_url:
+            return self.fleet.advertise_url.rstrip("/")
+        scheme = "https" if self.security.tls.cert_file is not None else "http"
+        host = self.server.host
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = socket.getfqdn()
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.server.port}"
 
     @model_validator(mode="after")
     def _gateway_holds_no_engines(self) -> Settings:

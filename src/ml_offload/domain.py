@@ -44,6 +44,9 @@ class DeploymentKind(enum.StrEnum):
         return self.runs_here or self is DeploymentKind.OLLAMA
 
 
+SESSION_HEADER = "x-session-id"  # a conversation's id: a fleet gateway keeps it on one node
+
+
 def is_name_pattern(name: str) -> bool:
     """Whether a model alias is a glob pattern (`claude-*`, `gpt-4?`), matched by fnmatch."""
     return any(c in name for c in "*?[")
@@ -256,6 +259,7 @@ class RequestContext:
     public: bool = False  # a path that needs no key (`security.public_paths`): not audited
     error: str | None = None  # the refusal's error code, for the audit event
     rpm_due: bool = False  # a message on a long connection: its request is charged at admit
+    session: str | None = None  # the `x-session-id` header: keeps a conversation on one node
     windows: dict[str, Window] = field(default_factory=dict)  # limits seen, for the headers
     charges: list[Charge] = field(default_factory=list)  # tokens reserved, settled at the end
 
@@ -280,6 +284,19 @@ class NodeDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A model a node can serve (its registry), as its heartbeat reports it."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    estimate_bytes: int = 0  # what loading it takes there (0: unknown, or not ours to load)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeBeat:
     """A node's heartbeat: what it holds, and the lease that says how long to believe it."""
 
@@ -292,6 +309,12 @@ class NodeBeat:
     started_at: float  # unix time
     beat_at: float  # unix time of this heartbeat
     lease_s: float  # gone once `beat_at + lease_s` has passed
+    url: str | None = None  # where gateways reach it (`fleet.advertise_url`)
+    served: tuple[ServedModel, ...] = ()  # the models it can serve
 
     def alive(self, now: float) -> bool:
         return now < self.beat_at + self.lease_s
+
+    def serving(self, model: str) -> ServedModel | None:
+        """The model this node serves under the name or alias `model`, if any."""
+        return next((m for m in self.served if model in m.names), None)

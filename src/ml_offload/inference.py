@@ -33,6 +33,7 @@ from ml_offload.errors import (
     Unavailable,
     UpstreamClientError,
 )
+from ml_offload.fleet.routing import session_of
 from ml_offload.metrics import GenAiCall, Metrics
 from ml_offload.passthrough import NativeStream, PassthroughProtocol, record
 from ml_offload.registry import engine_template, unavailable_reason
@@ -239,7 +240,8 @@ class InferenceService:
         failure: MloError | None = None
         skipped: list[MloError] = []
         with span.child("routing"):
-            candidates = self._router.candidates(data["model"])
+            session = session_of(data, ctx.session if ctx is not None else None)
+            candidates = self._router.candidates(data["model"], session)
         for spec in candidates:
             if only is not None and spec.backend != only:
                 continue

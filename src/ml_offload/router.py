@@ -22,6 +22,7 @@ from ml_offload.errors import (
     Unavailable,
     UpstreamClientError,
 )
+from ml_offload.fleet.routing import FleetRoutes
 from ml_offload.scheduler import Scheduler
 
 StateOf = Callable[[ModelSpec], ModelState]
@@ -80,7 +81,10 @@ class Router:
         cooldown_s: float,
         clock: Callable[[], float] = time.monotonic,
         load_of: LoadOf = _no_load,
+        fleet: FleetRoutes | None = None,
     ) -> None:
+        """`fleet`: a gateway's routes to its nodes, tried before its own registry."""
+        self._fleet = fleet
         self._resolve = resolve
         self._state_of = state_of
         self._load_of = load_of
@@ -88,15 +92,23 @@ class Router:
         self._clock = clock
         self._health: dict[str, Health] = {}
 
-    def candidates(self, name: str) -> list[ModelSpec]:
-        """The deployments to try for `name`, best first (raises ModelNotFound for `name`)."""
+    def candidates(self, name: str, session: str | None = None) -> list[ModelSpec]:
+        """The deployments to try for `name`, best first (raises ModelNotFound for `name`);
+        on a gateway, the fleet's nodes that serve it (`session` keeps a conversation on one)."""
+        if self._fleet is not None:
+            nodes = self._fleet.candidates(name, session)
+            if nodes is not None:
+                return self._usable(nodes)  # in the fleet's order (fleet/routing.py)
         primary = self._resolve(name)
         if not primary.fallbacks:
             return [primary]  # the hot path: one deployment, nothing to order
         specs = [primary, *self._fallbacks(primary)]
+        return sorted(self._usable(specs), key=self._rank)  # stable: configured order first
+
+    def _usable(self, specs: list[ModelSpec]) -> list[ModelSpec]:
+        """Those not cooling down after a failure; all of them when every one is."""
         now = self._clock()
-        usable = [s for s in specs if self.health(s.name).cooling_until <= now] or specs
-        return sorted(usable, key=self._rank)  # stable: configured order breaks ties
+        return [s for s in specs if self.health(s.name).cooling_until <= now] or specs
 
     def _rank(self, spec: ModelSpec) -> tuple[bool, int, float]:
         load = self._load_of(spec)

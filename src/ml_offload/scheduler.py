@@ -214,6 +214,8 @@ class Scheduler:
 
     def _entry(self, spec: ModelSpec) -> _Entry:
         entry = self._entries.get(spec.name)
+        if entry is not None and _moved(entry, spec):
+            entry = None  # a server elsewhere now at another URL (a fleet node back on a new one)
         if entry is None:
             entry = _Entry(
                 spec=spec,
@@ -467,3 +469,8 @@ def _elsewhere(spec: ModelSpec) -> str | None:
     if spec.url is None or spec.kind.holds_memory:
         return None
     return spec.url.rstrip("/")
+
+
+def _moved(entry: _Entry, spec: ModelSpec) -> bool:
+    """`spec` is a server elsewhere that moved to another URL, and nothing is using the old."""
+    return not spec.holds_memory and entry.spec.url != spec.url and not entry.gate.busy

@@ -19,6 +19,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from ml_offload.backends.base import EngineProcess, ExitCallback, ProcessFactory
 from ml_offload.backends.command import CommandProcess
 from ml_offload.backends.http import Upstream
@@ -33,6 +35,7 @@ from ml_offload.control import FolderWatch, ModelControl
 from ml_offload.domain import ApiKey, DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError, MloError
 from ml_offload.fleet.membership import Membership
+from ml_offload.fleet.routing import FleetRoutes
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
 from ml_offload.inference import InferenceService
@@ -58,6 +61,7 @@ from ml_offload.storage.responses_repo import ResponseRepository
 from ml_offload.tracing import open_tracer
 
 log = logging.getLogger(__name__)
+Resolve = Callable[[str], ModelSpec]
 
 
 def memory_budget(settings: Settings) -> int:
@@ -143,6 +147,7 @@ def build_guard(
     *,
     audit_file: Path | None = None,
     metrics: Metrics | None = None,
+    node_key: SecretStr | None = None,
 ) -> Guard:
     """The guard and the parts the settings choose: keys in `db`, the limit storage, the audit
     log (at `sec.audit.path`, else `audit_file`), the redactor."""
@@ -161,7 +166,21 @@ def build_guard(
         audit=audit,
         redactor=Redactor(red) if (red.secrets or red.emails or red.phones) else None,
         metrics=metrics,
+        node_key=node_key,
     )
+
+
+def fleet_resolver(registry: ModelRegistry, routes: FleetRoutes | None) -> Resolve:
+    """A model name to its spec: on a gateway, the best node that serves it, else the
+    gateway's own registry (key scopes and per-model limits read it)."""
+    if routes is None:
+        return registry.resolve
+
+    def resolve(name: str) -> ModelSpec:
+        nodes = routes.candidates(name)
+        return nodes[0] if nodes else registry.resolve(name)
+
+    return resolve
 
 
 def probe_targets(registry: ModelRegistry, scheduler: Scheduler) -> list[tuple[ModelSpec, str]]:
@@ -291,18 +310,29 @@ class Services:
         )
         stack.push_async_callback(probes.close)
         await probes.start()
+        routes = None
+        if settings.fleet.role == "gateway":
+            routes = FleetRoutes(
+                NodeRepository(db),
+                refresh_s=settings.fleet.refresh_s,
+                node_key=settings.fleet.node_key,
+            )
+            stack.push_async_callback(routes.close)
+            await routes.start()
         router = Router(
             registry.resolve,
             lambda spec: scheduler.state(spec),
             cooldown_s=settings.router.cooldown_s,
             load_of=deployment_load(scheduler, probes),
+            fleet=routes,
         )
         guard = build_guard(
             settings.security,
-            registry.resolve,
+            fleet_resolver(registry, routes),
             db,
             audit_file=audit_path(settings),
             metrics=metrics,
+            node_key=settings.fleet.node_key if settings.fleet.role == "node" else None,
         )
         stack.push_async_callback(guard.close)
         await guard.start()
@@ -310,7 +340,9 @@ class Services:
         stack.push_async_callback(asyncio.to_thread, tracer.close)  # exports what is batched
         inference = InferenceService(router, scheduler, upstream, metrics, guard, tracer, slots)
         started_at = time.time()
-        status = StatusService(settings, registry, scheduler, router, probes, started_at=started_at)
+        status = StatusService(
+            settings, registry, scheduler, router, probes, started_at=started_at, fleet=routes
+        )
         metrics.watch(status.gauges)
         control = ModelControl(registry, scheduler, upstream)
         if settings.scan_models_dir and settings.watch_models_dir:
@@ -324,6 +356,7 @@ class Services:
             heartbeat_s=settings.fleet.heartbeat_s,
             lease_s=settings.fleet.lease_s,
             snapshot=lambda: (status.memory(reveal=True), status.models(reveal=True)),
+            url=settings.advertised_url,
         )
         stack.push_async_callback(fleet.close)
         await fleet.start()

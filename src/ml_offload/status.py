@@ -19,8 +19,15 @@ from dataclasses import asdict, replace
 from ml_offload import __version__
 from ml_offload.backends.probe import BackendMonitor, Probe
 from ml_offload.config import Settings
-from ml_offload.domain import DeploymentKind, ModelSpec, ModelState, ModelStatus
+from ml_offload.domain import (
+    DeploymentKind,
+    ModelSpec,
+    ModelState,
+    ModelStatus,
+    ServedModel,
+)
 from ml_offload.errors import safe_url
+from ml_offload.fleet.routing import FleetRoutes
 from ml_offload.metrics import DiskGauge, ModelLoad, RuntimeGauges
 from ml_offload.placement import Estimate
 from ml_offload.registry import ModelRegistry, unavailable_reason
@@ -45,6 +52,13 @@ from ml_offload.wire.native import (
 )
 
 
+def _on_fleet(served: ServedModel, warm: bool) -> tuple[ModelSpec, ModelStatus]:
+    """A model the fleet's nodes serve, as a gateway lists it: ready where loaded on a node."""
+    spec = ModelSpec(served.name, DeploymentKind.REMOTE, aliases=served.aliases, source="fleet")
+    state = ModelState.READY if warm else ModelState.STOPPED
+    return spec, ModelStatus(served.name, state, slots=None, estimate_bytes=served.estimate_bytes)
+
+
 def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -59,7 +73,10 @@ class StatusService:
         probes: BackendMonitor,
         *,
         started_at: float,
+        fleet: FleetRoutes | None = None,
     ) -> None:
+        """`fleet`: a gateway's routes: the models its nodes serve are listed with its own."""
+        self._fleet = fleet
         self._settings = settings
         self._registry = registry
         self._scheduler = scheduler
@@ -86,9 +103,19 @@ class StatusService:
         """`specs` (default: every deployment) as the model list."""
         specs = self._registry.all() if specs is None else list(specs)
         statuses = self._scheduler.status(specs)
-        return ModelList(
-            data=[self._model(sp, st, reveal) for sp, st in zip(specs, statuses, strict=True)]
-        )
+        data = [self._model(sp, st, reveal) for sp, st in zip(specs, statuses, strict=True)]
+        own = {n for sp in specs for n in sp.names}
+        for served, warm in self._fleet.models() if self._fleet is not None else []:
+            if served.name not in own:
+                data.append(self._model(*_on_fleet(served, warm), reveal))
+        return ModelList(data=data)
+
+    def specs(self) -> list[ModelSpec]:
+        """Every model a request may name here: its own, then those only its nodes serve."""
+        specs = self._registry.all()
+        own = {n for sp in specs for n in sp.names}
+        fleet = self._fleet.models() if self._fleet is not None else []
+        return specs + [_on_fleet(m, w)[0] for m, w in fleet if m.name not in own]
 
     def model(self, name: str, *, reveal: bool) -> ModelView:
         """One model by name or alias (NotFound naming what exists)."""

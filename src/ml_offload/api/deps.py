@@ -36,7 +36,7 @@ def reveals_internals(request: Request) -> bool:
 def visible_models(request: Request) -> list[ModelSpec]:
     """The deployments the caller may see in lists: all of them, except for a key scoped to
     some models, which sees those it may use (as OpenAI lists the models a key can call)."""
-    specs = services(request).registry.all()
+    specs = services(request).status.specs()  # with the fleet's models, on a gateway
     ctx = request_context(request)
     key = ctx.key if ctx is not None else None
     if key is None or not key.models or ctx is None or ctx.admin:
@@ -47,8 +47,11 @@ def visible_models(request: Request) -> list[ModelSpec]:
 def visible_model(request: Request, name: str) -> ModelSpec:
     """`name` resolved, or NotFound when the caller's key may not use it (the same answer as
     for a model that does not exist: a scoped key learns nothing of the others)."""
-    spec = services(request).registry.resolve(name)
-    if spec not in visible_models(request):
+    visible = visible_models(request)
+    spec = next((s for s in visible if name in s.names), None)
+    if spec is None:
+        spec = services(request).registry.resolve(name)  # NotFound naming what exists
+    if spec not in visible:
         raise NotFound(f"model {name!r} not found")
     return spec
 

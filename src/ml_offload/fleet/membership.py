@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
-from ml_offload.domain import ModelState, NodeBeat, NodeDevice
+from ml_offload.domain import ModelState, NodeBeat, NodeDevice, ServedModel
 from ml_offload.errors import MloError
 from ml_offload.storage.nodes_repo import NodeRepository
 from ml_offload.wire.native import FleetNodeView, FleetView, MemoryView, ModelList, NodeDeviceView
@@ -36,8 +36,10 @@ def node_beat(
     started_at: float,
     now: float,
     lease_s: float,
+    url: str | None = None,
 ) -> NodeBeat:
-    """A heartbeat from the status views of /vram/status and /models."""
+    """A heartbeat from the status views of /vram/status and /models; `url`: where gateways
+    reach this node."""
     return NodeBeat(
         name=name,
         role=role,
@@ -50,6 +52,8 @@ def node_beat(
         started_at=started_at,
         beat_at=now,
         lease_s=lease_s,
+        url=url,
+        served=tuple(ServedModel(m.id, tuple(m.aliases), m.estimate_bytes) for m in models.data),
     )
 
 
@@ -69,6 +73,8 @@ def _node_view(b: NodeBeat, now: float) -> FleetNodeView:
         started_at=b.started_at,
         beat_age_s=max(0.0, now - b.beat_at),
         lease_s=b.lease_s,
+        url=b.url,
+        models=[m.name for m in b.served],
     )
 
 
@@ -84,9 +90,10 @@ class Membership:
         heartbeat_s: float,
         lease_s: float,
         snapshot: Snapshot,
+        url: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.repo, self.name, self.role = repo, name, role
+        self.repo, self.name, self.role, self.url = repo, name, role, url
         self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
         self._snapshot, self._clock = snapshot, clock
         self.started_at = clock()
@@ -111,6 +118,7 @@ class Membership:
             started_at=self.started_at,
             now=self._clock(),
             lease_s=self.lease_s,
+            url=self.url,
         )
         await self.repo.beat(beat)
 

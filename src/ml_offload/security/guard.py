@@ -38,8 +38,17 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
+from pydantic import SecretStr
+
 from ml_offload.config import SecuritySettings, Settings
-from ml_offload.domain import Charge, ModelSpec, RequestContext, is_loopback_host
+from ml_offload.domain import (
+    SESSION_HEADER,
+    ApiKey,
+    Charge,
+    ModelSpec,
+    RequestContext,
+    is_loopback_host,
+)
 from ml_offload.errors import (
     AuthError,
     MloError,
@@ -68,6 +77,8 @@ _MUTATING_PREFIXES = (
     "/api/copy",
     "/api/push",
 )
+# Who a request sent by a fleet gateway with `fleet.node_key` is: any model, no admin paths.
+FLEET_GATEWAY = ApiKey(id="fleet", name="fleet gateway (fleet.node_key)")
 _RECHECK_S = 1.0  # auth = auto with no key yet: how often to look whether one was created
 
 
@@ -115,17 +126,23 @@ class Guard:
         audit: AuditLog | None,
         redactor: Redactor | None,
         metrics: Metrics | None = None,
+        node_key: SecretStr | None = None,
     ) -> None:
         """`resolve`: a model name or alias to its spec (scopes by provider, per-model limits);
         `keys` None: no database (only the admin key gets in when auth is on); `audit` and
-        `redactor` None: off."""
+        `redactor` None: off; `node_key`: the fleet's gateways' key (`fleet.node_key`), taken
+        for inference on every model, never for admin paths; auth is on when it is set."""
         self._settings = settings
+        node = node_key.get_secret_value() if node_key else ""
+        self._node_key = node.encode() if node else None
         self._resolve = resolve
         self.keys = keys
         admin = settings.admin_key.get_secret_value() if settings.admin_key else ""
         self._admin_key = admin.encode() if admin else None
         self._public = frozenset(settings.public_paths)
         self._auth = _auth_fixed(settings)
+        if self._node_key is not None and self._auth is None:
+            self._auth = True
         self._keys_exist = False
         self._checked_at = -math.inf
         self._quota = quota
@@ -177,6 +194,7 @@ class Guard:
             cert_subject=cert_subject,
             started=time.perf_counter(),
             time=time.time(),
+            session=headers.get(SESSION_HEADER),
         )
         if path in self._public:
             ctx.public = True
@@ -202,6 +220,13 @@ class Guard:
             )
         if self._admin_key is not None and hmac.compare_digest(token.encode(), self._admin_key):
             ctx.admin = True
+            return
+        if self._node_key is not None and hmac.compare_digest(token.encode(), self._node_key):
+            ctx.key = FLEET_GATEWAY
+            if is_admin_path(ctx.method, ctx.path):
+                raise PermissionDenied(
+                    f"{ctx.method} {ctx.path} needs an admin key, not fleet.node_key"
+                )
             return
         if self.keys is None:
             raise AuthError("invalid API key")

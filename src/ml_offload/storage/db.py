@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # The newest migration. Alembic (and its ~11 MB of imports) is loaded only when the database is
 # not at this revision; tests/unit/test_storage.py checks it matches the migrations folder.
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_KEY = 0x6D6C6F_0001  # PostgreSQL advisory lock: one gateway migrates at a time

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ml_offload.domain import NodeBeat, NodeDevice
+from ml_offload.domain import NodeBeat, NodeDevice, ServedModel
 from ml_offload.storage.db import Database
 from ml_offload.storage.tables import nodes
 
@@ -52,6 +52,8 @@ def _row(b: NodeBeat) -> dict[str, Any]:
         "started_at": b.started_at,
         "beat_at": b.beat_at,
         "lease_s": b.lease_s,
+        "url": b.url,
+        "served": [asdict(m) for m in b.served],
     }
 
 
@@ -66,4 +68,10 @@ def _beat(r: Any) -> NodeBeat:
         started_at=r["started_at"],
         beat_at=r["beat_at"],
         lease_s=r["lease_s"],
+        url=r["url"],
+        served=tuple(_served(m) for m in r["served"] or ()),
     )
+
+
+def _served(m: dict[str, Any]) -> ServedModel:
+    return ServedModel(m["name"], tuple(m.get("aliases") or ()), int(m.get("estimate_bytes") or 0))

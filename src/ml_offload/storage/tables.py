@@ -126,6 +126,8 @@ nodes = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("beat_at", sa.Float, nullable=False),
     sa.Column("lease_s", sa.Float, nullable=False),
+    sa.Column("url", sa.String(2048), nullable=True),  # where gateways reach it
+    sa.Column("served", sa.JSON, nullable=True),  # [{name, aliases, estimate_bytes}]
 )
 
 # Stored answers of `POST /v1/responses` (store=true), for `previous_response_id`, GET and

@@ -299,6 +299,8 @@ class FleetNodeView(View):
     started_at: float  # unix time
     beat_age_s: float  # seconds since its latest heartbeat
     lease_s: float
+    url: str | None = None  # where gateways reach it
+    models: list[str] = []  # the models it serves
 
 
 class FleetView(View):

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from ml_offload.cli.main import app
@@ -248,6 +249,7 @@ async def ask(
     guard: Guard, token: str | None = None, path: str = "/v1/chat/completions", **kw: Any
 ) -> Any:
     headers = {"authorization": f"Bearer {token}"} if token else {}
+    headers.update(kw.get("headers", {}))
     return await guard.authenticate(
         headers,
         method=kw.get("method", "POST"),
@@ -420,3 +422,23 @@ async def test_refused_and_answered_requests_are_audited(
     assert answered["prompt_sha256"] == prompt_sha256(messages) and answered["prompt"] == messages
     assert answered["time"].endswith("Z")  # unix time in the event, ISO 8601 in the log
     assert answered["client"] == "127.0.0.1:5000" and answered["latency_ms"] >= 0
+
+
+async def test_a_node_takes_the_fleet_node_key_for_inference_only(
+    db: Database, tmp_path: Path
+) -> None:
+    settings = SecuritySettings.model_validate({"audit": {"enabled": False}})
+    guard = build_guard(settings, resolve, db, node_key=SecretStr("fleet-secret"))
+    await guard.start()
+    assert guard.auth_on  # a node key set: nothing gets in without a key
+    with pytest.raises(AuthError, match="missing API key"):
+        await ask(guard)
+    with pytest.raises(AuthError):
+        await ask(guard, "fleet-secre")
+    ctx = await ask(guard, "fleet-secret", headers={"x-session-id": "conv-7"})
+    assert ctx.key is not None and ctx.key.id == "fleet" and not ctx.admin
+    assert ctx.session == "conv-7"
+    await guard.admit(ctx, "chat", {"model": "t", "messages": []})  # every model
+    with pytest.raises(PermissionDenied, match="needs an admin key"):
+        await ask(guard, "fleet-secret", "/admin/keys", method="GET")
+    await guard.close()

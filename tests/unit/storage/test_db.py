@@ -18,10 +18,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec
+from ml_offload.domain import DeploymentKind, GgufInfo, ModelSpec, NodeBeat, NodeDevice, ServedModel
 from ml_offload.errors import ConfigError, Unavailable
 from ml_offload.storage import Database, FileStamp, ModelRepository, async_url
 from ml_offload.storage.db import HEAD_REVISION, _current_revision
+from ml_offload.storage.nodes_repo import NodeRepository
 from ml_offload.storage.tables import metadata
 
 POSTGRES_ENV = "MLO_TEST_POSTGRES_URL"
@@ -345,3 +346,24 @@ def test_downgrade_keeps_one_row_per_name(tmp_path: Path) -> None:
     command.upgrade(config, "head")
     engine.dispose()
     assert [(name, str(at)[:10]) for name, at in rows] == [("m", "2026-12-02")]
+
+
+async def test_a_node_beat_round_trips_with_its_url_and_models(db: Database) -> None:
+    nodes = NodeRepository(db)
+    beat = NodeBeat(
+        name="gpu1",
+        role="node",
+        devices=(NodeDevice(0, "Sim", 8, 4),),
+        loaded=("m",),
+        host_free_bytes=1,
+        queue_depth=2,
+        started_at=1.0,
+        beat_at=2.0,
+        lease_s=3.0,
+        url="https://gpu1:9000",
+        served=(ServedModel("m", ("alias",), 123), ServedModel("n")),
+    )
+    await nodes.beat(beat)
+    assert await nodes.all() == [beat]
+    await nodes.beat(dataclasses.replace(beat, served=(), url=None))
+    assert await nodes.all() == [dataclasses.replace(beat, served=(), url=None)]

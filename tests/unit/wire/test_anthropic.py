@@ -360,3 +360,8 @@ def test_server_tools_are_left_out_of_a_translated_request_and_named() -> None:
     assert [t["function"]["name"] for t in wire.to_openai(r)["tools"]] == ["get_weather"]
     only = req(tools=tools[:1])
     assert "tools" not in wire.to_openai(only)
+
+
+def test_metadata_user_id_becomes_openais_user() -> None:
+    assert wire.to_openai(req(metadata={"user_id": "conv-9"}))["user"] == "conv-9"
+    assert "user" not in wire.to_openai(req(metadata={"other": 1}))
