@@ -33,7 +33,6 @@ from ml_offload.errors import (
     Unavailable,
     UpstreamClientError,
 )
-from ml_offload.fleet.routing import session_of
 from ml_offload.metrics import GenAiCall, Metrics
 from ml_offload.passthrough import NativeStream, PassthroughProtocol, record
 from ml_offload.registry import engine_template, unavailable_reason
@@ -240,8 +239,7 @@ class InferenceService:
         failure: MloError | None = None
         skipped: list[MloError] = []
         with span.child("routing"):
-            session = session_of(data, ctx.session if ctx is not None else None)
-            candidates = self._router.candidates(data["model"], session)
+            candidates, session = self._router.route(data, ctx.session if ctx is not None else None)
         for spec in candidates:
             if only is not None and spec.backend != only:
                 continue
@@ -265,7 +263,7 @@ class InferenceService:
                 self._router.failed(spec, exc)
                 failure = exc
                 continue
-            self._router.succeeded(spec)
+            self._router.succeeded(spec, session)
             return result
         raise self._guard.none_left(data["model"], failure, skipped)
 

@@ -4,14 +4,18 @@ Ready deployments go first (no load wait), then the least busy (requests running
 vLLM's own figures from its /metrics when fresh, else our in-flight and queued counts), then the
 one with most free memory (vLLM's KV cache), then configured order. A deployment that failed
 (unreachable, 5xx, timeout, no room to load) is skipped for `router.cooldown_s`, unless every
-deployment is cooling down, in which case they are all tried again.
+deployment is cooling down, in which case they are all tried again. A conversation
+(`wire.openai.session_of`) goes back to the deployment that last answered it while that one is
+healthy, so its prompt cache keeps hitting and a tool loop does not change models mid-task.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ml_offload.backends.probe import BackendMonitor
 from ml_offload.domain import ModelSpec, ModelState
@@ -24,8 +28,10 @@ from ml_offload.errors import (
 )
 from ml_offload.fleet.routing import FleetRoutes
 from ml_offload.scheduler import Scheduler
+from ml_offload.wire.openai import PREFIX, continues, session_of
 
 StateOf = Callable[[ModelSpec], ModelState]
+STICKY_SESSIONS = 10_000  # conversations remembered (least recently seen forgotten first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +97,36 @@ class Router:
         self._cooldown_s = cooldown_s
         self._clock = clock
         self._health: dict[str, Health] = {}
+        self._sticky: OrderedDict[str, str] = OrderedDict()  # session -> deployment name
 
-    def candidates(self, name: str, session: str | None = None) -> list[ModelSpec]:
+    def candidates(self, name: str) -> list[ModelSpec]:
         """The deployments to try for `name`, best first (raises ModelNotFound for `name`);
-        on a gateway, the fleet's nodes that serve it (`session` keeps a conversation on one)."""
+        on a gateway, the fleet's nodes that serve it."""
+        return self.route({"model": name})[0]
+
+    def route(
+        self, data: dict[str, Any], header: str | None = None
+    ) -> tuple[list[ModelSpec], str | None]:
+        """`candidates` for the request `data`, and its conversation (`session_of`; `header`:
+        the caller's `x-session-id`) for `succeeded`, None where there is no choice to
+        remember. On a gateway the fleet orders its nodes (the session picks among equals,
+        fleet/routing.py). Otherwise a later turn, or a request the client names, goes first to
+        the deployment that answered it before; a first turn known only by its text is not
+        steered (two people asking the same thing are not one conversation)."""
+        name = data["model"]
         if self._fleet is not None:
-            nodes = self._fleet.candidates(name, session)
+            nodes = self._fleet.candidates(name, session_of(data, header))
             if nodes is not None:
-                return self._usable(nodes)  # in the fleet's order (fleet/routing.py)
+                return self._usable(nodes), None  # in the fleet's order
         primary = self._resolve(name)
         if not primary.fallbacks:
-            return [primary]  # the hot path: one deployment, nothing to order
+            return [primary], None  # the hot path: one deployment, nothing to order
+        ranked, session = self._ranked(primary), session_of(data, header)
+        if session is None or (session.startswith(PREFIX) and not continues(data)):
+            return ranked, session  # a first turn: remembered, not steered
+        return self.sticky_first(ranked, session), session
+
+    def _ranked(self, primary: ModelSpec) -> list[ModelSpec]:
         specs = [primary, *self._fallbacks(primary)]
         return sorted(self._usable(specs), key=self._rank)  # stable: configured order first
 
@@ -136,10 +161,27 @@ class Router:
         h.cooling_until = self._clock() + self._cooldown_s
         h.last_error = exc.message
 
-    def succeeded(self, spec: ModelSpec) -> None:
+    def sticky_first(self, candidates: list[ModelSpec], session: str) -> list[ModelSpec]:
+        """`candidates` with the deployment that last answered `session` first, if it is among
+        them (healthy) and ready whenever the first is: a conversation stays where its prompt
+        cache is."""
+        name = self._sticky.get(session)
+        if name is None or candidates[0].name == name:
+            return candidates
+        sticky = next((spec for spec in candidates if spec.name == name), None)
+        if sticky is None or self._rank(sticky)[0] > self._rank(candidates[0])[0]:
+            return candidates  # gone, cooling down, or unloaded while another is ready
+        return [sticky, *(spec for spec in candidates if spec is not sticky)]
+
+    def succeeded(self, spec: ModelSpec, session: str | None = None) -> None:
         h = self._health.get(spec.name)
         if h is not None and h.cooling_until:
             h.cooling_until, h.last_error = 0.0, None
+        if session is not None:
+            self._sticky[session] = spec.name
+            self._sticky.move_to_end(session)
+            if len(self._sticky) > STICKY_SESSIONS:
+                self._sticky.popitem(last=False)  # the least recently seen
 
     def cooling_s(self, name: str) -> float:
         return max(0.0, self.health(name).cooling_until - self._clock())

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import pytest
 
 from tests.integration.conftest import GatewayFactory
@@ -100,6 +101,49 @@ def test_fallback_on_5xx_then_primary_again_after_cooldown(
     time.sleep(1.1)
     assert ask(gw) == "from primary"  # after the cooldown the primary is tried again
     assert {d["model"]: d for d in gw.http.get("/backends").json()["data"]}["main"]["healthy"]
+
+
+def test_a_conversation_stays_where_it_was_answered(
+    gateway_factory: GatewayFactory, upstreams: tuple[Primary, FakeOpenAI, FakeOpenAI]
+) -> None:
+    """Session stickiness: ann's conversation, moved to the backup while the primary failed,
+    stays there after the primary is back (its prompt cache is on the backup); a new
+    conversation goes to the primary. Anthropic's `metadata.user_id` and a conversation's
+    first turns name a session too."""
+    primary, _, _ = upstreams
+    gw = gateway_factory(
+        demo_model=False,
+        router={"cooldown_s": 1},
+        models=[
+            {"name": "main", "url": upstreams[1].url, "fallbacks": ["backup"]},
+            {"name": "backup", "url": upstreams[2].url},
+        ],
+    )
+
+    def text(user: str | None = None, *turns: str) -> str:
+        extra = {"user": user} if user else {}
+        turns = turns or ("hi",)
+        roles = ["user", "assistant"] * len(turns)
+        messages: Any = [{"role": r, "content": t} for r, t in zip(roles, turns, strict=False)]
+        chat = gw.client.chat.completions.create(model="main", messages=messages, **extra)
+        return str(chat.choices[0].message.content)
+
+    assert text("ann") == "from backup"  # the primary fails: ann is answered by the backup
+    assert text(None, "a long task") == "from backup"  # so is a conversation without a user
+    primary.mode = "ok"
+    time.sleep(1.1)  # the primary's cooldown passes
+    assert text("bob") == "from primary"
+    assert text("ann") == "from backup"  # sticky
+    assert text(None, "a long task", "ok", "go on") == "from backup"  # its first turn names it
+    assert text(None, "a long task") == "from primary"  # the same first turn again: not steered
+    claude = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
+    answer = claude.messages.create(
+        model="main",
+        max_tokens=5,
+        messages=[{"role": "user", "content": "hi"}],
+        metadata={"user_id": "ann"},
+    )
+    assert answer.content[0].text == "from backup"  # type: ignore[union-attr]
 
 
 def test_fallback_on_connection_refused_and_timeout(

@@ -105,6 +105,39 @@ def test_failed_deployment_cools_down_then_returns() -> None:
     assert router.health("main").last_error is None
 
 
+def test_a_session_goes_back_where_it_was_answered_while_healthy() -> None:
+    loads = {"main": Load(5), "backup": Load(1), "cloud": Load(1)}
+    router, clock = make(loads=loads)
+    assert names(router.candidates("main"))[0] == "backup"  # least busy
+    router.succeeded(SPECS["cloud"], "user:ann")  # ann was answered by cloud
+    first = router.sticky_first(router.candidates("main"), "user:ann")
+    assert names(first) == ["cloud", "backup", "main"]
+    assert names(router.sticky_first(router.candidates("main"), "user:bob")) == [
+        "backup",
+        "cloud",
+        "main",
+    ]  # an unknown session: the usual order
+    router.failed(SPECS["cloud"], EngineError("down"))  # cooling down: not sticky any more
+    assert names(router.sticky_first(router.candidates("main"), "user:ann"))[0] == "backup"
+    clock.now += 31
+    assert names(router.sticky_first(router.candidates("main"), "user:ann"))[0] == "cloud"
+
+
+def test_a_session_does_not_wait_for_a_load_when_another_is_ready() -> None:
+    router, _ = make(ready={"backup"})
+    router.succeeded(SPECS["main"], "user:ann")  # main answered, then was unloaded
+    assert names(router.sticky_first(router.candidates("main"), "user:ann"))[0] == "backup"
+
+
+def test_sessions_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ml_offload.router.STICKY_SESSIONS", 2)
+    router, _ = make(loads={"main": Load(5)})
+    for who in ("a", "b", "c"):
+        router.succeeded(SPECS["cloud"], who)
+    assert names(router.sticky_first(router.candidates("main"), "a"))[0] == "backup"  # forgotten
+    assert names(router.sticky_first(router.candidates("main"), "c"))[0] == "cloud"
+
+
 def test_when_everything_cools_down_everything_is_tried() -> None:
     router, _ = make()
     for name in ("main", "backup", "cloud"):

@@ -5,10 +5,10 @@ next node when one fails before the answer starts.
 
 The order (`rank_nodes`, pure): warm first (M loaded there, shortest queue), then the nodes whose
 free memory fits M's estimate, best fit first (the least room left over), then every other node
-that serves M (most room first). A request with a session (`session_of`) goes, within each tier,
-to the node that rendezvous hashing picks for it: the same node from every gateway while that
-node stays in the tier, with no shared state. The fleet view is re-read from the database every
-`fleet.refresh_s` in the background (`FleetRoutes`), never per request.
+that serves M (most room first). A request's conversation (`wire.openai.session_of`) goes,
+within each tier, to the node that rendezvous hashing picks for it: the same node from every
+gateway while that node stays in the tier, with no shared state. The fleet view is re-read from
+the database every `fleet.refresh_s` in the background (`FleetRoutes`), never per request.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from pydantic import SecretStr
 
@@ -28,15 +27,6 @@ from ml_offload.errors import MloError, Unavailable
 from ml_offload.storage.nodes_repo import NodeRepository
 
 log = logging.getLogger(__name__)
-
-
-def session_of(data: Mapping[str, Any], header: str | None) -> str | None:
-    """The conversation a request belongs to: the `x-session-id` header, else OpenAI's `user`
-    (Anthropic's `metadata.user_id` arrives as `user`)."""
-    if header:
-        return header
-    user = data.get("user")
-    return user if isinstance(user, str) and user else None
 
 
 def _weight(session: str, node: str) -> int:

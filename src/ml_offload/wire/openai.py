@@ -6,6 +6,7 @@ no engine-only fields (llama.cpp adds `timings`), required fields present.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Literal
 
@@ -244,3 +245,46 @@ _REQUEST_FAULT_MARKERS = ("Failed to parse", "[json.exception.", "Unsupported pa
 def is_request_fault(message: str) -> bool:
     """Whether an upstream 5xx message says the request itself failed validation upstream."""
     return any(marker in message for marker in _REQUEST_FAULT_MARKERS)
+
+
+SESSION_FIELDS = ("prompt_cache_key", "user")  # the client's own conversation or user id
+PREFIX = "prefix:"  # a session named by how its conversation begins
+
+
+def session_of(data: dict[str, Any], header: str | None = None) -> str | None:
+    """Which conversation a request belongs to, for routing it where its prompt cache is: the
+    caller's `x-session-id` header (`header`), the client's own id (`prompt_cache_key`, `user`;
+    Anthropic's `metadata.user_id` arrives as `user`), else a hash of how the conversation
+    begins (the messages up to the first user message, or the prompt's first 512 characters):
+    the same for every turn of it."""
+    if header:
+        return f"header:{header}"
+    for key in SESSION_FIELDS:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return f"{key}:{value}"
+    messages, head = data.get("messages"), data.get("prompt")
+    if isinstance(messages, list):
+        end = next((i for i, m in enumerate(messages) if _is_user(m)), len(messages) - 1)
+        head = messages[: end + 1]
+    elif isinstance(head, str):
+        head = head[:512]
+    if not head:
+        return None
+    try:
+        encoded = orjson.dumps(head)
+    except TypeError:
+        return None
+    return PREFIX + hashlib.blake2b(encoded, digest_size=8).hexdigest()
+
+
+def continues(data: dict[str, Any]) -> bool:
+    """Whether the request carries an earlier answer (a later turn of a conversation)."""
+    messages = data.get("messages")
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("role") in ("assistant", "tool") for m in messages
+    )
+
+
+def _is_user(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "user"

@@ -18,7 +18,7 @@ from ml_offload.domain import (
     ServedModel,
 )
 from ml_offload.errors import EngineUnreachable, ModelNotFound, Unavailable
-from ml_offload.fleet.routing import FleetRoutes, node_deployment, rank_nodes, session_of
+from ml_offload.fleet.routing import FleetRoutes, node_deployment, rank_nodes
 from ml_offload.router import Router
 
 GIB = 2**30
@@ -102,13 +102,6 @@ def test_a_session_prefers_a_warm_node_to_a_cold_one() -> None:
     beats = [beat("cold", free_gib=20), beat("warm", loaded=("m",), queue=9)]
     for i in range(16):
         assert rank_nodes(beats, "m", now=NOW, session=f"s{i}")[0].name == "warm"
-
-
-def test_session_of_prefers_the_header_then_user() -> None:
-    assert session_of({"user": "u1"}, "hdr") == "hdr"
-    assert session_of({"user": "u1"}, None) == "u1"
-    assert session_of({"user": ""}, None) is None
-    assert session_of({}, None) is None
 
 
 def test_a_node_as_a_deployment() -> None:
