@@ -1,4 +1,6 @@
-"""A very fast loopback server that speaks llama.cpp server's OpenAI-compatible wire format.
+"""A very fast loopback server that speaks llama.cpp server's OpenAI-compatible wire format, and
+Anthropic's Messages stream at /v1/messages (the event sequence of
+https://docs.claude.com/en/docs/build-with-claude/streaming), for passthrough figures.
 
 Raw asyncio Protocol (uvloop when available), HTTP/1.1 keep-alive, precomputed responses, so a
 gateway proxying to it is measured rather than the upstream.
@@ -114,6 +116,21 @@ def chat_body(model: str) -> bytes:
     )
 
 
+def messages_body(model: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "msg_fake0001",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": REPLY}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 12},
+        }
+    )
+
+
 def completion_body(model: str) -> bytes:
     return orjson.dumps(
         {
@@ -172,6 +189,52 @@ def completion_events(model: str, chunks: int, include_usage: bool) -> list[byte
     return events
 
 
+def _named(name: str, obj: object) -> bytes:
+    """One named SSE event (Anthropic's framing) as one HTTP chunk."""
+    event = b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+    return f"{len(event):x}\r\n".encode() + event + b"\r\n"
+
+
+def messages_events(model: str, chunks: int) -> list[bytes]:
+    message = {
+        "id": "msg_fake0001",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1},
+    }
+    text = {"type": "text_delta", "text": CONTENT_TOKEN}
+    block = {"type": "text", "text": ""}
+    events = [
+        _named("message_start", {"type": "message_start", "message": message}),
+        _named(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": block},
+        ),
+        _named("ping", {"type": "ping"}),
+    ]
+    events += [
+        _named("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": text})
+        for _ in range(chunks)
+    ]
+    events += [
+        _named("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _named(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": chunks},
+            },
+        ),
+        _named("message_stop", {"type": "message_stop"}) + b"0\r\n\r\n",
+    ]
+    return events
+
+
 class Responses:
     """Precomputed answers, cached per (route, model, stream, include_usage)."""
 
@@ -182,18 +245,24 @@ class Responses:
         self.body = lru_cache(maxsize=256)(self._body)
 
     def _body(self, path: str, model: str) -> bytes:
-        make = chat_body if path == "/v1/chat/completions" else completion_body
+        make = {"/v1/chat/completions": chat_body, MESSAGES_PATH: messages_body}.get(
+            path, completion_body
+        )
         return _response("200 OK", make(model))
 
     def _events(self, path: str, model: str, include_usage: bool) -> list[bytes]:
-        make = chat_events if path == "/v1/chat/completions" else completion_events
-        events = make(model, self.opts.chunks, include_usage)
+        if path == "/v1/messages":
+            events = messages_events(model, self.opts.chunks)
+        else:
+            make = chat_events if path == "/v1/chat/completions" else completion_events
+            events = make(model, self.opts.chunks, include_usage)
         if self.opts.chunk_delay_s > 0:
             return [SSE_HEAD + events[0], *events[1:]]
         return [SSE_HEAD + b"".join(events)]
 
 
 POST_PATHS = {"/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions"}
+MESSAGES_PATH = "/v1/messages"  # streamed only: the passthrough's figure is its time to first byte
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -271,6 +340,8 @@ class HttpProtocol(asyncio.Protocol):
             t.write(self.r.models)
         elif method == "POST" and path in POST_PATHS:
             self._post(path if path.startswith("/v1") else "/v1" + path, body)
+        elif method == "POST" and path == MESSAGES_PATH:
+            self._post(path, body)
         else:
             t.write(NOT_FOUND)
         if close and not self.busy:

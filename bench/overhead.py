@@ -42,6 +42,10 @@ STREAM_BODY = orjson.dumps(
         "stream_options": {"include_usage": True},
     }
 )
+# Anthropic's Messages API, streamed: passed through to a deployment that speaks it (issue 15).
+MESSAGES_BODY = orjson.dumps(
+    {"model": "fake-claude", "messages": MESSAGES, "max_tokens": 16, "stream": True}
+)
 CONFIG = """demo_model = false
 scan_models_dir = false
 [storage]
@@ -51,6 +55,12 @@ log_level = "warning"
 [[models]]
 name = "fake"
 url = "{upstream}"
+parallel = 256
+[[models]]
+name = "fake-claude"
+url = "{upstream}"
+backend = "anthropic"
+api_key = "bench"
 parallel = 256
 """
 SECURE = """[security]
@@ -115,7 +125,13 @@ def start_gateway(
     return Gateway(url, proc, pid, ready - t0, log)
 
 
-MODES = {"json": BODY, "stream": STREAM_BODY}
+MODES = {"json": BODY, "stream": STREAM_BODY, "messages": MESSAGES_BODY}
+PATHS = {
+    "json": "/v1/chat/completions",
+    "stream": "/v1/chat/completions",
+    "messages": "/v1/messages",
+}
+STREAMED = ("stream", "messages")  # their figure is the time to the first SSE data event
 HEADERS: dict[str, str] = {}  # sent to the gateway (a key, with --secure); not to the upstream
 
 
@@ -130,11 +146,11 @@ def create_key(cfg: Path) -> str:
 
 
 def check(url: str, mode: str) -> str | None:
-    """One request of ``mode`` ("json" or "stream"); a problem described, or None."""
+    """One request of ``mode`` (json, stream or messages); a problem described, or None."""
     import urllib.request
 
     headers = {"Content-Type": "application/json", **HEADERS}
-    req = urllib.request.Request(url + "/v1/chat/completions", data=MODES[mode], headers=headers)
+    req = urllib.request.Request(url + PATHS[mode], data=MODES[mode], headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             data = resp.read()
@@ -143,6 +159,8 @@ def check(url: str, mode: str) -> str | None:
         return f"{mode}: {e!r} {getattr(e, 'read', lambda: b'')()[:200]!r}"
     if mode == "stream" and (b"data: [DONE]" not in data or "event-stream" not in ctype):
         return f"stream answer looks wrong ({ctype}): {data[:200]!r}"
+    if mode == "messages" and (b"event: message_stop" not in data or "event-stream" not in ctype):
+        return f"messages stream looks wrong ({ctype}): {data[:200]!r}"
     if mode == "json" and b'"chat.completion"' not in data:
         return f"json answer looks wrong: {data[:200]!r}"
     return None
@@ -152,7 +170,7 @@ def load(
     url: str, mode: str, conns: int, args: argparse.Namespace, headers: dict[str, str]
 ) -> Result:
     """One cell. ``mode`` is json or stream, with ``_sparse`` for one request per gap."""
-    target = url + "/v1/chat/completions"
+    target = url + PATHS[mode.removesuffix("_sparse")]
     body = MODES[mode.removesuffix("_sparse")]
     gap_s = args.gap_ms / 1000 if mode.endswith("_sparse") else 0.0
     if body is BODY and not gap_s and args.generator == "wrk":
@@ -223,6 +241,12 @@ def targets(table: list[dict[str, object]], gw: Gateway | None) -> list[tuple[st
             1.0,
         ),
         (
+            "added /v1/messages passthrough TTFB p50 <= 1 ms at 1 conn",
+            _num(get.get(("messages", 1)), "added_ttfb_p50_ms"),
+            "ms",
+            1.0,
+        ),
+        (
             "> 1500 req/s at 16 conns",
             _num(get.get(("json", 16)), "gateway", "rps"),
             "req/s",
@@ -263,8 +287,10 @@ def print_report(report: dict[str, object]) -> None:
     print("-" * len(head))
     for r in report["rows"]:  # type: ignore[attr-defined]
         d, g = r["direct"], r.get("gateway") or {}
-        key = "ttfb_" if r["mode"].startswith("stream") else ""
-        mode = ("ttfb" if key else "json") + ("~gap" if r["mode"].endswith("_sparse") else "")
+        base = r["mode"].removesuffix("_sparse")
+        key = "ttfb_" if base in STREAMED else ""
+        mode = {"stream": "ttfb", "messages": "msgs"}.get(base, base)
+        mode += "~gap" if r["mode"].endswith("_sparse") else ""
         print(
             f"{mode:9} {r['connections']:>4} | {d['rps']:>10.0f} {fmt(g.get('rps'), '.0f'):>8} "
             f"{fmt(r.get('ratio'), '.2f'):>6} | {fmt(d[key + 'p50_ms']):>7} "
@@ -273,7 +299,8 @@ def print_report(report: dict[str, object]) -> None:
             f"{fmt(r.get('added_' + key + 'p99_ms')):>7} | {d['errors']}/{g.get('errors', '-')}"
         )
     print(
-        "(json: full-response latency in ms; ttfb: time to the first SSE data event in ms, r/s ="
+        "(json: full-response latency in ms; ttfb: time to the first SSE data event in ms; msgs:"
+        " the same for Anthropic's /v1/messages passed through; r/s ="
         f" streams/s; ~gap: one connection pausing {report['gap_ms']:.0f} ms between requests,"
         " so each meets an idle server)"
     )
