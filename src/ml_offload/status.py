@@ -100,22 +100,26 @@ class StatusService:
         )
 
     def models(self, *, reveal: bool, specs: Sequence[ModelSpec] | None = None) -> ModelList:
-        """`specs` (default: every deployment) as the model list."""
-        specs = self._registry.all() if specs is None else list(specs)
-        statuses = self._scheduler.status(specs)
-        data = [self._model(sp, st, reveal) for sp, st in zip(specs, statuses, strict=True)]
-        own = {n for sp in specs for n in sp.names}
-        for served, warm in self._fleet.models() if self._fleet is not None else []:
-            if served.name not in own:
-                data.append(self._model(*_on_fleet(served, warm), reveal))
+        """`specs` (default: every model, on a gateway its nodes' too) as the model list."""
+        fleet = self._fleet_models()
+        specs = self.specs() if specs is None else list(specs)
+        own = [sp for sp in specs if sp.source != "fleet"]
+        statuses = self._scheduler.status(own)
+        data = [self._model(sp, st, reveal) for sp, st in zip(own, statuses, strict=True)]
+        wanted = {sp.name for sp in specs}
+        data.extend(self._model(sp, st, reveal) for sp, st in fleet if sp.name in wanted)
         return ModelList(data=data)
 
     def specs(self) -> list[ModelSpec]:
         """Every model a request may name here: its own, then those only its nodes serve."""
-        specs = self._registry.all()
-        own = {n for sp in specs for n in sp.names}
-        fleet = self._fleet.models() if self._fleet is not None else []
-        return specs + [_on_fleet(m, w)[0] for m, w in fleet if m.name not in own]
+        return self._registry.all() + [sp for sp, _ in self._fleet_models()]
+
+    def _fleet_models(self) -> list[tuple[ModelSpec, ModelStatus]]:
+        """The models only this gateway's nodes serve, ready where loaded on one of them."""
+        if self._fleet is None:
+            return []
+        own = {n for sp in self._registry.all() for n in sp.names}
+        return [_on_fleet(m, warm) for m, warm in self._fleet.models() if m.name not in own]
 
     def model(self, name: str, *, reveal: bool) -> ModelView:
         """One model by name or alias (NotFound naming what exists)."""
