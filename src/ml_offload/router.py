@@ -109,15 +109,21 @@ class Router:
     ) -> tuple[list[ModelSpec], str | None]:
         """`candidates` for the request `data`, and its conversation (`session_of`; `header`:
         the caller's `x-session-id`) for `succeeded`, None where there is no choice to
-        remember. On a gateway the fleet orders its nodes (the session picks among equals,
-        fleet/routing.py). Otherwise a later turn, or a request the client names, goes first to
+        remember. On a gateway the fleet orders its nodes (a session the caller names picks among
+        equals on every gateway alike, fleet/routing.py; one known by its text is not steered
+        before it continues). Otherwise a later turn, or a request the client names, goes first to
         the deployment that answered it before; a first turn known only by its text is not
         steered (two people asking the same thing are not one conversation)."""
         name = data["model"]
         if self._fleet is not None:
-            nodes = self._fleet.candidates(name, session_of(data, header))
-            if nodes is not None:
-                return self._usable(nodes), None  # in the fleet's order
+            session = session_of(data, header)
+            named = session is not None and not session.startswith(PREFIX)
+            nodes = self._fleet.candidates(name, session if named else None)
+            if nodes is not None:  # in the fleet's order; a conversation back to its node
+                usable = self._usable(nodes)
+                if session is not None and (named or continues(data)):
+                    usable = self.sticky_first(usable, session)
+                return usable, session
         primary = self._resolve(name)
         if not primary.fallbacks:
             return [primary], None  # the hot path: one deployment, nothing to order

@@ -166,16 +166,36 @@ async def test_gateways_are_not_routed_to_and_models_are_listed_once() -> None:
     assert [(m.name, warm) for m, warm in fleet.models()] == [("m", True), ("n", False)]
 
 
+def unknown(name: str) -> ModelSpec:
+    raise ModelNotFound(f"model {name!r} not found")
+
+
 async def test_router_skips_a_node_that_just_failed() -> None:
     fleet, _ = await routes([beat("a", loaded=("m",)), beat("b")])
 
-    def resolve(name: str) -> ModelSpec:
-        raise ModelNotFound(f"model {name!r} not found")
-
-    router = Router(resolve, lambda s: ModelState.READY, cooldown_s=30, fleet=fleet)
+    router = Router(unknown, lambda s: ModelState.READY, cooldown_s=30, fleet=fleet)
     first = router.candidates("m")
     assert [s.name for s in first] == ["m@a", "m@b"]
     router.failed(first[0], EngineUnreachable("connection refused"))
     assert [s.name for s in router.candidates("m")] == ["m@b"]
     with pytest.raises(ModelNotFound):
         router.candidates("unknown")
+
+
+async def test_a_conversation_goes_back_to_the_node_that_answered_it() -> None:
+    fleet, repo = await routes([beat("a", loaded=("m",), queue=5), beat("b", loaded=("m",))])
+    router = Router(unknown, lambda s: ModelState.READY, cooldown_s=30, fleet=fleet)
+    first = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    specs, session = router.route(first)
+    assert [s.name for s in specs] == ["m@b", "m@a"]  # no id: the shortest queue
+    assert session is not None
+    router.succeeded(specs[0], session)
+    repo.beats = [beat("a", loaded=("m",)), beat("b", loaded=("m",), queue=5)]
+    await fleet.refresh()
+    assert [s.name for s in router.route(first)[0]] == ["m@a", "m@b"]  # a new one: not steered
+    later = {**first, "messages": [*first["messages"], {"role": "assistant", "content": "yo"}]}
+    later["messages"].append({"role": "user", "content": "more"})
+    assert [s.name for s in router.route(later)[0]] == ["m@b", "m@a"]  # back where it was
+    named = [router.route({**first, "user": "u7"})[0][0].name for _ in range(3)]
+    assert len(set(named)) == 1  # a named session: the node rendezvous hashing picks for it
+    assert named[0] == "m@" + rank_nodes(repo.beats, "m", now=NOW, session="user:u7")[0].name
