@@ -300,11 +300,28 @@ class ServeProfile(_Section):
 
     model: str = Field(min_length=1, description="a Hugging Face id or a local folder")
     command: list[str] = Field(default_factory=lambda: ["vllm"], min_length=1)
-    tensor_parallel_size: int | None = Field(None, ge=1)
+    tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs per node")
+    pipeline_parallel_size: int | None = Field(
+        None, ge=1, description="nodes the model spans (vLLM's pipeline stages; needs ray_address)"
+    )
+    ray_address: str | None = Field(
+        None,
+        description="the Ray cluster the nodes joined (`ray start --head` here, `ray start "
+        "--address=HEAD:6379` on the others): vLLM serves across it as one deployment",
+    )
     quantization: str | None = Field(None, description="e.g. fp8, awq, gptq")
     max_model_len: int | None = Field(None, ge=64)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     extra_args: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _stages_need_a_cluster(self) -> ServeProfile:
+        if (self.pipeline_parallel_size or 1) > 1 and not self.ray_address:
+            raise ValueError(
+                "serve.pipeline_parallel_size > 1 spans nodes: set serve.ray_address to the Ray "
+                "cluster they joined (vLLM's multi-node serving runs on Ray)"
+            )
+        return self
 
 
 class VllmSettings(_Section):

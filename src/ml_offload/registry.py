@@ -413,6 +413,8 @@ def _command(config: ModelConfig) -> tuple[str, ...]:
         serve.model,
         served_name=config.name,
         tensor_parallel_size=serve.tensor_parallel_size,
+        pipeline_parallel_size=serve.pipeline_parallel_size,
+        ray_address=serve.ray_address,
         quantization=serve.quantization,
         max_model_len=serve.max_model_len,
         gpu_memory_utilization=serve.gpu_memory_utilization,

@@ -143,6 +143,8 @@ def main(argv: list[str]) -> int:
     if os.environ.get("FAKE_VLLM_ARGV"):
         with open(os.environ["FAKE_VLLM_ARGV"], "w") as fh:
             json.dump(argv, fh)
+        with open(os.environ["FAKE_VLLM_ARGV"] + ".ray", "w") as fh:
+            fh.write(os.environ.get("RAY_ADDRESS", ""))  # the Ray cluster it would join
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["serve"])
     parser.add_argument("model")

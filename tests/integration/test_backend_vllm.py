@@ -5,6 +5,7 @@ the documents followed); the managed one is the same fake run as a program."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -153,3 +154,31 @@ def test_vllm_serve_is_started_and_stopped(
     while pid_alive(pid):
         assert time.monotonic() < deadline, "vllm serve outlived its unload"
         time.sleep(0.05)
+
+
+def test_a_model_larger_than_a_node_spans_a_ray_cluster(
+    gateway_factory: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's multi-node serving as one deployment: GPUs per node as tensor parallel, nodes as
+    pipeline stages, on the Ray cluster the nodes joined (RAY_ADDRESS in vLLM's environment)."""
+    argv_file = tmp_path / "argv.json"
+    monkeypatch.setenv("FAKE_VLLM_ARGV", str(argv_file))
+    paths = [str(REPO), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+    serve = {
+        "model": "meta-llama/Llama-3.1-405B-Instruct",
+        "command": [sys.executable, "-m", "tests.integration.fake_vllm"],
+        "tensor_parallel_size": 8,
+        "pipeline_parallel_size": 2,
+        "ray_address": "10.0.0.1:6379",
+    }
+    gw = gateway_factory(
+        demo_model=False, models=[{"name": "big", "backend": "vllm", "serve": serve}]
+    )
+    assert ask(gw, "big") == "Hello from vLLM"
+    argv = json.loads(argv_file.read_text())
+    flags = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert flags["--tensor-parallel-size"] == "8" and flags["--pipeline-parallel-size"] == "2"
+    assert flags["--distributed-executor-backend"] == "ray"
+    assert Path(f"{argv_file}.ray").read_text() == "10.0.0.1:6379"
+    assert [m["id"] for m in gw.http.get("/models").json()["data"]] == ["big"]  # one deployment

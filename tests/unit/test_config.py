@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from ml_offload.config import load_settings
+from ml_offload.config import Settings, load_settings
 from ml_offload.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,3 +108,13 @@ def test_fleet_gateway_role_holds_no_engines() -> None:
         Settings(fleet={"role": "gateway"}, models=[{"name": "local", "path": "/m/x.gguf"}])
     with pytest.raises(ValueError, match="lease_s must be longer"):
         Settings(fleet={"heartbeat_s": 5, "lease_s": 5})
+
+
+def test_pipeline_stages_need_a_ray_cluster() -> None:
+    serve = {"model": "x", "pipeline_parallel_size": 2}
+    with pytest.raises(ValidationError, match="ray_address"):
+        Settings(models=[{"name": "big", "backend": "vllm", "serve": serve}])
+    ok = Settings(
+        models=[{"name": "big", "backend": "vllm", "serve": {**serve, "ray_address": "h:6379"}}]
+    )
+    assert ok.models[0].serve is not None and ok.models[0].serve.ray_address == "h:6379"

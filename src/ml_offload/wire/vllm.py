@@ -2,7 +2,10 @@
 
 Followed: vLLM's docs, "OpenAI-Compatible Server" (`vllm serve` engine arguments
 `--tensor-parallel-size`, `--quantization`, `--max-model-len`, `--gpu-memory-utilization`,
-`--served-model-name`) and "Production Metrics" (gauges `vllm:num_requests_running`,
+`--served-model-name`), "Parallelism and Scaling" (multi-node: `tensor_parallel_size` GPUs per
+node, `pipeline_parallel_size` nodes, on a Ray cluster: `--distributed-executor-backend ray`, the
+cluster found through Ray's `RAY_ADDRESS`) and "Production Metrics" (gauges
+`vllm:num_requests_running`,
 `vllm:num_requests_waiting`, `vllm:gpu_cache_usage_perc`, renamed `vllm:kv_cache_usage_perc`
 in V1; each carries a `model_name` label). The request API is OpenAI's, spoken as such.
 """
@@ -25,15 +28,23 @@ def serve_argv(
     *,
     served_name: str,
     tensor_parallel_size: int | None = None,
+    pipeline_parallel_size: int | None = None,
+    ray_address: str | None = None,
     quantization: str | None = None,
     max_model_len: int | None = None,
     gpu_memory_utilization: float | None = None,
     extra_args: Sequence[str] = (),
 ) -> tuple[str, ...]:
-    """`vllm serve <model> ...` without host and port (chosen when it is started)."""
-    argv = [*command, "serve", model, "--served-model-name", served_name]
+    """`vllm serve <model> ...` without host and port (chosen when it is started); with a Ray
+    cluster, run through `env RAY_ADDRESS=...` so that vLLM joins it."""
+    cluster = ["env", f"RAY_ADDRESS={ray_address}"] if ray_address else []
+    argv = [*cluster, *command, "serve", model, "--served-model-name", served_name]
     if tensor_parallel_size is not None:
         argv += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if pipeline_parallel_size is not None:
+        argv += ["--pipeline-parallel-size", str(pipeline_parallel_size)]
+    if ray_address:
+        argv += ["--distributed-executor-backend", "ray"]
     if quantization:
         argv += ["--quantization", quantization]
     if max_model_len is not None:
