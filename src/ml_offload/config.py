@@ -132,11 +132,24 @@ class FleetSettings(_Section):
     refresh_s: float = Field(
         1.0, gt=0, description="how often a gateway re-reads the fleet's nodes for routing"
     )
+    tls_ca_file: Path | None = Field(
+        None, description="a gateway trusts nodes' certificates from this CA (PEM)"
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="mutual TLS: the certificate a gateway presents to nodes (PEM)"
+    )
+    tls_key_file: Path | None = Field(None, description="its private key (PEM)")
 
     @model_validator(mode="after")
     def _lease_outlives_beats(self) -> FleetSettings:
         if self.lease_s <= self.heartbeat_s:
             raise ValueError("fleet.lease_s must be longer than fleet.heartbeat_s")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> FleetSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both fleet.tls_cert_file and fleet.tls_key_file, or neither")
         return self
 
 

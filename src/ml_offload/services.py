@@ -35,7 +35,7 @@ from ml_offload.control import FolderWatch, ModelControl
 from ml_offload.domain import ApiKey, DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError, MloError
 from ml_offload.fleet.membership import Membership
-from ml_offload.fleet.routing import FleetRoutes
+from ml_offload.fleet.routing import FleetRoutes, node_tls
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
 from ml_offload.inference import InferenceService
@@ -312,10 +312,12 @@ class Services:
         await probes.start()
         routes = None
         if settings.fleet.role == "gateway":
+            tls = node_tls(settings.fleet)
             routes = FleetRoutes(
                 NodeRepository(db),
                 refresh_s=settings.fleet.refresh_s,
                 node_key=settings.fleet.node_key,
+                on_node=None if tls is None else lambda url: upstream.use_tls(url, tls),
             )
             stack.push_async_callback(routes.close)
             await routes.start()

@@ -4,7 +4,9 @@ SmolLM2 engine, and a loopback fake OpenAI server behind one of them) and a gate
 set). Through the gateway: a request reaches the node where the model is warm; a model only one
 node serves goes there; a node killed mid-stream gives a clean error event and the next request
 is served by the other node; a model no node serves is a 404, one whose nodes are gone a 503,
-both in OpenAI's error shape; nodes refuse requests without the node key."""
+both in OpenAI's error shape; nodes refuse requests without the node key. Over mutual TLS
+(`security.tls` on the node, `fleet.tls_*` on the gateway, certificates from `trustme`): a
+gateway with its client certificate is answered, one without is refused."""
 
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import trustme
 
 from tests.integration.conftest import Gateway, GatewayFactory
 from tests.integration.fake_upstream import Reply, fake_openai
 from tests.integration.test_fleet_nodes import BACKENDS, _database
+from tests.integration.test_tls import Pki, TlsGateway, start
 
 NODE_KEY = "fleet-node-secret-0123456789"
 ADMIN = "node-admin-secret-0123456789"
@@ -130,3 +134,58 @@ def test_a_gateway_routes_to_the_warm_node_and_around_a_dead_one(
         assert gone.value.status_code == 503
         assert f"every node that serves {only_a!r} is gone: {a}" in gone.value.message
         assert len(fake.requests) == 1
+
+
+def test_gateway_reaches_a_node_over_mutual_tls_and_one_without_a_certificate_is_refused(
+    tmp_path: Path, gateway_factory: GatewayFactory
+) -> None:
+    ca = trustme.CA()
+    server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("gateway.example")
+    pem = {
+        name: tmp_path / f"{name}.pem" for name in ("ca", "server", "server-key", "gw", "gw-key")
+    }
+    ca.cert_pem.write_to_path(str(pem["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(pem["server"]))
+    server.private_key_pem.write_to_path(str(pem["server-key"]))
+    client.cert_chain_pems[0].write_to_path(str(pem["gw"]))
+    client.private_key_pem.write_to_path(str(pem["gw-key"]))
+    pki = Pki(ca, pem["server"], pem["server-key"], pem["ca"], client, client, client)
+    db, model = _database("sqlite", tmp_path), f"m-{uuid.uuid4().hex[:8]}"
+    with fake_openai(lambda request: Reply(body=answer("over mTLS"))) as fake:
+        node: TlsGateway = start(
+            tmp_path / "node",
+            pki,
+            "--tls-client-ca",
+            str(pem["ca"]),
+            ready=pki.client(client),
+            scan_models_dir=False,
+            watch_models_dir=False,
+            storage={"database_url": db, "node_name": "tls-node"},
+            fleet={"role": "node", "heartbeat_s": 0.2, "lease_s": 2.0, "node_key": NODE_KEY},
+            models=[{"name": model, "url": fake.url}],
+        )
+        try:
+            gateway = {"database_url": db}
+            trusted = gateway_factory(
+                storage=gateway,
+                fleet={
+                    "role": "gateway",
+                    "refresh_s": 0.2,
+                    "node_key": NODE_KEY,
+                    "tls_ca_file": pem["ca"],
+                    "tls_cert_file": pem["gw"],
+                    "tls_key_file": pem["gw-key"],
+                },
+            )
+            reply = trusted.client.chat.completions.create(model=model, messages=HI, max_tokens=3)
+            assert reply.choices[0].message.content == "over mTLS"
+            stranger = gateway_factory(
+                storage=gateway,
+                fleet={"role": "gateway", "node_key": NODE_KEY, "tls_ca_file": pem["ca"]},
+            )
+            with pytest.raises(openai.APIStatusError) as refused:
+                stranger.client.chat.completions.create(model=model, messages=HI, max_tokens=3)
+            assert refused.value.status_code >= 500
+            assert len(fake.requests) == 1
+        finally:
+            node.stop()

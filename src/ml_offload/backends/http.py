@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
@@ -31,6 +32,7 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str] = {}
         self._engine_keys: dict[str, str] = {}  # an engine's origin -> its Authorization value
+        self._tls: dict[str, ssl.SSLContext] = {}  # an origin -> how to reach it (fleet nodes)
 
     async def start(self) -> None:
         self._proxies = urllib.request.getproxies_environment()
@@ -42,6 +44,14 @@ class Upstream:
     def authorize(self, base_url: str, api_key: str) -> None:
         """Send `api_key` with every request to the engine at `base_url` (until `forget`)."""
         self._engine_keys[_origin(base_url)] = f"Bearer {api_key}"
+
+    def use_tls(self, base_url: str, context: ssl.SSLContext) -> None:
+        """Reach `base_url` with `context` (the CA it is trusted by, the certificate we show)
+        rather than the system's trust store."""
+        self._tls[_origin(base_url)] = context
+
+    def _ssl(self, url: str) -> ssl.SSLContext | bool:
+        return self._tls.get(_origin(url), True) if self._tls else True
 
     def forget(self, base_url: str) -> None:
         self._engine_keys.pop(_origin(base_url), None)
@@ -65,7 +75,9 @@ class Upstream:
         try:
             proxy = self.proxy_for(url) if self._proxies else None
             headers = self._headers(url, headers)
-            async with self.session.post(url, data=body, headers=headers, proxy=proxy) as resp:
+            tls = self._ssl(url)
+            post = self.session.post(url, data=body, headers=headers, proxy=proxy, ssl=tls)
+            async with post as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
@@ -77,7 +89,9 @@ class Upstream:
         try:
             proxy = self.proxy_for(url) if self._proxies else None
             headers = self._headers(url, headers)
-            return await self.session.post(url, data=body, headers=headers, proxy=proxy)
+            return await self.session.post(
+                url, data=body, headers=headers, proxy=proxy, ssl=self._ssl(url)
+            )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
 
@@ -85,7 +99,8 @@ class Upstream:
         try:
             proxy = self.proxy_for(url) if self._proxies else None
             headers = self._headers(url, {})
-            async with self.session.get(url, headers=headers, proxy=proxy) as resp:
+            get = self.session.get(url, headers=headers, proxy=proxy, ssl=self._ssl(url))
+            async with get as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None

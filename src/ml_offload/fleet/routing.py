@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
 from pydantic import SecretStr
 
+from ml_offload.config import FleetSettings
 from ml_offload.domain import DeploymentKind, ModelSpec, NodeBeat, ServedModel
-from ml_offload.errors import MloError, Unavailable
+from ml_offload.errors import ConfigError, MloError, Unavailable
 from ml_offload.storage.nodes_repo import NodeRepository
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,23 @@ def gone_reason(beats: list[NodeBeat], model: str, now: float) -> str | None:
     return f"every node that serves {model!r} is gone: {said}; start one or wait for it"
 
 
+def node_tls(fleet: FleetSettings) -> ssl.SSLContext | None:
+    """How a gateway reaches nodes over TLS: trusting `fleet.tls_ca_file` (else the system's
+    store) and presenting `fleet.tls_cert_file` for mutual TLS; None when neither is set."""
+    if fleet.tls_ca_file is None and fleet.tls_cert_file is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=fleet.tls_ca_file)
+        if fleet.tls_cert_file is not None:
+            context.load_cert_chain(fleet.tls_cert_file, fleet.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"fleet.tls_ca_file / tls_cert_file / tls_key_file: {exc}; give PEM files (a CA "
+            "bundle, a certificate and its private key)"
+        ) from None
+    return context
+
+
 class FleetRoutes:
     """A gateway's view of the fleet, re-read every `refresh_s`; the deployments for a model."""
 
@@ -96,9 +115,12 @@ class FleetRoutes:
         *,
         refresh_s: float,
         node_key: SecretStr | None,
+        on_node: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`on_node`: called with each node URL before the first request to it (its TLS)."""
         self._repo, self._refresh_s, self._key, self._clock = repo, refresh_s, node_key, clock
+        self._on_node = on_node
         self._beats: list[NodeBeat] = []
         self._specs: dict[tuple[str, str, str], ModelSpec] = {}  # (node, model, url)
         self._task: asyncio.Task[None] | None = None
@@ -143,6 +165,8 @@ class FleetRoutes:
         key = (beat.name, served.name, beat.url)
         spec = self._specs.get(key)
         if spec is None:
+            if self._on_node is not None:
+                self._on_node(beat.url)
             spec = self._specs[key] = node_deployment(beat, served, self._key)
         return spec
 

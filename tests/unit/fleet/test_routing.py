@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
+from ml_offload.config import FleetSettings
 from ml_offload.domain import (
     DeploymentKind,
     ModelSpec,
@@ -17,8 +19,8 @@ from ml_offload.domain import (
     NodeDevice,
     ServedModel,
 )
-from ml_offload.errors import EngineUnreachable, ModelNotFound, Unavailable
-from ml_offload.fleet.routing import FleetRoutes, node_deployment, rank_nodes
+from ml_offload.errors import ConfigError, EngineUnreachable, ModelNotFound, Unavailable
+from ml_offload.fleet.routing import FleetRoutes, node_deployment, node_tls, rank_nodes
 from ml_offload.router import Router
 
 GIB = 2**30
@@ -199,3 +201,21 @@ async def test_a_conversation_goes_back_to_the_node_that_answered_it() -> None:
     named = [router.route({**first, "user": "u7"})[0][0].name for _ in range(3)]
     assert len(set(named)) == 1  # a named session: the node rendezvous hashing picks for it
     assert named[0] == "m@" + rank_nodes(repo.beats, "m", now=NOW, session="user:u7")[0].name
+
+
+def test_node_tls_from_the_fleet_settings(tmp_path: Path) -> None:
+    assert node_tls(FleetSettings()) is None
+    with pytest.raises(ValidationError, match=r"tls_cert_file and fleet\.tls_key_file"):
+        FleetSettings(tls_cert_file=tmp_path / "c.pem")
+    with pytest.raises(ConfigError, match=r"fleet\.tls_ca_file"):
+        node_tls(FleetSettings(tls_ca_file=tmp_path / "missing.pem"))
+
+
+async def test_each_new_node_url_is_announced_once_for_its_tls() -> None:
+    seen: list[str] = []
+    repo = FakeNodes([beat("a"), beat("b")])
+    fleet = FleetRoutes(repo, refresh_s=1, node_key=None, on_node=seen.append, clock=lambda: NOW)  # type: ignore[arg-type]
+    await fleet.refresh()
+    fleet.candidates("m")
+    fleet.candidates("alias-m")
+    assert sorted(seen) == ["http://a:9000", "http://b:9000"]
