@@ -310,3 +310,41 @@ def wait_for(check: Any, *, what: str, timeout_s: float = 60.0) -> None:
             pass
         time.sleep(0.02)
     raise AssertionError(f"waited {timeout_s}s for {what}")
+
+
+def test_verify_the_logs_of_several_gateways(tmp_path: Path) -> None:
+    """A fleet: each gateway writes its own signed chain; one `mlo audit verify` checks them
+    all with their public keys, a line each, and fails naming the log that was rewritten."""
+    logs, pems = [], []
+    for name in ("gw1", "gw2"):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[storage]\ndata_dir = "{tmp_path / name}"\n')
+        log = tmp_path / name / "audit" / "audit.jsonl"
+        asyncio.run(write_events(log, 0, N, sign=True))
+        pem = tmp_path / f"{name}.pub"
+        assert mlo(config, "public-key", "--output", str(pem)).returncode == 0
+        logs.append(str(log))
+        pems += ["--public-key", str(pem)]
+    done = mlo(tmp_path / "gw1.toml", "verify", *logs, *pems)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [ln.split(": ok: ")[0] for ln in lines] == logs
+    assert all("6 signed checkpoints verified" in ln for ln in lines)
+    as_json = json.loads(mlo(tmp_path / "gw1.toml", "verify", *logs, *pems, "--json").stdout)
+    assert [(r["file"], r["ok"]) for r in as_json] == [(logs[0], True), (logs[1], True)]
+
+    second = Path(logs[1])  # gw2's log rewritten whole: its chain holds, its signatures do not
+    prev, out = GENESIS, []
+    for seq, raw in enumerate(second.read_bytes().splitlines(), start=1):
+        event = json.loads(raw)["event"]
+        if event.get("request_id") == "r3":
+            event["status"] = 403
+        line, prev = encode_entry(seq, prev, json.dumps(event).encode())
+        out.append(line)
+    second.write_bytes(b"".join(out))
+    head_path(second).write_text(json.dumps({"seq": len(out), "hash": prev}))
+    done = mlo(tmp_path / "gw1.toml", "verify", *logs, *pems)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0].startswith(f"{logs[0]}: ok: ")
+    assert done.stdout.splitlines()[1].startswith(f"{logs[1]}: broken at line 10")
+    assert "1 of 2 audit logs are broken" in done.stderr

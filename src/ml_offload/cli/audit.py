@@ -20,7 +20,7 @@ from ml_offload.cli.client import CliError
 from ml_offload.cli.common import ConfigOpt, JsonOpt, out, settings_for
 from ml_offload.security.audit import audit_path
 from ml_offload.security.audit_format import Entry, iso_time, log_files, to_json
-from ml_offload.security.audit_read import export, follow, tail, verify
+from ml_offload.security.audit_read import VerifyResult, export, follow, tail, verify
 from ml_offload.security.audit_sign import load_public_key, public_pem, signing_key_path
 
 app = typer.Typer(
@@ -72,43 +72,72 @@ def tail_cmd(
 
 @app.command("verify")
 def verify_cmd(
+    logs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Logs to check, e.g. one per gateway of a fleet, each its own chain (default: "
+            "--file, or the config's).",
+            show_default=False,
+        ),
+    ] = None,
     public_key: Annotated[
         list[Path] | None,
         typer.Option(
             "--public-key",
             help="Check the signed checkpoints with this key (`mlo audit public-key`); repeat "
-            "for keys used before.",
+            "for keys used before, or for each gateway whose log is checked.",
         ),
     ] = None,
     config: ConfigOpt = None,
     file: FileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the hash chain: exit 0 ("ok: N entries") or 1 naming the first broken entry."""
-    path = _log_file(config, file)
+    """Check the hash chain: exit 0 ("ok: N entries") or 1 naming the first broken entry;
+    with several logs, a line for each, and exit 1 if any is broken."""
+    paths = [_log_file(None, p) for p in logs] if logs else [_log_file(config, file)]
     try:
         keys = [load_public_key(p) for p in public_key or []]
     except ValueError as exc:
         raise CliError(f"{exc}; give the file `mlo audit public-key` wrote") from None
-    result = verify(path, keys or None)
+    results = [(path, verify(path, keys or None)) for path in paths]
+    broken = [path for path, result in results if result.broken is not None]
     if as_json:
-        data = {
-            "ok": result.ok,
-            "entries": result.entries,
-            "last_seq": result.last_seq,
-            "last_hash": result.last_hash,
-            "torn_bytes": result.torn_bytes,
-            "checkpoints": result.checkpoints,
-            "signatures_checked": bool(keys),
-            "unsigned_tail": result.unsigned_tail,
-            "broken": None if result.broken is None else str(result.broken),
-        }
-        sys.stdout.write(to_json(data).decode() + "\n")
-        if not result.ok:
+        data = [_verified_json(path, result, bool(keys)) for path, result in results]
+        sys.stdout.write(to_json(data if logs else data[0]).decode() + "\n")
+        if broken:
             raise typer.Exit(1)
         return
-    if result.broken is not None:
-        raise CliError(f"audit log {path} is broken at {result.broken}")
+    if not logs:
+        path, result = results[0]
+        if result.broken is not None:
+            raise CliError(f"audit log {path} is broken at {result.broken}")
+        out.print(_verified_line(result, bool(keys)))
+        return
+    for path, result in results:
+        if result.broken is None:
+            out.print(f"{path}: {_verified_line(result, bool(keys))}")
+        else:
+            out.print(f"{path}: broken at {result.broken}")
+    if broken:
+        raise CliError(f"{len(broken)} of {len(results)} audit logs are broken")
+
+
+def _verified_json(path: Path, result: VerifyResult, signatures: bool) -> dict[str, Any]:
+    return {
+        "file": str(path),
+        "ok": result.ok,
+        "entries": result.entries,
+        "last_seq": result.last_seq,
+        "last_hash": result.last_hash,
+        "torn_bytes": result.torn_bytes,
+        "checkpoints": result.checkpoints,
+        "signatures_checked": signatures,
+        "unsigned_tail": result.unsigned_tail,
+        "broken": None if result.broken is None else str(result.broken),
+    }
+
+
+def _verified_line(result: VerifyResult, signatures: bool) -> str:
     torn = (
         f"; an incomplete last line ({result.torn_bytes} bytes, left by a crash) is cut when "
         "the gateway next starts"
@@ -117,12 +146,12 @@ def verify_cmd(
     )
     signed = (
         f"; {result.checkpoints} signed checkpoints verified"
-        if keys
+        if signatures
         else "; signatures not checked (give --public-key)"
         if result.checkpoints
         else ""
     )
-    out.print(f"ok: {result.entries} entries, last hash {result.last_hash}{signed}{torn}")
+    return f"ok: {result.entries} entries, last hash {result.last_hash}{signed}{torn}"
 
 
 @app.command("public-key")
