@@ -9,6 +9,7 @@ first ``data:`` event (p50/p99), direct and through the gateway; plus the gatewa
     python bench/overhead.py --direct-only      # only the upstream half (no gateway needed)
     python bench/overhead.py --secure           # with a key, rate limits and the audit log on
     python bench/overhead.py --tracing          # exporting OTLP traces (all requests) too
+    python bench/overhead.py --compare          # and LiteLLM's proxy beside it (bench/peers.sh)
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers
 import procs
 from fake_upstream import spawn
 from loadgen import Result, new_loop, run_py, run_wrk, wrk_available
@@ -145,11 +148,11 @@ def create_key(cfg: Path) -> str:
     return match.group(0)
 
 
-def check(url: str, mode: str) -> str | None:
+def check(url: str, mode: str, auth: dict[str, str] | None = None) -> str | None:
     """One request of ``mode`` (json, stream or messages); a problem described, or None."""
     import urllib.request
 
-    headers = {"Content-Type": "application/json", **HEADERS}
+    headers = {"Content-Type": "application/json", **(HEADERS if auth is None else auth)}
     req = urllib.request.Request(url + PATHS[mode], data=MODES[mode], headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -316,6 +319,28 @@ def print_report(report: dict[str, object]) -> None:
             print(f"note: {note}")
     for name, value, met in report.get("targets", []):  # type: ignore[attr-defined]
         print(f"target {name:34} measured {value:>12}  {'met' if met else 'MISSED'}")
+    for peer in report.get("peers") or []:  # type: ignore[attr-defined]
+        print_peer(peer, report["rows"])  # type: ignore[arg-type]
+
+
+def print_peer(peer: dict[str, Any], ours: list[dict[str, object]]) -> None:
+    """A peer's cells beside ml-offload's, and the ratio (ml-offload / peer)."""
+    mine = {(r["mode"], r["connections"]): r.get("gateway") or {} for r in ours}
+    print(
+        f"\n{peer['name']}: start-up {peer['startup_s']:.2f} s; RSS idle "
+        f"{peer['rss_idle_mb']:.1f} MB, after load {peer['rss_after_mb']:.1f} MB"
+    )
+    head = f"{'peer r/s':>9} {'mlo r/s':>8} {'x':>6} | {'peer p50':>9} {'mlo p50':>8}"
+    print(f"{'mode':9} {'conn':>4} | {head}")
+    for row in peer["rows"]:
+        r, g = row["result"], mine.get((row["mode"], row["connections"]), {})
+        key = "ttfb_" if row["mode"].removesuffix("_sparse") in STREAMED else ""
+        ratio = g.get("rps", 0) / r["rps"] if r["rps"] and g.get("rps") else None
+        print(
+            f"{row['mode']:9} {row['connections']:>4} | {r['rps']:>9.0f} "
+            f"{fmt(g.get('rps'), '.0f'):>8} {fmt(ratio, '.1f'):>6} | "
+            f"{fmt(r.get(key + 'p50_ms')):>9} {fmt(g.get(key + 'p50_ms')):>8}"
+        )
 
 
 def main() -> None:
@@ -337,6 +362,10 @@ def main() -> None:
     ap.add_argument(
         "--tracing", action="store_true", help="gateway exporting OTLP traces to a receiver"
     )
+    ap.add_argument(
+        "--compare", action="store_true", help="also measure LiteLLM's proxy (bench/peers.sh)"
+    )
+    ap.add_argument("--peers", type=Path, default=peers.DEFAULT_VENV, help="peers' venv")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
     args.conns = [int(c) for c in args.conns.split(",")]
@@ -379,6 +408,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             finally:
                 if gw is not None:
                     procs.stop_group(gw.proc)
+            compared = measure_peers(upstream, Path(tmp), args) if args.compare else []
     finally:
         for proc in (up_proc, receiver[1] if receiver else None):
             if proc is not None:
@@ -411,7 +441,37 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             )
         },
         "targets": targets(table, gw),
+        "peers": compared,
     }
+
+
+def measure_peers(upstream: str, workdir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each peer gateway in front of the same upstream, measured as the gateway was (json and
+    stream modes: the peers have no Anthropic passthrough to compare)."""
+    peer = peers.litellm(args.peers, upstream, workdir)
+    try:
+        modes = tuple(m for m in ("json", "stream") if check(peer.url, m, peer.headers) is None)
+        if not modes:
+            problem = check(peer.url, "json", peer.headers)
+            raise RuntimeError(f"{peer.name} answered neither mode: {problem}")
+        results = measure(peer.url, args, modes, peer.headers)
+        rss_after = (procs.status_kb(peer.pid, "VmRSS") or 0) / 1024
+    finally:
+        procs.stop_group(peer.proc)
+    rows_ = [
+        {"mode": mode, "connections": c, "result": r.as_dict()}
+        for mode, by_conn in results.items()
+        for c, r in by_conn.items()
+    ]
+    return [
+        {
+            "name": peer.name,
+            "startup_s": peer.startup_s,
+            "rss_idle_mb": peer.rss_idle_mb,
+            "rss_after_mb": rss_after,
+            "rows": rows_,
+        }
+    ]
 
 
 def settle_and_check(gw: Gateway) -> None:
