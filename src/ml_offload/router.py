@@ -21,6 +21,7 @@ from ml_offload.backends.probe import BackendMonitor
 from ml_offload.domain import ModelSpec, ModelState
 from ml_offload.errors import (
     EngineError,
+    EngineUnreachable,
     MloError,
     OverCapacity,
     Unavailable,
@@ -166,6 +167,8 @@ class Router:
         h.failures += 1
         h.cooling_until = self._clock() + self._cooldown_s
         h.last_error = exc.message
+        if self._fleet is not None and isinstance(exc, EngineUnreachable):
+            self._fleet.unreachable(spec)  # the whole node, not only this model on it
 
     def sticky_first(self, candidates: list[ModelSpec], session: str) -> list[ModelSpec]:
         """`candidates` with the deployment that last answered `session` first, if it is among

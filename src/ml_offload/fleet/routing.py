@@ -1,7 +1,8 @@
 """Routing across the fleet: a gateway (`fleet.role = gateway`) answers a request for model M
 from the alive nodes that serve M, each one a remote OpenAI-compatible deployment (the node's
 URL, M as its upstream model, `fleet.node_key` as its key), so the router's fallback moves to the
-next node when one fails before the answer starts.
+next node when one fails before the answer starts; a node that cannot be reached at all is
+skipped for every model until it beats again.
 
 The order (`rank_nodes`, pure): warm first (M loaded there, shortest queue), then the nodes whose
 free memory fits M's estimate, best fit first (the least room left over), then every other node
@@ -123,6 +124,8 @@ class FleetRoutes:
         self._on_node = on_node
         self._beats: list[NodeBeat] = []
         self._specs: dict[tuple[str, str, str], ModelSpec] = {}  # (node, model, url)
+        self._node_of: dict[str, str] = {}  # a deployment's name -> its node's
+        self._refused: dict[str, float] = {}  # node -> its beat_at when it could not be reached
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -152,6 +155,7 @@ class FleetRoutes:
         serves it (the gateway's own registry decides); Unavailable when all those are gone."""
         now = self._clock()
         ranked = rank_nodes(self._beats, model, now=now, session=session)
+        ranked = [b for b in ranked if self._refused.get(b.name) != b.beat_at] or ranked
         if not ranked:
             reason = gone_reason(self._beats, model, now)
             if reason is None:
@@ -168,7 +172,16 @@ class FleetRoutes:
             if self._on_node is not None:
                 self._on_node(beat.url)
             spec = self._specs[key] = node_deployment(beat, served, self._key)
+            self._node_of[spec.name] = beat.name
         return spec
+
+    def unreachable(self, spec: ModelSpec) -> None:
+        """`spec`'s node could not be reached: it is skipped for every model (unless no other
+        node serves it) until it beats again, or its lease ends."""
+        node = self._node_of.get(spec.name)
+        beat = next((b for b in self._beats if b.name == node), None)
+        if beat is not None:
+            self._refused[beat.name] = beat.beat_at
 
     def models(self) -> list[tuple[ServedModel, bool]]:
         """The models the alive nodes serve, once each by name (sorted), and whether each is

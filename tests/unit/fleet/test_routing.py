@@ -19,7 +19,13 @@ from ml_offload.domain import (
     NodeDevice,
     ServedModel,
 )
-from ml_offload.errors import ConfigError, EngineUnreachable, ModelNotFound, Unavailable
+from ml_offload.errors import (
+    ConfigError,
+    EngineError,
+    EngineUnreachable,
+    ModelNotFound,
+    Unavailable,
+)
 from ml_offload.fleet.routing import FleetRoutes, node_deployment, node_tls, rank_nodes
 from ml_offload.router import Router
 
@@ -219,3 +225,20 @@ async def test_each_new_node_url_is_announced_once_for_its_tls() -> None:
     fleet.candidates("m")
     fleet.candidates("alias-m")
     assert sorted(seen) == ["http://a:9000", "http://b:9000"]
+
+
+async def test_a_node_that_cannot_be_reached_is_skipped_for_every_model_until_it_beats() -> None:
+    two = (ServedModel("m"), ServedModel("n"))
+    fleet, repo = await routes([beat("a", loaded=("m", "n"), served=two), beat("b", served=two)])
+    router = Router(unknown, lambda s: ModelState.READY, cooldown_s=30, fleet=fleet)
+    on_a = router.candidates("m")[0]
+    router.failed(on_a, EngineError("engine error 500: boom", upstream=True))
+    assert [s.name for s in router.candidates("n")] == ["n@a", "n@b"]  # it answered: alive
+    router.failed(on_a, EngineUnreachable("connection refused"))
+    assert [s.name for s in router.candidates("n")] == ["n@b"]  # refused: the whole node
+    repo.beats = [beat("a", served=(ServedModel("x"),)), beat("b", served=two)]
+    await fleet.refresh()  # no beat since, but a model only a serves is tried there anyway
+    assert [s.name for s in router.candidates("x")] == ["x@a"]
+    repo.beats = [beat("a", loaded=("n",), served=two, beat_at=NOW + 1), beat("b", served=two)]
+    await fleet.refresh()  # a beat since: back
+    assert [s.name for s in router.candidates("n")] == ["n@a", "n@b"]
