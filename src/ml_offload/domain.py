@@ -44,6 +44,7 @@ class DeploymentKind(enum.StrEnum):
         return self.runs_here or self is DeploymentKind.OLLAMA
 
 
+FLEET_SOURCE = "fleet"  # `ModelSpec.source` of a model a gateway reaches on a fleet node
 SESSION_HEADER = "x-session-id"  # a conversation's id: a fleet gateway keeps it on one node
 
 
@@ -125,7 +126,7 @@ class ModelSpec:
     pinned: bool = False
     embeddings: bool = True
     info: GgufInfo | None = None
-    source: str = "config"  # "config", "scan", "demo", "env"
+    source: str = "config"  # "config", "scan", "demo", "env", or FLEET_SOURCE
     # the upstream's protocol: "openai" (OpenAI-compatible: llama.cpp, OpenAI), "ollama",
     # "vllm", "tgi", "deepseek" or "anthropic"
     backend: str = "openai"
@@ -141,6 +142,12 @@ class ModelSpec:
         """`gen_ai.provider.name` in metrics and traces: our llama.cpp engine, else the
         upstream's protocol ("openai", "ollama", "vllm", "tgi", "deepseek", "anthropic")."""
         return "llama.cpp" if self.kind is DeploymentKind.LLAMACPP else self.backend
+
+    @property
+    def on_fleet_node(self) -> bool:
+        """A model a fleet node runs, reached by a gateway (fleet/routing.py): our own engine,
+        on another host."""
+        return self.source == FLEET_SOURCE
 
     @property
     def is_local(self) -> bool:

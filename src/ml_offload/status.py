@@ -20,6 +20,7 @@ from ml_offload import __version__
 from ml_offload.backends.probe import BackendMonitor, Probe
 from ml_offload.config import Settings
 from ml_offload.domain import (
+    FLEET_SOURCE,
     DeploymentKind,
     ModelSpec,
     ModelState,
@@ -54,7 +55,9 @@ from ml_offload.wire.native import (
 
 def _on_fleet(served: ServedModel, warm: bool) -> tuple[ModelSpec, ModelStatus]:
     """A model the fleet's nodes serve, as a gateway lists it: ready where loaded on a node."""
-    spec = ModelSpec(served.name, DeploymentKind.REMOTE, aliases=served.aliases, source="fleet")
+    spec = ModelSpec(
+        served.name, DeploymentKind.REMOTE, aliases=served.aliases, source=FLEET_SOURCE
+    )
     state = ModelState.READY if warm else ModelState.STOPPED
     return spec, ModelStatus(served.name, state, slots=None, estimate_bytes=served.estimate_bytes)
 
@@ -103,7 +106,7 @@ class StatusService:
         """`specs` (default: every model, on a gateway its nodes' too) as the model list."""
         fleet = self._fleet_models()
         specs = self.specs() if specs is None else list(specs)
-        own = [sp for sp in specs if sp.source != "fleet"]
+        own = [sp for sp in specs if not sp.on_fleet_node]
         statuses = self._scheduler.status(own)
         data = [self._model(sp, st, reveal) for sp, st in zip(own, statuses, strict=True)]
         wanted = {sp.name for sp in specs}

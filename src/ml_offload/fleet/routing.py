@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pydantic import SecretStr
 
 from ml_offload.config import FleetSettings
-from ml_offload.domain import DeploymentKind, ModelSpec, NodeBeat, ServedModel
+from ml_offload.domain import FLEET_SOURCE, DeploymentKind, ModelSpec, NodeBeat, ServedModel
 from ml_offload.errors import ConfigError, MloError, Unavailable
 from ml_offload.storage.nodes_repo import NodeRepository
 
@@ -75,7 +75,7 @@ def node_deployment(beat: NodeBeat, served: ServedModel, key: SecretStr | None) 
         url=beat.url,
         aliases=served.names,
         remote_model=served.name,
-        source="fleet",
+        source=FLEET_SOURCE,
         api_key=key,
     )
 

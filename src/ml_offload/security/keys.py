@@ -83,8 +83,9 @@ def parse_expiry(text: str, now: float | None = None) -> float:
 
 
 def provider_of(spec: ModelSpec) -> str:
-    """What `<backend>:*` scopes match: the backend of a remote model, `local` for our own."""
-    return "local" if spec.is_local else spec.backend
+    """What `<backend>:*` scopes match: the backend of a remote model, `local` for our own
+    (on this host, or on a fleet node behind this gateway)."""
+    return "local" if spec.is_local or spec.on_fleet_node else spec.backend
 
 
 def in_scope(scopes: Iterable[str], requested: str, spec: ModelSpec) -> bool:

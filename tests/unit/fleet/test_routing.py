@@ -28,6 +28,7 @@ from ml_offload.errors import (
 )
 from ml_offload.fleet.routing import FleetRoutes, node_deployment, node_tls, rank_nodes
 from ml_offload.router import Router
+from ml_offload.security.keys import in_scope, provider_of
 
 GIB = 2**30
 NOW = 1000.0
@@ -242,3 +243,10 @@ async def test_a_node_that_cannot_be_reached_is_skipped_for_every_model_until_it
     repo.beats = [beat("a", loaded=("n",), served=two, beat_at=NOW + 1), beat("b", served=two)]
     await fleet.refresh()  # a beat since: back
     assert [s.name for s in router.candidates("n")] == ["n@a", "n@b"]
+
+
+def test_a_fleet_node_is_our_own_engine_to_key_scopes() -> None:
+    spec = node_deployment(beat("gpu1"), ServedModel("m"), None)
+    assert spec.on_fleet_node and provider_of(spec) == "local"
+    assert in_scope(["local:*"], "m", spec) and not in_scope(["openai:*"], "m", spec)
+    assert not spec.redact  # its prompts stay within the fleet
