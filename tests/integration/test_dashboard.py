@@ -6,13 +6,19 @@ Set MLO_UI_SCREENSHOTS=docs to refresh the README's screenshots from this test.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ml_offload.domain import NodeBeat, NodeDevice
+from ml_offload.storage.db import Database
+from ml_offload.storage.nodes_repo import NodeRepository
 from tests.integration.conftest import GatewayFactory
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -95,3 +101,44 @@ def test_dashboard_signs_in_loads_the_model_and_streams_a_reply(
     page.click("#signout")
     expect(page.locator("#login")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('mlo.key')") is None
+
+
+def test_a_gateway_shows_the_fleets_nodes(
+    gateway_factory: GatewayFactory, page: sync_api.Page, tmp_path: Path
+) -> None:
+    """In a fleet, an admin sees the nodes from their heartbeats: alive ones and one whose lease
+    has passed. (The heartbeats are written here, as nodes write them.)"""
+    expect = sync_api.expect
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fleet.db'}"
+    gw = gateway_factory(
+        demo_model=False,
+        fleet={"role": "gateway"},
+        storage={"database_url": url},
+        security={"admin_key": ADMIN},
+    )
+    now = time.time()
+    gpu = NodeDevice(0, "H100", 80 * 1024 * MIB, 60 * 1024 * MIB)
+    beats = (
+        NodeBeat("gpu-a", "node", (gpu,), ("llama",), 0, 2, now - 60, now, 30, "http://a:9000"),
+        NodeBeat("gpu-b", "node", (), (), 8 * 1024 * MIB, 0, now - 600, now - 300, 30),
+    )
+    with ThreadPoolExecutor(1) as pool:  # Playwright's own event loop runs in this thread
+        pool.submit(asyncio.run, beat(url, *beats)).result()
+    page.goto(f"{gw.url}/ui")
+    page.fill("#key", ADMIN)
+    page.click("#signin")
+    nodes = page.locator("#nodes-section")
+    expect(nodes).to_be_visible(timeout=LONG_MS)
+    expect(nodes.locator('tr[data-node="gpu-a"]')).to_contain_text("alive")
+    expect(nodes.locator('tr[data-node="gpu-a"]')).to_contain_text("60.0 GiB free of 80.0 GiB")
+    expect(nodes.locator('tr[data-node="gpu-a"]')).to_contain_text("llama")
+    expect(nodes.locator('tr[data-node="gpu-b"]')).to_contain_text("gone")
+
+
+async def beat(url: str, *beats: NodeBeat) -> None:
+    db = await Database.open(url)
+    try:
+        for b in beats:
+            await NodeRepository(db).beat(b)
+    finally:
+        await db.close()

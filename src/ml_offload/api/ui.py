@@ -9,6 +9,7 @@ a non-admin key sees names and state only, and gets no buttons.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from importlib.resources import files
@@ -21,11 +22,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ml_offload.api.deps import request_context, reveals_internals, services, visible_models
 from ml_offload.api.streaming import EventStreamResponse
 from ml_offload.domain import ModelSpec
+from ml_offload.errors import MloError
 from ml_offload.security.audit import audit_path
 from ml_offload.security.audit_read import tail
 from ml_offload.services import Services
 from ml_offload.wire import sse
-from ml_offload.wire.native import AuditEventView, DashboardView, GenAiTotals
+from ml_offload.wire.native import AuditEventView, DashboardView, FleetNodeView, GenAiTotals
+
+log = logging.getLogger(__name__)
 
 PAGE = "/ui"
 ASSETS = "/ui/assets/"
@@ -107,7 +111,20 @@ async def snapshot(
         memory=svc.status.memory(reveal=reveal),
         totals=GenAiTotals.model_validate(svc.metrics.genai.totals()),
         audit=audit,
+        nodes=await _nodes(svc) if admin else [],
     )
+
+
+async def _nodes(svc: Services) -> list[FleetNodeView]:
+    """The fleet's nodes (as `/nodes`), in a fleet; none when the database does not answer
+    (the feed goes on; `/nodes` says why)."""
+    if svc.settings.fleet.role == "all":
+        return []
+    try:
+        return (await svc.fleet.view()).data
+    except MloError as exc:
+        log.warning("dashboard: the fleet's nodes could not be read: %s", exc)
+        return []
 
 
 def _recent_audit(svc: Services) -> list[AuditEventView]:

@@ -134,6 +134,7 @@ function render(view) {
   renderSparks(view);
   renderModels(view.models, view.admin);
   renderAudit(view.audit, view.admin);
+  renderNodes(view.nodes || []);
   renderPlayModels(view.models);
 }
 
@@ -278,6 +279,20 @@ function renderAudit(events, admin) {
     el("td", {}, e.model || "–"),
     el("td", {}, e.status ?? "–"),
     el("td", {}, e.latency_ms == null ? "–" : Math.round(e.latency_ms)),
+  )));
+}
+
+function renderNodes(nodes) {
+  $("#nodes-section").hidden = !nodes.length;  // a fleet, seen with an admin key
+  $("#nodes tbody").replaceChildren(...nodes.map((n) => el("tr", { data: { node: n.name } },
+    el("td", {}, n.name, n.url ? el("div", { class: "hint" }, n.url) : ""),
+    el("td", {}, el("span", { class: `state ${n.alive ? "ready" : "failed"}` }, n.alive ? "alive" : "gone")),
+    el("td", {}, n.devices.length
+      ? n.devices.map((d) => `${d.name}: ${bytes(d.free_bytes)} free of ${bytes(d.total_bytes)}`).join(" · ")
+      : `host: ${bytes(n.host_free_bytes)} free`),
+    el("td", {}, n.loaded.join(", ") || "–"),
+    el("td", {}, n.queue_depth),
+    el("td", {}, `${seconds(n.beat_age_s)} ago`),
   )));
 }
 

@@ -264,18 +264,6 @@ class AuditEventView(View):
     latency_ms: float | None
 
 
-class DashboardView(View):
-    """One snapshot of the live feed: the same views as `/models` and `/vram/status`, the
-    GenAI totals and, for admin keys, the latest audit events."""
-
-    time: float
-    admin: bool  # the caller may load, unload and pin (the dashboard shows the buttons)
-    models: list[ModelView]
-    memory: MemoryView
-    totals: GenAiTotals
-    audit: list[AuditEventView]
-
-
 # -- /nodes ---------------------------------------------------------------------------------
 
 
@@ -306,3 +294,19 @@ class FleetNodeView(View):
 class FleetView(View):
     object: Literal["list"] = "list"
     data: list[FleetNodeView]
+
+
+# -- /ui/events: one snapshot (after the views it holds) ------------------------------------
+
+
+class DashboardView(View):
+    """One snapshot of the live feed: the same views as `/models` and `/vram/status`, the
+    GenAI totals and, for admin keys, the latest audit events."""
+
+    time: float
+    admin: bool  # the caller may load, unload and pin (the dashboard shows the buttons)
+    models: list[ModelView]
+    memory: MemoryView
+    totals: GenAiTotals
+    audit: list[AuditEventView]
+    nodes: list[FleetNodeView] = []  # admin keys, in a fleet (fleet.role node or gateway)
