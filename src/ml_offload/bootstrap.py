@@ -85,7 +85,7 @@ _PROFILE_RULES: tuple[tuple[str, int, str], ...] = (
 
 
 def suggest_profile(machine: Machine) -> str | None:
-    """The hardware profile (`config.PROFILES`) that fits this machine's GPUs, if one does."""
+    """The hardware profile (`profiles.PROFILES`) that fits this machine's GPUs, if one does."""
     if not machine.gpus:
         return "cpu"
     gpu = machine.gpus[0]

@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from ml_offload.errors import ConfigError
+from ml_offload.profiles import PROFILES, ProfileName, laid_under
 
 CONFIG_ENV = "MLO_CONFIG"
 
@@ -346,51 +347,6 @@ class VllmSettings(_Section):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
 
 
-ProfileName = Literal["b200", "h100", "a100-80g", "rtx4090", "cpu"]
-
-# Named hardware profiles: settings laid under the user's own (any key set explicitly wins).
-# `b200` is the original stack's `b200Optimized`: vLLM with tensor parallel 4 and FP8, llama.cpp
-# with flash attention and a 32,768-token context, GPU monitoring on.
-PROFILES: dict[str, dict[str, Any]] = {
-    "b200": {
-        "engine": {"flash_attn": "on", "default_ctx_size": 32768},
-        "vllm": {"tensor_parallel_size": 4, "quantization": "fp8", "gpu_memory_utilization": 0.9},
-        "gpu": {"monitor": "nvml"},
-    },
-    "h100": {
-        "engine": {"flash_attn": "on", "default_ctx_size": 16384},
-        "vllm": {"quantization": "fp8", "gpu_memory_utilization": 0.9},
-        "gpu": {"monitor": "nvml"},
-    },
-    "a100-80g": {  # Ampere has no FP8: vLLM keeps the checkpoint's own precision
-        "engine": {"flash_attn": "on", "default_ctx_size": 16384},
-        "vllm": {"gpu_memory_utilization": 0.9},
-        "gpu": {"monitor": "nvml"},
-    },
-    "rtx4090": {  # 24 GiB, also drives a display: leave more of it free
-        "engine": {"flash_attn": "on", "default_ctx_size": 8192},
-        "vllm": {"gpu_memory_utilization": 0.85, "max_model_len": 8192},
-        "gpu": {"monitor": "nvml", "reserve_bytes": 1024**3},
-    },
-    "cpu": {
-        "engine": {"default_ctx_size": 4096},
-        "gpu": {"monitor": "none"},
-    },
-}
-
-
-def _under(defaults: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
-    """`explicit` over `defaults`, section by section (a section given as a model object wins
-    whole)."""
-    merged = dict(defaults)
-    for key, value in explicit.items():
-        base = merged.get(key)
-        merged[key] = (
-            _under(base, value) if isinstance(base, dict) and isinstance(value, dict) else value
-        )
-    return merged
-
-
 class ModelConfig(_Section):
     """A model declared in config: a local GGUF `path`, an external server `url`, a server we
     start (`serve`, vLLM), or a cloud provider (`url` optional: each has a default)."""
@@ -490,7 +446,7 @@ class Settings(BaseSettings):
     gpu: GpuSettings = Field(default_factory=lambda: GpuSettings())
     router: RouterSettings = Field(default_factory=lambda: RouterSettings())
     security: SecuritySettings = Field(default_factory=lambda: SecuritySettings())
-    profile: ProfileName | None = Field(None, description="hardware profile (see PROFILES)")
+    profile: ProfileName | None = Field(None, description="hardware profile (profiles.PROFILES)")
     vllm: VllmSettings = Field(default_factory=lambda: VllmSettings())
     mcp: McpSettings = Field(default_factory=lambda: McpSettings())
     tracing: TracingSettings = Field(default_factory=lambda: TracingSettings())
@@ -507,7 +463,7 @@ class Settings(BaseSettings):
         name = data.get("profile") if isinstance(data, dict) else None
         if name is None or name not in PROFILES:
             return data  # an unknown name is reported by the field's own validation
-        return _under(PROFILES[name], data)
+        return laid_under(PROFILES[name], data)
 
     @model_validator(mode="after")
     def _vllm_defaults(self) -> Settings:

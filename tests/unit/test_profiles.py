@@ -9,8 +9,9 @@ import pytest
 
 from ml_offload import bootstrap
 from ml_offload.bootstrap import Gpu, Machine, diagnose, suggest_profile
-from ml_offload.config import PROFILES, ProfileName, Settings, load_settings
+from ml_offload.config import Settings, load_settings
 from ml_offload.errors import ConfigError
+from ml_offload.profiles import PROFILES, ProfileName
 
 
 def test_every_profile_name_has_a_table_entry() -> None:
