@@ -59,10 +59,11 @@ def test_returning_conversation_is_restored_from_its_saved_slot(
 
     unload(gw)
     for path in saved.glob("*.bin"):
-        path.unlink()  # nothing to restore: the whole prompt is processed
-    fresh, prompt_again, cached_again = ask(gw, second_turn)
-    assert (prompt_again, cached_again) == (prompt, 0)
-    assert restored == fresh  # the same answer at temperature 0, with or without the swap
+        path.unlink()  # the same conversation again on a fresh engine, without a swap:
+    assert ask(gw, OPENING)[0] == first
+    kept, prompt_again, cached_again = ask(gw, second_turn)
+    assert (prompt_again, cached_again) == (prompt, cached)
+    assert restored == kept  # the same answer at temperature 0, with or without the swap
 
 
 def test_off_saves_nothing(gateway_factory: GatewayFactory, tmp_path: Path) -> None:

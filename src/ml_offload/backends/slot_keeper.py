@@ -110,11 +110,12 @@ class SlotKeeper:
         answer = await self._action(base_url, slot, "save", name)
         if answer is not None:
             log.info(
-                "model %s: saved slot %d (%s tokens) as %s",
+                "model %s: saved slot %d (%s tokens) as %s in %s ms",
                 self.spec.name,
                 slot,
                 answer.get("n_saved"),
                 name,
+                (answer.get("timings") or {}).get("save_ms"),
             )
 
     async def _restore(self, base_url: str, slot: int, name: str) -> None:
@@ -128,11 +129,12 @@ class SlotKeeper:
             self.files.remove(name)  # unusable here; the next save writes a new one
             return
         log.info(
-            "model %s: restored %s tokens into slot %d from %s",
+            "model %s: restored %s tokens into slot %d from %s in %s ms",
             self.spec.name,
             answer.get("n_restored"),
             slot,
             name,
+            (answer.get("timings") or {}).get("restore_ms"),
         )
 
     async def _action(self, base_url: str, slot: int, action: str, name: str) -> Any:
