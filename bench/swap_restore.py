@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,11 @@ class Gateway:
         )
         t0, first, text = time.perf_counter(), None, ""
         usage: dict[str, Any] = {}
-        with urllib.request.urlopen(req, timeout=600) as resp:
+        try:
+            resp = urllib.request.urlopen(req, timeout=600)
+        except urllib.error.HTTPError as exc:
+            raise SystemExit(f"the gateway answered {exc.code}: {exc.read()[:500]!r}") from None
+        with resp:
             for raw in resp:
                 line = raw.strip()
                 if not line.startswith(b"data: {"):

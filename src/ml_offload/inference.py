@@ -290,7 +290,7 @@ class InferenceService:
         protocol = protocol_for(spec)
         try:
             request = protocol.body(spec, kind, outbound)
-            conversation = self._conversation(spec, kind, data)
+            conversation = self._conversation(spec, kind, data, ctx)
             code, body = await self._post(spec, protocol, kind, request, call, span, conversation)
             _raise_for_status(code, body)
             out = _read_answer(protocol, kind, body, model)
@@ -347,7 +347,7 @@ class InferenceService:
         stack = contextlib.AsyncExitStack()
         try:
             request = protocol.body(spec, kind, data)
-            conversation = self._conversation(spec, kind, data)
+            conversation = self._conversation(spec, kind, data, ctx)
             url, resp = await self._open(
                 stack, spec, protocol, kind, request, call, span, conversation
             )
@@ -451,11 +451,13 @@ class InferenceService:
             return url, resp
         raise AssertionError("unreachable")
 
-    def _conversation(self, spec: ModelSpec, kind: Kind, data: dict[str, Any]) -> str | None:
+    def _conversation(
+        self, spec: ModelSpec, kind: Kind, data: dict[str, Any], ctx: RequestContext | None
+    ) -> str | None:
         """The conversation a chat request continues, when its engine keeps conversations."""
         if self._slots is None or kind != "chat":
             return None
-        return self._slots.key(spec, data)
+        return self._slots.key(spec, data, None if ctx is None else ctx.session)
 
     def _pinned(
         self, spec: ModelSpec, base_url: str, conversation: str | None, request: bytes

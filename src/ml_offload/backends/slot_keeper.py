@@ -1,6 +1,6 @@
 """Conversations kept across a model swap, with llama.cpp's slot save and restore.
 
-While an engine runs, each conversation (`wire/conversation.py`) is sent to one slot
+While an engine runs, each conversation (`wire.openai.conversation_key`) is sent to one slot
 (`id_slot`), so we know which slot holds whose KV cache. Before the engine stops, the slots that
 hold a conversation are saved (`POST /slots/{id}?action=save`, written by the engine into the
 model's folder, `slot_files.py`). When a conversation returns to a fresh engine, its saved slot
@@ -27,7 +27,7 @@ from ml_offload.backends.http import Upstream
 from ml_offload.backends.slot_files import SlotBounds, SlotFiles
 from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import MloError
-from ml_offload.wire.conversation import conversation_key
+from ml_offload.wire.openai import conversation_key
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,12 @@ class ConversationSlots:
         self._keepers[spec.name] = keeper
         return keeper
 
-    def key(self, spec: ModelSpec, data: dict[str, Any]) -> str | None:
-        """The conversation chat request `data` continues, when `spec`'s engine keeps slots
-        (and the caller did not choose a slot itself)."""
+    def key(self, spec: ModelSpec, data: dict[str, Any], header: str | None) -> str | None:
+        """The conversation chat request `data` continues (`header`: its `x-session-id`), when
+        `spec`'s engine keeps slots (and the caller did not choose a slot itself)."""
         if not self.enabled or spec.kind is not DeploymentKind.LLAMACPP or "id_slot" in data:
             return None
-        return conversation_key(data)
+        return conversation_key(data, header)
 
     @contextlib.asynccontextmanager
     async def pinned(

@@ -263,6 +263,23 @@ def session_of(data: dict[str, Any], header: str | None = None) -> str | None:
         value = data.get(key)
         if isinstance(value, str) and value:
             return f"{key}:{value}"
+    head = _opening_hash(data)
+    return None if head is None else PREFIX + head
+
+
+def conversation_key(data: dict[str, Any], header: str | None = None) -> str | None:
+    """One conversation of a session (`session_of`): the session and how the conversation
+    begins, so that one session's several conversations (an agent's subagents, a user's chats)
+    are told apart. The same for every turn; None without a beginning."""
+    session, head = session_of(data, header), _opening_hash(data)
+    if session is None or head is None:
+        return None
+    return hashlib.blake2b(f"{session}\0{head}".encode(), digest_size=16).hexdigest()
+
+
+def _opening_hash(data: dict[str, Any]) -> str | None:
+    """A hash of how the conversation begins: the messages up to the first user message, or
+    the prompt's first 512 characters."""
     messages, head = data.get("messages"), data.get("prompt")
     if isinstance(messages, list):
         end = next((i for i, m in enumerate(messages) if _is_user(m)), len(messages) - 1)
@@ -275,7 +292,7 @@ def session_of(data: dict[str, Any], header: str | None = None) -> str | None:
         encoded = orjson.dumps(head)
     except TypeError:
         return None
-    return PREFIX + hashlib.blake2b(encoded, digest_size=8).hexdigest()
+    return hashlib.blake2b(encoded, digest_size=8).hexdigest()
 
 
 def continues(data: dict[str, Any]) -> bool:

@@ -81,12 +81,12 @@ async def test_requests_are_pinned_only_for_llama_cpp_chats_when_on(
     slots = _slots(tmp_path, upstream)
     local = ModelSpec("m", path=tmp_path / "m.gguf")
     chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
-    assert slots.key(local, chat) is not None
-    assert slots.key(local, {**chat, "id_slot": 1}) is None  # the caller chose
+    assert slots.key(local, chat, None) is not None
+    assert slots.key(local, {**chat, "id_slot": 1}, None) is None  # the caller chose
     remote = ModelSpec("r", kind=DeploymentKind.REMOTE, url=URL)
-    assert slots.key(remote, chat) is None and slots.keeper(remote) is None
+    assert slots.key(remote, chat, None) is None and slots.keeper(remote) is None
     off = _slots(tmp_path, upstream, enabled=False)
-    assert off.key(local, chat) is None and off.keeper(local) is None
+    assert off.key(local, chat, None) is None and off.keeper(local) is None
     request = orjson.dumps(chat)
     async with slots.pinned(local, URL, "k", request) as body:
         assert body == request  # no keeper yet: the engine was never started
