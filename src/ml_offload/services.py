@@ -34,7 +34,7 @@ from ml_offload.config import SecuritySettings, Settings
 from ml_offload.control import FolderWatch, ModelControl
 from ml_offload.domain import ApiKey, DeploymentKind, ModelSpec
 from ml_offload.errors import ConfigError, MloError
-from ml_offload.fleet.membership import Membership
+from ml_offload.fleet.membership import Membership, served_here
 from ml_offload.fleet.routing import FleetRoutes, node_tls
 from ml_offload.gpu.base import GpuMonitor
 from ml_offload.gpu.select import open_monitor
@@ -357,7 +357,10 @@ class Services:
             role=settings.fleet.role,
             heartbeat_s=settings.fleet.heartbeat_s,
             lease_s=settings.fleet.lease_s,
-            snapshot=lambda: (status.memory(reveal=True), status.models(reveal=True)),
+            snapshot=lambda: (
+                status.memory(reveal=True),
+                status.models(reveal=True, specs=served_here(registry.all())),
+            ),
             url=settings.advertised_url,
         )
         stack.push_async_callback(fleet.close)

@@ -1,6 +1,7 @@
-"""Fleet routing across network namespaces: two nodes (`mlo serve --role node`), each in its own
-network namespace joined to this one by a veth pair, and a gateway here; nodes are reached only
-at the address they advertise (`fleet.advertise_url`'s default: their bind address and port).
+"""Fleet routing across network namespaces: two nodes (`mlo serve --role node`, each running the
+real SmolLM2 engine), each in its own network namespace joined to this one by a veth pair, and a
+gateway here; nodes are reached only at the address they advertise (`fleet.advertise_url`'s
+default: their bind address and port).
 Needs root and `ip` (iproute2); skipped with the reason otherwise."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +22,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import GatewayFactory, write_config
-from tests.integration.fake_upstream import Reply, fake_openai
-from tests.integration.test_fleet_routing import HI, NODE_KEY, answer
+from tests.integration.test_fleet_routing import HI, NODE_KEY
 
 PORT = 9000  # each namespace has its own ports
 NODE_FLEET = {"role": "node", "heartbeat_s": 0.2, "lease_s": 2.0}
@@ -119,15 +120,16 @@ def two_namespaces() -> Iterator[list[tuple[str, str, str]]]:
 
 
 def test_a_gateway_routes_to_nodes_in_other_network_namespaces(
-    tmp_path: Path, gateway_factory: GatewayFactory, two_namespaces: list[tuple[str, str, str]]
+    tmp_path: Path,
+    gateway_factory: GatewayFactory,
+    two_namespaces: list[tuple[str, str, str]],
+    smollm_path: Path,
 ) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'fleet.db'}"
     nodes: list[NsNode] = []
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [n.stop() for n in nodes])
-        for (ns, here, there), name in zip(two_namespaces, ("ns-a", "ns-b"), strict=True):
-            script = (lambda n: lambda request: Reply(body=answer(f"from {n}")))(name)
-            fake = stack.enter_context(fake_openai(script, host=here))  # reached over the veth
+        for (ns, _here, there), name in zip(two_namespaces, ("ns-a", "ns-b"), strict=True):
             nodes.append(
                 start_node(
                     tmp_path / name,
@@ -143,7 +145,7 @@ def test_a_gateway_routes_to_nodes_in_other_network_namespaces(
                         "lease_s": 2.0,
                         "node_key": NODE_KEY,
                     },
-                    models=[{"name": "shared", "url": fake.url}],
+                    models=[{"name": "shared", "path": str(smollm_path), "ctx_size": 512}],
                 )
             )
         gw = gateway_factory(
@@ -158,12 +160,24 @@ def test_a_gateway_routes_to_nodes_in_other_network_namespaces(
             time.sleep(0.1)
         assert [seen[n]["url"] for n in ("ns-a", "ns-b")] == [n.url for n in nodes]
 
-        def ask() -> str | None:
+        def answered_by() -> str:
+            """The node that answered one request (the gateway's request counter per node)."""
+            before = served(gw.http.get("/metrics").text)
             reply = gw.client.chat.completions.create(model="shared", messages=HI, max_tokens=3)
-            return reply.choices[0].message.content
+            assert reply.choices[0].message.content is not None
+            after = served(gw.http.get("/metrics").text)
+            [node] = [n for n in after if after[n] > before.get(n, 0)]
+            return node
 
-        assert ask() == "from ns-a"  # both warm, no queue: the first by name
+        assert answered_by() == "ns-a"  # both cold, no queue: the first by name
         nodes[0].proc.kill()  # node a's namespace loses its only server
         nodes[0].proc.wait()
-        assert ask() == "from ns-b"  # refused at once, the next node answers
-        assert ask() == "from ns-b"  # and a is skipped while it cools down
+        assert answered_by() == "ns-b"  # refused at once, the next node answers
+        assert answered_by() == "ns-b"  # and a is skipped while it cools down
+
+
+def served(metrics: str) -> dict[str, float]:
+    """Requests answered (200) per node, from the gateway's `mlo_requests_total`."""
+    line = r'mlo_requests_total\{[^}]*model="shared@([\w-]+)",status="200"\} (\S+)'
+    found = re.findall(line, metrics)
+    return {node: float(n) for node, n in found}

@@ -16,7 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
-from ml_offload.domain import ModelState, NodeBeat, NodeDevice, ServedModel
+from ml_offload.domain import (
+    DeploymentKind,
+    ModelSpec,
+    ModelState,
+    NodeBeat,
+    NodeDevice,
+    ServedModel,
+    leaves_machine,
+)
 from ml_offload.errors import MloError
 from ml_offload.storage.nodes_repo import NodeRepository
 from ml_offload.wire.native import FleetNodeView, FleetView, MemoryView, ModelList, NodeDeviceView
@@ -25,6 +33,17 @@ log = logging.getLogger(__name__)
 _HELD = (ModelState.READY, ModelState.STARTING)
 
 Snapshot = Callable[[], tuple[MemoryView, ModelList]]
+
+
+def served_here(specs: list[ModelSpec]) -> list[ModelSpec]:
+    """What a node offers the fleet: what runs on its host (its engines, a managed vLLM, its
+    own Ollama's models, a server it reaches on loopback). A server elsewhere or a cloud model
+    configured on it is left out: a gateway reaches those itself, and a node forwards nothing."""
+    return [spec for spec in specs if spec.holds_memory or _on_loopback(spec)]
+
+
+def _on_loopback(spec: ModelSpec) -> bool:
+    return spec.kind is DeploymentKind.REMOTE and not leaves_machine(spec.url)
 
 
 def node_beat(
