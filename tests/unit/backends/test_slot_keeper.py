@@ -9,9 +9,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from ml_offload.backends.base import Launch
+from ml_offload.backends.engine_child import build_params
 from ml_offload.backends.http import Upstream
+from ml_offload.backends.llamacpp import engine_config, server_argv
 from ml_offload.backends.slot_files import SlotBounds
 from ml_offload.backends.slot_keeper import ConversationSlots, SlotKeeper, with_slot
+from ml_offload.config import EngineSettings
 from ml_offload.domain import DeploymentKind, ModelSpec
 
 URL = "http://127.0.0.1:9"
@@ -97,3 +101,14 @@ async def test_requests_are_pinned_only_for_llama_cpp_chats_when_on(
 
 def test_with_slot_adds_the_field() -> None:
     assert orjson.loads(with_slot(b'{"a":[1,{"b":2}]}', 3)) == {"a": [1, {"b": 2}], "id_slot": 3}
+
+
+def test_both_launchers_get_the_model_folder(tmp_path: Path) -> None:
+    spec = ModelSpec("m", path=tmp_path / "m.gguf", parallel=1)
+    cfg = engine_config(spec, Launch(), EngineSettings(), tmp_path / "slots" / "m")
+    argv = server_argv("llama-server", cfg, 1234)
+    assert argv[argv.index("--slot-save-path") + 1] == str(tmp_path / "slots" / "m")
+    # xllamacpp appends file names to the path as it is: it must end in "/"
+    assert build_params(cfg).slot_save_path == f"{tmp_path}/slots/m/"
+    off = engine_config(spec, Launch(), EngineSettings())  # engine.slot_save false
+    assert "--slot-save-path" not in server_argv("llama-server", off, 1)
