@@ -110,10 +110,10 @@ def write_config(path: Path, data_dir: Path, extra: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def redis_server(password: str | None = None) -> Iterator[str]:
-    """A throw-away Redis on a free loopback port (no persistence); its `redis://` URL (with
-    the password when one is given). Skips the test when `redis-server` is not installed
-    (`.ci/run` installs it)."""
+def redis_server(password: str | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+    """A throw-away Redis on a free port of `host` (loopback by default; no persistence); its
+    `redis://` URL (with the password when one is given). Skips the test when `redis-server`
+    is not installed (`.ci/run` installs it)."""
     binary = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
     )
@@ -121,13 +121,15 @@ def redis_server(password: str | None = None) -> Iterator[str]:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     port = _free_port()
     auth = ["--requirepass", password] if password else []
+    if host != "127.0.0.1" and not password:  # a test's own network (namespaces), no password
+        auth += ["--protected-mode", "no"]
     proc = subprocess.Popen(
         [
             binary,
             "--port",
             str(port),
             "--bind",
-            "127.0.0.1",
+            host,
             "--save",
             "",
             "--appendonly",
@@ -140,12 +142,12 @@ def redis_server(password: str | None = None) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 10
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {port}")
             time.sleep(0.02)
-        yield f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}"
+        yield f"redis://{f':{password}@' if password else ''}{host}:{port}"
     finally:
         proc.terminate()
         proc.wait(10)
