@@ -391,7 +391,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     machine = procs.machine_note()  # before we load the machine ourselves
     watch = procs.CpuWatch()
     upstream, up_proc = spawn()
-    receiver = otlp_receiver() if args.tracing else None
+    receiver = None
+    if args.tracing:  # (bench/tracing.py imports the tracing settings: only when asked)
+        from tracing import otlp_receiver
+
+        receiver = otlp_receiver()
     gw: Gateway | None = None
     gw_results = None
     try:
