@@ -32,7 +32,6 @@ import peers
 import procs
 from fake_upstream import spawn
 from loadgen import Result, new_loop, run_py, run_wrk, wrk_available
-from tracing import otlp_receiver
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 BODY = orjson.dumps({"model": "fake", "messages": MESSAGES, "max_tokens": 16})
