@@ -11,6 +11,7 @@ Needs root and `ip` (iproute2); skipped with the reason otherwise."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -25,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 import openai
@@ -249,16 +250,38 @@ def simulated_gpu(total: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def shared_database(backend: str, tmp_path: Path, host: str) -> Iterator[str]:
-    """The fleet's database as the namespaces reach it: a SQLite file, or the tests'
-    PostgreSQL through a TCP relay on `host` (it listens on loopback only)."""
+    """The fleet's database as the namespaces reach it: a SQLite file, or a database of its
+    own on the tests' PostgreSQL (the keys made here must not turn auth on for other tests),
+    through a TCP relay on `host` (the server listens on loopback only)."""
     url = _database(backend, tmp_path)
     if backend == "sqlite":
         yield url
         return
-    parts = urlsplit(url)
-    with tcp_relay(host, (parts.hostname or "127.0.0.1", parts.port or 5432)) as port:
-        userinfo = parts.netloc.rpartition("@")[0]
-        yield urlunsplit(parts._replace(netloc=f"{userinfo}@{host}:{port}"))
+    parts, name = urlsplit(url), f"mlo_netns_{uuid.uuid4().hex[:8]}"
+    server = (parts.hostname or "127.0.0.1", parts.port or 5432)
+    asyncio.run(_admin_sql(parts, f'CREATE DATABASE "{name}"'))
+    try:
+        with tcp_relay(host, server) as port:
+            userinfo = parts.netloc.rpartition("@")[0]
+            yield urlunsplit(parts._replace(netloc=f"{userinfo}@{host}:{port}", path=f"/{name}"))
+    finally:
+        asyncio.run(_admin_sql(parts, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin_sql(parts: SplitResult, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=parts.hostname,
+        port=parts.port or 5432,
+        user=parts.username,
+        password=parts.password,
+        database=parts.path.lstrip("/") or "postgres",
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 @contextlib.contextmanager
