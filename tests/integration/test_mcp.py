@@ -97,6 +97,36 @@ def user_key(gw: Gateway) -> str:
     return str(resp.json()["key"])
 
 
+async def test_a_tool_call_counts_once_against_the_callers_requests_per_minute(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    """A platform tool reaches the gateway's own routes with the caller's key; the caller's
+    `/mcp` request was charged when it came in, so the tool's inner request is not again."""
+    gw = gateway_factory(**settings_extra(tmp_path))
+    made = httpx.post(
+        f"{gw.url}/admin/keys",
+        json={"name": "counted", "rpm": 1000},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    )
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+
+    def used() -> int:  # (this read is a request too, charged before it answers)
+        limits = httpx.get(f"{gw.url}/limits", headers={"authorization": f"Bearer {key}"})
+        return next(
+            lim["used"]
+            for lim in limits.json()["limits"]
+            if lim["what"] == "requests" and lim["subject"].startswith("key")
+        )
+
+    async with http_client(gw, key) as client:
+        assert MODEL in [m["id"] for m in data(await client.call_tool("list_models", {}))]
+        before = used()
+        assert MODEL in [m["id"] for m in data(await client.call_tool("list_models", {}))]
+        after = used()
+    assert after - before == 2  # the tools/call and the second read, not the tool's own /models
+
+
 async def test_tools_over_http_with_keys(
     gateway_factory: GatewayFactory, tmp_path: Path, smollm_path: Path
 ) -> None:

@@ -119,13 +119,15 @@ class McpEndpoint:
         from ml_offload.mcp.deps import open_deps
         from ml_offload.mcp.gateway import GatewayClient
         from ml_offload.mcp.server import build_server
+        from ml_offload.security.guard import INTERNAL_HEADER
 
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=gateway_app),
             base_url=_INTERNAL,
             timeout=services.settings.server.upstream_timeout_s,
         )
-        gateway = GatewayClient(client, "this gateway", {})
+        internal = {INTERNAL_HEADER: services.guard.internal_token}  # charged once, at /mcp
+        gateway = GatewayClient(client, "this gateway", internal)
         async with open_deps(services.settings, gateway, db=services.db, guard=services.guard) as d:
             server = build_server(d)
             app = server.streamable_http_app(

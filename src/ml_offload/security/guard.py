@@ -65,6 +65,8 @@ from ml_offload.security.quota import Quota
 from ml_offload.security.redact import Redactor
 from ml_offload.wire.native import LimitsView
 
+INTERNAL_HEADER = "x-mlo-internal"  # `Guard.internal_token`: a call from this process to itself
+
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Native and Ollama endpoints that change what is loaded or stored: admin only (reads are not).
 _MUTATING_PREFIXES = (
@@ -149,6 +151,9 @@ class Guard:
         self._audit = audit
         self._redactor = redactor
         self._refusals = metrics.refusals if metrics is not None else None
+        # Sent by this process to itself (the `/mcp` tools' calls to the gateway's own routes):
+        # the caller's request was charged when it came in, so its inner calls are not again.
+        self.internal_token = os.urandom(16).hex()
 
     @property
     def auth_on(self) -> bool:
@@ -201,7 +206,9 @@ class Guard:
             return ctx
         try:
             await self._identify(ctx, bearer_token(headers))
-            await self._quota.charge_caller(ctx)
+            internal = hmac.compare_digest(headers.get(INTERNAL_HEADER, ""), self.internal_token)
+            if not internal:
+                await self._quota.charge_caller(ctx)
         except MloError as exc:
             ctx.status = exc.status
             ctx.error = exc.code
