@@ -78,6 +78,7 @@ def test_two_nodes_see_each_other_and_a_killed_one_goes(
 
     rows = _rows(_cli(node_a, "ls"), names)  # a shared database may list other tests' nodes
     assert set(rows) == names and not any("gone" in row for row in rows.values())
+    assert seen[a]["url"] and seen[a]["url"] in rows[a]  # where gateways reach it
 
     node_b.proc.kill()  # no clean shutdown: its row stays until the lease passes
     node_b.proc.wait()

@@ -41,7 +41,9 @@ def ls(
     if not data:
         out.print("no nodes: start one with `mlo serve --role node` on the same database")
         return
-    table = Table("NODE", "STATE", "GPUS", "GPU FREE", "HOST FREE", "LOADED", "QUEUE", "SEEN")
+    table = Table(
+        "NODE", "URL", "STATE", "GPUS", "GPU FREE", "HOST FREE", "SERVES", "LOADED", "QUEUE", "SEEN"
+    )
     for n in data:
         table.add_row(*_row(n))
     out.print(table)
@@ -52,10 +54,12 @@ def _row(n: FleetNodeView) -> tuple[str, ...]:
     total = sum(d.total_bytes for d in n.devices)
     return (
         n.name,
+        n.url or "-",
         "up" if n.alive else "gone",
         str(len(n.devices)),
         f"{human_bytes(free)} / {human_bytes(total)}" if n.devices else "-",
         human_bytes(n.host_free_bytes),
+        ", ".join(n.models) or "-",
         ", ".join(n.loaded) or "-",
         str(n.queue_depth),
         f"{human_secs(n.beat_age_s)} ago",
