@@ -100,6 +100,13 @@ def test_a_gateway_routes_to_the_warm_node_and_around_a_dead_one(
         assert node_b.model(smol)["state"] == "stopped"
         assert f'model="{smol}@{a}",status="200"' in gw.http.get("/metrics").text
 
+        # an exact token count from the node's engine, through the gateway
+        count = {"model": smol, "messages": HI}
+        through = gw.http.post("/v1/messages/count_tokens", json=count)
+        on_node = node_a.http.post("/v1/messages/count_tokens", json=count)
+        assert through.status_code == 200, through.text
+        assert through.json() == on_node.json() and on_node.json()["input_tokens"] > 0
+
         # a model only node a serves goes there, with the node key
         reply = gw.client.chat.completions.create(model=only_a, messages=HI, max_tokens=3)
         assert reply.choices[0].message.content == "from the fake"

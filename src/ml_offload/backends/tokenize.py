@@ -3,7 +3,8 @@
 llama.cpp's server (ours, or one elsewhere): the chat template applied by `POST /apply-template`
 (the chat request's own body: messages and tools), then `POST /tokenize` on the result with the
 special tokens the completion adds, so the count is the `prompt_tokens` a completion reports.
-Anthropic: `POST /v1/messages/count_tokens` with the caller's own body, passed through.
+Anthropic, and a fleet node (an ml-offload gateway counting with its own engine): `POST
+/v1/messages/count_tokens` with the caller's own body, passed through.
 Followed: llama.cpp tools/server/README.md (`/apply-template`, `/tokenize`) and
 https://docs.claude.com/en/api/messages-count-tokens.
 """
@@ -27,7 +28,7 @@ _ASKED = ("model", "messages", "tools", "tool_choice", "chat_template_kwargs")
 
 def counts_tokens(spec: ModelSpec) -> bool:
     """Whether the deployment can count a prompt's tokens exactly: our engines, a llama.cpp
-    server declared by URL, Anthropic."""
+    server declared by URL, a fleet node's model, Anthropic."""
     if spec.backend == "anthropic":
         return True
     return spec.kind is DeploymentKind.LLAMACPP or (
@@ -44,10 +45,11 @@ async def count_tokens(
 ) -> int:
     """The prompt tokens of `chat` (an OpenAI chat request) on `spec` at `base_url`; `native`
     is the caller's Anthropic body, sent as it is to an Anthropic deployment."""
-    if spec.backend == "anthropic":
+    if spec.backend == "anthropic" or spec.on_fleet_node:  # a fleet node counts with its engine
         body = {**native, "model": spec.upstream_model}
         path = "/v1/messages/count_tokens"
-        answer = await _post(upstream, base_url, path, body, _ANTHROPIC.headers(spec))
+        protocol = _ANTHROPIC if spec.backend == "anthropic" else _OPENAI  # (the node key)
+        answer = await _post(upstream, base_url, path, body, protocol.headers(spec))
         return _int(answer, "input_tokens", path)
     asked = {k: v for k, v in chat.items() if k in _ASKED}
     headers = _OPENAI.headers(spec)
