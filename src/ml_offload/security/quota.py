@@ -155,7 +155,7 @@ class Quota:
     ) -> list[Charge]:
         """`spec`'s own limits, for the deployment about to be tried: one request, then tokens
         reserved (all or none). The charges, for `give_back` when it fails."""
-        model = self.model_subject(spec.name)
+        model = self.model_subject(limited_as(spec))
         taken: list[Charge] = []
         try:
             if model.rpm is not None:
@@ -350,3 +350,9 @@ def actual_tokens(ctx: RequestContext) -> int:
         return used
     failed = ctx.status >= 400 and ctx.status != 499
     return 0 if failed else ctx.reserved_tokens
+
+
+def limited_as(spec: ModelSpec) -> str:
+    """The name a deployment's per-model limits are configured under: its own, or, for a
+    model on a fleet node (`m@node`), the model's (one limit for `m` on every node)."""
+    return spec.upstream_model if spec.on_fleet_node else spec.name

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ml_offload.config import SecuritySettings
-from ml_offload.domain import DeploymentKind, ModelSpec, RequestContext
+from ml_offload.domain import FLEET_SOURCE, DeploymentKind, ModelSpec, RequestContext
 from ml_offload.errors import ConfigError, RateLimited, Unavailable
 from ml_offload.security.guard import Guard
 from ml_offload.security.limits import Charge, Limiter, reset_text
@@ -201,6 +201,29 @@ async def test_model_limits_apply_to_every_caller(tmp_path: Path) -> None:
     with pytest.raises(RateLimited, match="model 'm'") as refused:
         await guard.enter(ctx_for("c:1"), SPEC, "chat", {"model": "m"})
     assert refused.value.headers["x-ratelimit-limit-requests"] == "2"
+    await guard.close()
+
+
+async def test_a_models_limit_holds_across_the_fleet_nodes_that_serve_it(
+    tmp_path: Path,
+) -> None:
+    """On a fleet gateway `m` is answered by `m@a` or `m@b`: the limit configured for `m`
+    counts both."""
+    guard = await guard_with(tmp_path, "memory://", model_rpm={"m": 2})
+    on = [
+        ModelSpec(
+            f"m@{node}",
+            kind=DeploymentKind.REMOTE,
+            url=f"http://{node}:9000",
+            remote_model="m",
+            source=FLEET_SOURCE,
+        )
+        for node in ("a", "b")
+    ]
+    await guard.enter(ctx_for("x:1"), on[0], "chat", {"model": "m"})
+    await guard.enter(ctx_for("x:2"), on[1], "chat", {"model": "m"})
+    with pytest.raises(RateLimited, match="model 'm'"):
+        await guard.enter(ctx_for("x:3"), on[0], "chat", {"model": "m"})
     await guard.close()
 
 
