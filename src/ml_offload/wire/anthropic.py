@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml_offload.errors import InvalidRequest, MloError
-from ml_offload.wire.body import parse
+from ml_offload.wire.body import parse, require_object, require_str
 from ml_offload.wire.sse import event as sse_event
 from ml_offload.wire.stops import StopMatcher
 
@@ -152,18 +152,6 @@ def _system_text(system: str | list[dict[str, Any]] | None) -> str:
     return "\n\n".join(block["text"] for block in system)
 
 
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{where}: must be an object", param=where)
-    return value
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{where}: must be a string", param=where)
-    return value
-
-
 def _user(content: str | list[dict[str, Any]], i: int) -> list[dict[str, Any]]:
     """Tool results become `tool` messages, which OpenAI wants first; the rest one user turn."""
     if isinstance(content, str):
@@ -182,23 +170,23 @@ def _user(content: str | list[dict[str, Any]], i: int) -> list[dict[str, Any]]:
 
 
 def _part(value: Any, where: str) -> dict[str, Any]:
-    block = _obj(value, where)
+    block = require_object(value, where)
     kind = block.get("type")
     if kind == "text" and isinstance(block.get("text"), str):
         return {"type": "text", "text": block["text"]}
     if kind == "image" and isinstance(block.get("source"), dict):
         source = block["source"]
         if source.get("type") == "base64":
-            media = _str(source.get("media_type", "image/png"), f"{where}.source.media_type")
-            url = f"data:{media};base64,{_str(source.get('data'), f'{where}.source.data')}"
+            media = require_str(source.get("media_type", "image/png"), f"{where}.source.media_type")
+            url = f"data:{media};base64,{require_str(source.get('data'), f'{where}.source.data')}"
         elif source.get("type") == "url":
-            url = _str(source.get("url"), f"{where}.source.url")
+            url = require_str(source.get("url"), f"{where}.source.url")
         else:
             raise InvalidRequest("image source must be base64 or url", param=f"{where}.source")
         return {"type": "image_url", "image_url": {"url": url}}
     source = block.get("source")
     if kind == "document" and isinstance(source, dict) and source.get("type") == "text":
-        return {"type": "text", "text": _str(source.get("data"), f"{where}.source.data")}
+        return {"type": "text", "text": require_str(source.get("data"), f"{where}.source.data")}
     raise InvalidRequest(
         f"content block type {kind!r} is not supported here (use text, image or tool_result)",
         param=f"{where}.type",
@@ -234,7 +222,7 @@ def _assistant(content: str | list[dict[str, Any]], i: int) -> dict[str, Any]:
         kind = block.get("type")
         where = f"messages.{i}.content.{j}"
         if kind == "text":
-            texts.append(_str(block.get("text"), f"{where}.text"))
+            texts.append(require_str(block.get("text"), f"{where}.text"))
         elif kind == "tool_use":
             calls.append(_tool_call(block, where))
         elif kind not in ("thinking", "redacted_thinking"):
@@ -250,11 +238,13 @@ def _assistant(content: str | list[dict[str, Any]], i: int) -> dict[str, Any]:
 
 def _tool_call(block: dict[str, Any], where: str) -> dict[str, Any]:
     return {
-        "id": _str(block.get("id") or new_id("toolu_"), f"{where}.id"),
+        "id": require_str(block.get("id") or new_id("toolu_"), f"{where}.id"),
         "type": "function",
         "function": {
-            "name": _str(block.get("name"), f"{where}.name"),
-            "arguments": orjson.dumps(_obj(block.get("input", {}), f"{where}.input")).decode(),
+            "name": require_str(block.get("name"), f"{where}.name"),
+            "arguments": orjson.dumps(
+                require_object(block.get("input", {}), f"{where}.input")
+            ).decode(),
         },
     }
 

@@ -46,3 +46,17 @@ def invalid(exc: ValidationError) -> InvalidRequest:
 
 def parse(schema: type[M], raw: bytes) -> M:
     return validate(schema, load_object(raw))
+
+
+def require_object(value: Any, where: str) -> dict[str, Any]:
+    """`value`, a JSON object, or InvalidRequest naming the field (`where`)."""
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where}: must be an object", param=where)
+    return value
+
+
+def require_str(value: Any, where: str) -> str:
+    """`value`, a string, or InvalidRequest naming the field (`where`)."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{where}: must be a string", param=where)
+    return value

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml_offload.errors import InvalidRequest, MloError
-from ml_offload.wire.body import parse
+from ml_offload.wire.body import parse, require_object, require_str
 from ml_offload.wire.sse import event as sse_event
 
 Item = dict[str, Any]
@@ -78,7 +78,7 @@ _PART_TYPES = ("input_text", "output_text", "refusal", "input_image")
 
 
 def _item(value: Any, where: str) -> Item:
-    item = _obj(value, where)
+    item = require_object(value, where)
     kind = item.get("type", "message")
     if kind == "message":
         role = item.get("role")
@@ -96,13 +96,15 @@ def _item(value: Any, where: str) -> Item:
             )
         return _message(role, parts, _id(item))
     if kind == "function_call":
-        call = {k: _str(item.get(k), f"{where}.{k}") for k in ("call_id", "name", "arguments")}
+        call = {
+            k: require_str(item.get(k), f"{where}.{k}") for k in ("call_id", "name", "arguments")
+        }
         return {"type": kind, "id": _id(item) or new_id("fc_"), **call, "status": "completed"}
     if kind == "function_call_output":
         output = item.get("output")
         if not isinstance(output, str | list):
             raise InvalidRequest(f"{where}.output must be a string or parts", param=where)
-        call_id = _str(item.get("call_id"), f"{where}.call_id")
+        call_id = require_str(item.get("call_id"), f"{where}.call_id")
         item_id = _id(item) or new_id("fco_")
         return {"type": kind, "id": item_id, "call_id": call_id, "output": output}
     if kind == "reasoning":
@@ -121,7 +123,7 @@ def _id(item: Item) -> str | None:
 
 
 def _part(value: Any, where: str) -> Item:
-    part = _obj(value, where)
+    part = require_object(value, where)
     kind = part.get("type")
     if kind not in _PART_TYPES:
         raise InvalidRequest(
@@ -129,22 +131,10 @@ def _part(value: Any, where: str) -> Item:
             param=f"{where}.type",
         )
     if kind == "input_image":
-        _str(part.get("image_url"), f"{where}.image_url")
+        require_str(part.get("image_url"), f"{where}.image_url")
     else:
-        _str(part.get("refusal" if kind == "refusal" else "text"), where)
+        require_str(part.get("refusal" if kind == "refusal" else "text"), where)
     return part
-
-
-def _obj(value: Any, where: str) -> Item:
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{where} must be an object", param=where)
-    return value
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{where} must be a string", param=where)
-    return value
 
 
 # -- request: Responses → chat ---------------------------------------------------------------
@@ -219,7 +209,7 @@ def _response_format(text: Item | None) -> Item | None:
     fmt = (text or {}).get("format")
     if fmt is None:
         return None
-    kind = _obj(fmt, "text.format").get("type")
+    kind = require_object(fmt, "text.format").get("type")
     if kind == "text":
         return None
     if kind == "json_object":
@@ -227,7 +217,7 @@ def _response_format(text: Item | None) -> Item | None:
     if kind == "json_schema":
         schema = {
             "name": fmt.get("name") or "response",
-            "schema": _obj(fmt.get("schema"), "text.format.schema"),
+            "schema": require_object(fmt.get("schema"), "text.format.schema"),
         }
         if fmt.get("strict") is not None:
             schema["strict"] = fmt["strict"]
@@ -248,7 +238,7 @@ def dropped_tools(req: ResponsesRequest) -> list[str]:
 
 
 def _tool(tool: Item, where: str) -> Item:
-    function: Item = {"name": _str(tool.get("name"), f"{where}.name")}
+    function: Item = {"name": require_str(tool.get("name"), f"{where}.name")}
     function["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
     for key in ("description", "strict"):
         if tool.get(key) is not None:
@@ -260,7 +250,10 @@ def _tool_choice(choice: str | Item) -> str | Item:
     if choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "function", "function": {"name": _str(choice.get("name"), "tool_choice")}}
+        return {
+            "type": "function",
+            "function": {"name": require_str(choice.get("name"), "tool_choice")},
+        }
     raise InvalidRequest(
         "tool_choice must be auto, none, required or {type: function, name}",
         param="tool_choice",
