@@ -135,6 +135,20 @@ def test_errors_are_one_line(tmp_path: Path, setup: tuple[Path, Path]) -> None:
     assert "cannot read --since" in error_line(mlo(config, "export", "--since", "yesterday"))
 
 
+def forge(log: Path) -> None:
+    """The forger: request r3's status changed, then every hash and the head rewritten, so
+    that the chain holds (only the signed checkpoints can tell)."""
+    prev, out = GENESIS, []
+    for seq, raw in enumerate(log.read_bytes().splitlines(), start=1):
+        event = json.loads(raw)["event"]
+        if event.get("request_id") == "r3":
+            event["status"] = 403
+        line, prev = encode_entry(seq, prev, json.dumps(event).encode())
+        out.append(line)
+    log.write_bytes(b"".join(out))
+    head_path(log).write_text(json.dumps({"seq": len(out), "hash": prev}))
+
+
 def test_a_chain_rewritten_whole_fails_verify_with_the_public_key(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n')
@@ -146,15 +160,7 @@ def test_a_chain_rewritten_whole_fails_verify_with_the_public_key(tmp_path: Path
     assert not list(log.parent.glob("*.key"))  # the private key is not in the log's folder
     done = mlo(config, "verify", "--public-key", str(pem))
     assert done.stdout.startswith(f"ok: {N + 6} entries") and "6 signed checkpoints" in done.stdout
-    prev, out = GENESIS, []  # the forger: one status changed, every hash and the head rewritten
-    for seq, raw in enumerate(log.read_bytes().splitlines(), start=1):
-        event = json.loads(raw)["event"]
-        if event.get("request_id") == "r3":
-            event["status"] = 403
-        line, prev = encode_entry(seq, prev, json.dumps(event).encode())
-        out.append(line)
-    log.write_bytes(b"".join(out))
-    head_path(log).write_text(json.dumps({"seq": len(out), "hash": prev}))
+    forge(log)
     assert mlo(config, "verify").returncode == 0  # the chain alone is fooled
     line = error_line(mlo(config, "verify", "--public-key", str(pem)))
     assert "line 10 (seq 10): signature: its signature does not match" in line
@@ -333,16 +339,7 @@ def test_verify_the_logs_of_several_gateways(tmp_path: Path) -> None:
     as_json = json.loads(mlo(tmp_path / "gw1.toml", "verify", *logs, *pems, "--json").stdout)
     assert [(r["file"], r["ok"]) for r in as_json] == [(logs[0], True), (logs[1], True)]
 
-    second = Path(logs[1])  # gw2's log rewritten whole: its chain holds, its signatures do not
-    prev, out = GENESIS, []
-    for seq, raw in enumerate(second.read_bytes().splitlines(), start=1):
-        event = json.loads(raw)["event"]
-        if event.get("request_id") == "r3":
-            event["status"] = 403
-        line, prev = encode_entry(seq, prev, json.dumps(event).encode())
-        out.append(line)
-    second.write_bytes(b"".join(out))
-    head_path(second).write_text(json.dumps({"seq": len(out), "hash": prev}))
+    forge(Path(logs[1]))  # gw2's log rewritten whole: its chain holds, its signatures do not
     done = mlo(tmp_path / "gw1.toml", "verify", *logs, *pems)
     assert done.returncode == 1
     assert done.stdout.splitlines()[0].startswith(f"{logs[0]}: ok: ")
