@@ -209,6 +209,42 @@ def _start(tmp: Path, environ: dict[str, str] | None = None, **extra: Any) -> Ga
     raise RuntimeError(f"gateway did not start: {log.read_text()[-2000:]}")
 
 
+class ServerProcess:
+    """A `mlo serve` started by a test on its own terms (TLS, a network namespace): its
+    process, URL and log; `stop` ends it (TERM, then KILL)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def killed_mid_stream(
+    client: openai.OpenAI, model: str, kill: Callable[[], None]
+) -> openai.APIError:
+    """The error a client gets from a long stream of `model` when `kill` runs (the engine or
+    the node that answers) after its third chunk."""
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Tell a long story."}],
+        max_tokens=400,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    with pytest.raises(openai.APIError) as exc:
+        for i, _chunk in enumerate(stream):
+            if i == 3:
+                kill()
+    return exc.value
+
+
 def stop(gw: Gateway) -> None:
     pids = []
     if gw.proc.poll() is None:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.integration.conftest import ServerProcess
 from tests.integration.test_dashboard import CHROMIUM, FLAGS, LONG_MS, sync_api
-from tests.integration.test_tls import Pki, TlsGateway, start
+from tests.integration.test_tls import Pki, start
 
 ADMIN = "dashboard-tls-admin-key-0123456789abcdef"
 
@@ -52,7 +53,7 @@ def browser() -> Iterator[sync_api.Browser]:
             browser.close()
 
 
-def serve(tmp: Path, pki: Pki, smollm_path: Path, *flags: str) -> TlsGateway:
+def serve(tmp: Path, pki: Pki, smollm_path: Path, *flags: str) -> ServerProcess:
     model = {"name": "smollm", "path": smollm_path, "ctx_size": 512, "parallel": 1}
     ready = pki.client(pki.alice) if flags else pki.client()
     return start(tmp, pki, *flags, ready=ready, security={"admin_key": ADMIN}, models=[model])

@@ -21,10 +21,10 @@ import openai
 import pytest
 import trustme
 
-from tests.integration.conftest import Gateway, GatewayFactory
+from tests.integration.conftest import Gateway, GatewayFactory, ServerProcess, killed_mid_stream
 from tests.integration.fake_upstream import Reply, fake_openai
 from tests.integration.test_fleet_nodes import BACKENDS, _database
-from tests.integration.test_tls import Pki, TlsGateway, start
+from tests.integration.test_tls import Pki, start
 
 NODE_KEY = "fleet-node-secret-0123456789"
 ADMIN = "node-admin-secret-0123456789"
@@ -117,18 +117,8 @@ def test_a_gateway_routes_to_the_warm_node_and_around_a_dead_one(
             gw.client.chat.completions.create(model=f"nope-{uid}", messages=HI, max_tokens=3)
 
         # node a killed mid-stream: a clean error event, then node b answers
-        stream = gw.client.chat.completions.create(
-            model=smol,
-            messages=[{"role": "user", "content": "Tell a long story."}],
-            max_tokens=400,
-            stream=True,
-            extra_body={"ignore_eos": True},
-        )
-        with pytest.raises(openai.APIError) as exc:
-            for i, _chunk in enumerate(stream):
-                if i == 3:
-                    node_a.proc.kill()
-        assert "stream" in exc.value.message or "engine" in exc.value.message
+        error = killed_mid_stream(gw.client, smol, node_a.proc.kill)
+        assert "stream" in error.message or "engine" in error.message
         node_a.proc.wait()
         reply = gw.client.chat.completions.create(model=smol, messages=HI, max_tokens=3)
         assert reply.choices[0].message.content is not None
@@ -159,7 +149,7 @@ def test_gateway_reaches_a_node_over_mutual_tls_and_one_without_a_certificate_is
     pki = Pki(ca, pem["server"], pem["server-key"], pem["ca"], client, client, client)
     db, model = _database("sqlite", tmp_path), f"m-{uuid.uuid4().hex[:8]}"
     with fake_openai(lambda request: Reply(body=answer("over mTLS"))) as fake:
-        node: TlsGateway = start(
+        node: ServerProcess = start(
             tmp_path / "node",
             pki,
             "--tls-client-ca",

@@ -8,6 +8,8 @@ own types: required fields present with the right types, and no fields OpenAI do
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from typing import Any
 
@@ -17,7 +19,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
-from tests.integration.conftest import MODEL, Gateway, pid_alive
+from tests.integration.conftest import MODEL, Gateway, killed_mid_stream, pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -228,21 +230,8 @@ def test_engine_killed_mid_stream_gives_a_clean_error_then_recovers(gateway: Gat
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
     )
     pid = gateway.model()["pid"]
-    stream = gateway.client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Tell a long story."}],
-        max_tokens=400,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
-    with pytest.raises(openai.APIError) as exc:
-        for i, _chunk in enumerate(stream):
-            if i == 3:
-                import os
-                import signal
-
-                os.kill(pid, signal.SIGKILL)
-    assert "engine" in str(exc.value.message)
+    error = killed_mid_stream(gateway.client, MODEL, lambda: os.kill(pid, signal.SIGKILL))
+    assert "engine" in str(error.message)
     deadline = time.monotonic() + 5  # the gateway notices when it reaps the child
     while gateway.model()["state"] != "failed" and time.monotonic() < deadline:
         time.sleep(0.05)

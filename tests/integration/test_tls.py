@@ -26,7 +26,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from ml_offload.api.tls import rfc4514_subject
-from tests.integration.conftest import _free_port, write_config
+from tests.integration.conftest import ServerProcess, _free_port, write_config
 
 ADMIN = "tls-test-admin-key-" + "x7Qp2Lm9" * 4
 
@@ -104,21 +104,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-class TlsGateway:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.proc, self.url, self.log = proc, url, log
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start(tmp: Path, pki: Pki, *flags: str, ready: ssl.SSLContext, **config: Any) -> TlsGateway:
+def start(tmp: Path, pki: Pki, *flags: str, ready: ssl.SSLContext, **config: Any) -> ServerProcess:
     """`mlo serve` with TLS flags, ready once `/health` answers over HTTPS."""
     tmp.mkdir(parents=True, exist_ok=True)
     write_config(tmp / "config.toml", tmp / "data", {"demo_model": False, **config})
@@ -144,7 +130,7 @@ def start(tmp: Path, pki: Pki, *flags: str, ready: ssl.SSLContext, **config: Any
     proc = subprocess.Popen(
         [*cmd, *flags], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
     )
-    gw = TlsGateway(proc, f"https://127.0.0.1:{port}", log)
+    gw = ServerProcess(proc, f"https://127.0.0.1:{port}", log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -159,14 +145,14 @@ def start(tmp: Path, pki: Pki, *flags: str, ready: ssl.SSLContext, **config: Any
 
 
 @pytest.fixture
-def tls_gateway(tmp_path: Path, pki: Pki) -> Iterator[TlsGateway]:
+def tls_gateway(tmp_path: Path, pki: Pki) -> Iterator[ServerProcess]:
     gw = start(tmp_path / "tls", pki, ready=pki.client())
     yield gw
     gw.stop()
 
 
 @pytest.fixture
-def mtls_gateway(tmp_path: Path, pki: Pki) -> Iterator[TlsGateway]:
+def mtls_gateway(tmp_path: Path, pki: Pki) -> Iterator[ServerProcess]:
     gw = start(
         tmp_path / "mtls",
         pki,
@@ -179,7 +165,7 @@ def mtls_gateway(tmp_path: Path, pki: Pki) -> Iterator[TlsGateway]:
     gw.stop()
 
 
-def test_tls_answers_a_client_that_trusts_the_ca(tls_gateway: TlsGateway, pki: Pki) -> None:
+def test_tls_answers_a_client_that_trusts_the_ca(tls_gateway: ServerProcess, pki: Pki) -> None:
     health = httpx.get(f"{tls_gateway.url}/health", verify=pki.client())
     assert health.status_code == 200 and health.json()["status"]
     assert health.headers["strict-transport-security"].startswith("max-age=")
@@ -190,7 +176,7 @@ def test_tls_answers_a_client_that_trusts_the_ca(tls_gateway: TlsGateway, pki: P
 
 
 def test_mutual_tls_refuses_clients_without_a_certificate_from_the_ca(
-    mtls_gateway: TlsGateway, pki: Pki
+    mtls_gateway: ServerProcess, pki: Pki
 ) -> None:
     url = f"{mtls_gateway.url}/health"
     with pytest.raises(httpx.TransportError):
@@ -201,7 +187,7 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_the_ca(
     assert answered.status_code == 200
 
 
-def test_a_key_bound_to_the_certificate_subject(mtls_gateway: TlsGateway, pki: Pki) -> None:
+def test_a_key_bound_to_the_certificate_subject(mtls_gateway: ServerProcess, pki: Pki) -> None:
     admin = {"Authorization": f"Bearer {ADMIN}"}
     with httpx.Client(base_url=mtls_gateway.url, verify=pki.client(pki.alice)) as alice:
         created = alice.post(
