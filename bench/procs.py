@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,3 +175,22 @@ class CpuWatch:
 def noise_note(cores: float) -> str:
     note = f"other processes used {cores:.2f} cores on average during the run"
     return note + (" (figures likely disturbed)" if cores > 0.1 else "")
+
+
+@contextlib.contextmanager
+def gateway(
+    cfg: Path, log: Path, timeout_s: float = 90.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`mlo serve --config cfg` on a free port, its output in `log`: its base URL and process
+    once `/health` answers 200 (RuntimeError with the log's tail otherwise); stopped after."""
+    port = free_port()
+    cmd = [*mlo_command(), "serve", "--config", str(cfg), "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        if wait_health(base + "/health", proc, timeout_s) is None:
+            raise RuntimeError("gateway did not answer /health 200:\n" + tail(log))
+        yield base, proc
+    finally:
+        stop_group(proc)

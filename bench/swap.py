@@ -126,26 +126,17 @@ def gateway_swaps(path: str, args: argparse.Namespace, deadline: float) -> dict[
     with tempfile.TemporaryDirectory(prefix="mlo-swap-") as tmp:
         cfg = Path(tmp) / "gateway.toml"
         cfg.write_text(gateway_config(path, Path(tmp) / "data", args))
-        port = procs.free_port()
         log = Path(tmp) / "gateway.log"
-        cmd = [*procs.mlo_command(), "serve", "--config", str(cfg), "--port", str(port)]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        base = f"http://127.0.0.1:{port}"
         try:
-            if procs.wait_health(base + "/health", proc, 90) is None:
-                raise RuntimeError("gateway did not answer /health 200:\n" + procs.tail(log))
-            samples: list[tuple[str, float]] = []
-            for model in ["a", "b"] * args.n:
-                if samples and time.perf_counter() > deadline:
-                    break  # time budget spent; report what we have
-                samples.append((model, first_token_s(base, model)))
-            warm = first_token_s(base, samples[-1][0])  # same model again: no swap
-            tree = procs.descendants(proc.pid)
+            with procs.gateway(cfg, log) as (base, proc):
+                samples: list[tuple[str, float]] = []
+                for model in ["a", "b"] * args.n:
+                    if samples and time.perf_counter() > deadline:
+                        break  # time budget spent; report what we have
+                    samples.append((model, first_token_s(base, model)))
+                warm = first_token_s(base, samples[-1][0])  # same model again: no swap
+                tree = procs.descendants(proc.pid)
         finally:
-            procs.stop_group(proc)
             if args.keep_log is not None:
                 shutil.copyfile(log, args.keep_log)
     return {

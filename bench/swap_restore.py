@@ -207,24 +207,13 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, list[
         cfg.write_text(
             CONFIG.format(data_dir=data, path=weights, ctx_size=ctx, threads=args.threads)
         )
-        port = procs.free_port()
         log = Path(tmp) / "gateway.log"
-        cmd = [*procs.mlo_command(), "serve", "--config", str(cfg), "--port", str(port)]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            if procs.wait_health(base + "/health", proc, 90) is None:
-                raise RuntimeError("gateway did not answer /health 200:\n" + procs.tail(log))
+        with procs.gateway(cfg, log) as (base, _):
             gw = Gateway(base)
             rounds = [
                 run_round(gw, weights, data / "slots", r, args.prompt_tokens, not args.no_disk)
                 for r in range(args.rounds)
             ]
-        finally:
-            procs.stop_group(proc)
         return rounds, slot_times_ms(log)
 
 
