@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ml_offload import __version__
-from ml_offload.cli.main import ALIASES
+from ml_offload.cli.commands import ALIASES
 from tests.integration.conftest import MODEL, Gateway
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from ml_offload.cli.main import app
+from ml_offload.cli.commands import app
 from tests.integration.conftest import MODEL, Gateway, _free_port, pid_alive, write_config
 
 PROMPTS = ["Say hello.", "Name a colour.", "What is 2 + 2?", "Name a fruit."]

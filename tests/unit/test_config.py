@@ -79,7 +79,7 @@ def test_config_check_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
     masked; an invalid file is one line naming the key (exit status 2)."""
     from typer.testing import CliRunner
 
-    from ml_offload.cli.main import app
+    from ml_offload.cli.commands import app
 
     good = tmp_path / "good.toml"
     good.write_text(

@@ -51,15 +51,10 @@ class EventStreamResponse(Response):
         self.raw_headers = list(self._sse_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_disconnected(receive))
         try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            with contextlib.suppress(ClientGone, OSError):  # OSError: the socket went first
+                await watched(receive, self._pump(send))
         finally:
-            for task in (pump, watch):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await pump
             await self._cleanup()
 
     async def _pump(self, send: Send) -> None:
@@ -72,15 +67,33 @@ class EventStreamResponse(Response):
 async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """Run `work`, cancelling it if the client disconnects first (frees the engine slot, or
     its place in the queue; a stream still queued or loading is never sent to the engine)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(request.receive))
+    return await watched(request.receive, work)
+
+
+async def watched(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` in this task while one watcher task waits for `http.disconnect`, which
+    cancels this task and is raised here as `ClientGone`. (One task per request, not two and
+    an `asyncio.wait`: this is on every request's path.)"""
+    task = asyncio.current_task()
+    if task is None:  # pragma: no cover - always called from a task
+        return await work
+    running, gone = True, False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(receive)
+        if running:  # else `work` has returned and this task is past it: nothing to stop
+            gone = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()  # ours, not a cancellation from outside: it ends here
+        raise ClientGone from None
     finally:
-        watch.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientGone
-    return task.result()
+        running = False
+        watcher.cancel()

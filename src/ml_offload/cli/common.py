@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ml_offload.client_tls import CA_BUNDLE_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV
 from ml_offload.config import CONFIG_ENV, Settings, load_settings, xdg_dir
@@ -138,3 +140,15 @@ def warn_if_low_disk(settings: Settings) -> None:
             settings.storage.data_dir,
             human_bytes(settings.storage.low_disk_bytes),
         )
+
+
+def run_cli(app: typer.Typer, *errors: type[Exception]) -> None:
+    """Run a command tree; a MloError (exit 2) or one of `errors` (exit 1) is one red line."""
+    caught: tuple[type[Exception], ...] = (MloError, *errors)
+    try:
+        app()
+    except caught as exc:
+        err.print(Text.assemble(("error:", "red"), f" {exc}"))
+        sys.exit(2 if isinstance(exc, MloError) else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)

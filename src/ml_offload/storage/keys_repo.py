@@ -23,6 +23,7 @@ from ml_offload.storage.tables import api_keys
 _BY_ID = sa.select(api_keys).where(api_keys.c.id == sa.bindparam("id"))
 _ANY = sa.select(api_keys.c.id).limit(1)
 _RETRY_S = 5.0
+_CACHED_ROWS = 4096
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +48,7 @@ class _DirectReader:
         self._decode = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in api_keys.columns
         ]
+        self._seen: dict[str, tuple[Any, tuple[ApiKey, str]]] = {}
 
     @classmethod
     async def open(cls, db: Database) -> _DirectReader | None:
@@ -63,8 +65,20 @@ class _DirectReader:
                 check_same_thread=False,
             )
 
+            rows: dict[str, Any] = {}  # key id -> row, valid while no other connection commits
+            version: list[int] = [-1]
+
             async def fetch_sqlite(sql: str, key_id: str) -> Any:
-                return conn.execute(sql, (key_id,)).fetchone()
+                # `data_version` changes when any other connection (this gateway's pool, a
+                # `mlo keys revoke`, another gateway) commits: then the rows are read again.
+                now = conn.execute("PRAGMA data_version").fetchone()[0]
+                if now != version[0] or len(rows) > _CACHED_ROWS:
+                    rows.clear()
+                    version[0] = now
+                row = rows.get(key_id)
+                if row is None:
+                    row = rows[key_id] = conn.execute(sql, (key_id,)).fetchone()
+                return row
 
             async def close_sqlite() -> None:
                 conn.close()
@@ -80,14 +94,22 @@ class _DirectReader:
 
         return cls(dialect, fetch_pg, held.close)
 
-    async def fetch(self, key_id: str) -> dict[str, Any] | None:
+    async def fetch(self, key_id: str) -> tuple[ApiKey, str] | None:
         row = await self._fetch(self.sql, key_id)
         if row is None:
             return None
-        return {
+        seen = self._seen.get(key_id)
+        if seen is not None and seen[0] is row:  # the SQLite reader's cached row: decoded once
+            return seen[1]
+        values = {
             name: value if decode is None else decode(value)
             for name, value, decode in zip(self._names, tuple(row), self._decode, strict=True)
         }
+        found = _key(values), str(values["secret_sha256"])
+        if len(self._seen) > _CACHED_ROWS:
+            self._seen.clear()
+        self._seen[key_id] = (row, found)
+        return found
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -112,13 +134,13 @@ class KeyRepository:
         reader = await self._direct_reader()
         if reader is not None:
             try:
-                row = await reader.fetch(key_id)
+                found = await reader.fetch(key_id)
             except Exception:
                 log.warning("direct key lookup failed; using the pool", exc_info=True)
                 self._reader_failed_at = time.monotonic()
                 await self.close()
             else:
-                return None if row is None else (_key(row), row["secret_sha256"])
+                return found
         return await self.get(key_id)
 
     async def _direct_reader(self) -> _DirectReader | None:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ml_offload.cli.client import CliError
-from ml_offload.cli.main import app
+from ml_offload.cli.commands import app
 from ml_offload.gguf import demo_model_path
 from tests.unit.test_gguf import write_gguf
 

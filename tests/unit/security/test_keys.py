@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from ml_offload.cli.main import app
+from ml_offload.cli.commands import app
 from ml_offload.config import SecuritySettings
 from ml_offload.domain import DeploymentKind, ModelSpec
 from ml_offload.errors import (
@@ -190,10 +190,25 @@ async def test_the_hot_lookup_reads_what_the_pool_reads(db: Database) -> None:
     assert await repo.lookup("nothing") is None
     # The direct read fails (a database restart, say): the lookup falls back to the pool.
     assert repo._reader is not None
-    repo._reader.sql = "SELECT no_such_column FROM api_keys"
+
+    async def broken(sql: str, key_id: str) -> None:
+        raise OSError("the database went away")
+
+    repo._reader._fetch = broken
     assert (await repo.lookup(made.key.id)) == await repo.get(made.key.id)
     assert repo._reader is None  # dropped, to be opened again later
     await repo.close()
+
+
+async def test_the_hot_lookup_sees_a_revocation_from_another_gateway(db: Database) -> None:
+    """The lookup keeps rows between requests; a commit anywhere else must end that at once."""
+    here, there = KeyStore(KeyRepository(db)), KeyStore(KeyRepository(db))
+    made = await here.create("shared")
+    for _ in range(3):  # read, then served again from what was read
+        assert (await here.verify(made.secret, time.time())).id == made.key.id
+    await there.revoke("shared")
+    with pytest.raises(AuthError, match="revoked"):
+        await here.verify(made.secret, time.time())
 
 
 async def test_revoke_by_id_or_name(store: KeyStore) -> None:

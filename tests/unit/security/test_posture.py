@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ml_offload.cli.main import app
+from ml_offload.cli.commands import app
 from ml_offload.config import Settings
 from ml_offload.domain import ApiKey
 from ml_offload.registry import remote_specs
