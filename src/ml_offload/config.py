@@ -183,6 +183,15 @@ class EngineSettings(_Section):
     slot_save_max_age_s: float = Field(
         86400.0, gt=0, description="a saved slot older than this is removed, never restored"
     )
+    standby: bool = Field(
+        True,
+        description="keep a stopped model's weights in host memory (mapped and locked) for its "
+        "next load, while memory allows (backends/standby.py)",
+    )
+    standby_max_bytes: int | None = Field(
+        None, ge=0, description="most host memory the standby holds; default a quarter of it"
+    )
+    standby_s: float = Field(1800.0, ge=0, description="how long stopped weights are held")
 
 
 class SimulatedDevice(_Section):

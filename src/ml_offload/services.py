@@ -30,6 +30,7 @@ from ml_offload.backends.probe import PROBED, BackendMonitor
 from ml_offload.backends.remote import RemoteServer
 from ml_offload.backends.slot_files import SlotBounds
 from ml_offload.backends.slot_keeper import ConversationSlots
+from ml_offload.backends.standby import Standby
 from ml_offload.config import SecuritySettings, Settings
 from ml_offload.control import FolderWatch, ModelControl
 from ml_offload.domain import ApiKey, DeploymentKind, ModelSpec
@@ -82,6 +83,7 @@ class _Engines:
     launcher: Launcher
     upstream: Upstream  # the pooled client: readiness probes, Ollama's load and unload
     slots: ConversationSlots  # llama.cpp engines' saved conversations
+    standby: Standby  # stopped llama.cpp models' weights, held for their next load
 
 
 def _llamacpp(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
@@ -94,6 +96,7 @@ def _llamacpp(engines: _Engines, spec: ModelSpec, on_exit: ExitCallback) -> Engi
         log_dir=s.storage.logs_path,
         upstream=engines.upstream,
         slots=engines.slots.keeper(spec),
+        standby=engines.standby,
     )
 
 
@@ -128,11 +131,22 @@ def conversation_slots(settings: Settings, upstream: Upstream) -> ConversationSl
     return ConversationSlots(settings.storage.slots_path, bounds, upstream, e.slot_save)
 
 
+def open_standby(settings: Settings) -> Standby:
+    e = settings.engine
+    most = e.standby_max_bytes if e.standby_max_bytes is not None else host_memory_bytes() // 4
+    return Standby(enabled=e.standby, max_bytes=most, hold_s=e.standby_s)
+
+
 def process_factory(
-    settings: Settings, upstream: Upstream, slots: ConversationSlots | None = None
+    settings: Settings,
+    upstream: Upstream,
+    slots: ConversationSlots | None = None,
+    standby: Standby | None = None,
 ) -> ProcessFactory:
     slots = slots or conversation_slots(settings, upstream)
-    engines = _Engines(settings, resolve_engine_kind(settings.engine), upstream, slots)
+    standby = standby or open_standby(settings)
+    kind = resolve_engine_kind(settings.engine)
+    engines = _Engines(settings, kind, upstream, slots, standby)
 
     def make(spec: ModelSpec, on_exit: ExitCallback) -> EngineProcess:
         return PROCESS_FACTORIES[spec.kind](engines, spec, on_exit)
@@ -290,9 +304,11 @@ class Services:
         stack.push_async_callback(upstream.close)  # closed after the scheduler stops engines
         await upstream.start()
         slots = conversation_slots(settings, upstream)
+        standby = open_standby(settings)
+        stack.callback(standby.close)  # after the engines stopped
         scheduler = Scheduler(
             settings.scheduler,
-            factory or process_factory(settings, upstream, slots),
+            factory or process_factory(settings, upstream, slots, standby),
             metrics,
             budget_bytes=memory_budget(settings),
             estimate=functools.partial(
@@ -302,6 +318,7 @@ class Services:
             reserve_bytes=settings.gpu.reserve_bytes,
         )
         stack.push_async_callback(scheduler.close)
+        stack.callback(standby.stop_parking)  # engines stopped at shutdown are not held
         await scheduler.start()
         probes = BackendMonitor(
             upstream,
@@ -343,7 +360,14 @@ class Services:
         inference = InferenceService(router, scheduler, upstream, metrics, guard, tracer, slots)
         started_at = time.time()
         status = StatusService(
-            settings, registry, scheduler, router, probes, started_at=started_at, fleet=routes
+            settings,
+            registry,
+            scheduler,
+            router,
+            probes,
+            started_at=started_at,
+            fleet=routes,
+            standby=standby,
         )
         metrics.watch(status.gauges)
         control = ModelControl(registry, scheduler, upstream)

@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 
 from ml_offload import __version__
 from ml_offload.backends.probe import BackendMonitor, Probe
+from ml_offload.backends.standby import Standby
 from ml_offload.config import Settings
 from ml_offload.domain import (
     FLEET_SOURCE,
@@ -77,9 +78,11 @@ class StatusService:
         *,
         started_at: float,
         fleet: FleetRoutes | None = None,
+        standby: Standby | None = None,
     ) -> None:
         """`fleet`: a gateway's routes: the models its nodes serve are listed with its own."""
         self._fleet = fleet
+        self._standby = standby
         self._settings = settings
         self._registry = registry
         self._scheduler = scheduler
@@ -220,6 +223,7 @@ class StatusService:
             pinned=st.pinned,
             last_error=st.last_error if reveal else None,
             load_time_s=st.load_time_s,
+            standby_bytes=None if self._standby is None else self._standby.bytes_of(spec.name),
             base_url=st.base_url if spec.is_local and reveal else None,
         )
 

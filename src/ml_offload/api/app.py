@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -37,6 +39,14 @@ from ml_offload.mcp.http import PATH as MCP_PATH
 from ml_offload.mcp.http import McpEndpoint
 from ml_offload.services import Services
 
+# FastAPI (0.16x) asks OpenTelemetry's globals on every request whether to trace it (~1% of a
+# request's CPU); the gateway traces itself (otlp.py), so that hook is off where it exists.
+NO_FASTAPI_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
 
 def build_app(
     settings: Settings,
@@ -65,6 +75,7 @@ def build_app(
         lifespan=lifespan,
         docs_url="/docs" if settings.server.docs else None,
         redoc_url=None,
+        **NO_FASTAPI_TELEMETRY,
     )
     errors.install(app)
     app.add_middleware(SecurityMiddleware)
@@ -112,7 +123,9 @@ def hot_lane() -> list[Route]:
     handlers; the FastAPI routes stay for the OpenAPI schema."""
     routers = (openai_routes, anthropic_routes, responses_routes, ollama_routes, native)
     return [
-        Route(route.path, route.endpoint, methods=list(route.methods or ()), include_in_schema=False)
+        Route(
+            route.path, route.endpoint, methods=list(route.methods or ()), include_in_schema=False
+        )
         for module in routers
         for route in module.router.routes
         if isinstance(route, APIRoute) and route.endpoint in HOT

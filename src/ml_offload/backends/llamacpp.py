@@ -21,6 +21,7 @@ from ml_offload.backends.child import ChildProcess, free_port
 from ml_offload.backends.engine_child import API_KEY_ENV
 from ml_offload.backends.http import Upstream
 from ml_offload.backends.slot_keeper import SlotKeeper
+from ml_offload.backends.standby import Standby
 from ml_offload.config import EngineSettings
 from ml_offload.domain import ModelSpec
 from ml_offload.errors import ConfigError, EngineError
@@ -98,12 +99,19 @@ class LlamaCppProcess(ChildProcess):
         log_dir: Path,
         upstream: Upstream,
         slots: SlotKeeper | None = None,
+        standby: Standby | None = None,
     ) -> None:
         assert spec.path is not None
         super().__init__(spec, on_exit, log_dir=log_dir, upstream=upstream)
         self._engine = engine
         self._launcher = launcher
         self._slots = slots  # conversations' slots, saved before the engine stops
+        self._standby = standby  # the weights held in memory between runs
+
+    @property
+    def _weights(self) -> Path:
+        assert self.spec.path is not None
+        return self.spec.path
 
     def _config(self) -> dict[str, Any]:
         folder = None if self._slots is None else self._slots.files.folder
@@ -114,11 +122,19 @@ class LlamaCppProcess(ChildProcess):
         if self._slots is not None and url is not None:
             await self._slots.save(url)
         await super().stop()
+        if self._standby is not None and url is not None:
+            await self._standby.park(self.spec.name, self._weights)
 
     async def _launch(self) -> str:
+        if self._standby is not None:
+            self._standby.before_load(self.spec.name, _file_size(self._weights))
         if self._launcher == "xllamacpp":
-            return await self._launch_xllamacpp()
-        return await self._launch_binary()
+            url = await self._launch_xllamacpp()
+        else:
+            url = await self._launch_binary()
+        if self._standby is not None:  # the engine holds the pages now
+            self._standby.release(self.spec.name)
+        return url
 
     async def _launch_xllamacpp(self) -> str:
         cfg = self._config()
@@ -152,6 +168,13 @@ class LlamaCppProcess(ChildProcess):
 
     def _key_env(self) -> dict[str, str]:
         return {API_KEY_ENV: self._new_engine_key()}
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 # engine.flash_attn as xllamacpp's CommonParams.flash_attn_type (llama_flash_attn_type)

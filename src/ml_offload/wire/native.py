@@ -98,6 +98,7 @@ class ModelView(View):
     last_error: str | None  # may name paths or addresses (revealed only)
     load_time_s: float | None
     base_url: str | None  # the engine's loopback address (revealed only)
+    standby_bytes: int | None = None  # weights held in host memory for the next load
 
 
 class ModelList(View):
