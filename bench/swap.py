@@ -9,7 +9,13 @@
     gives each model one slot, so the engine loads exactly what (a) loads; ``--parallel 0`` keeps
     the gateway's default slots (its n_ctx is ctx_size x parallel, a larger KV cache).
 
-    python bench/swap.py [--n 5] [--engine-runs 3] [--parallel 1] [--json]
+(c) ``--cases``: model a swapped back in three ways, ``--n`` times each, with the gateway's own
+    load time beside the time to first token: weights from disk (``engine.standby`` off, the file
+    dropped from the page cache after the unload), from the page cache (standby off), and from
+    the standby (on; the file dropped from the page cache after the unload, as memory pressure
+    would: the standby's locked pages stay).
+
+    python bench/swap.py [--n 5] [--engine-runs 3] [--parallel 1] [--cases] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procs
+
+from ml_offload.backends.standby import drop_from_page_cache, resident_bytes
 
 ENGINE_SNIPPET = r"""
 import json, os, sys, time, urllib.request
@@ -147,6 +155,55 @@ def gateway_swaps(path: str, args: argparse.Namespace, deadline: float) -> dict[
     }
 
 
+CASES = (  # name, engine.standby, weights dropped from the page cache after the unload
+    ("disk", False, True),
+    ("page cache", False, False),
+    ("standby", True, True),
+)
+
+
+def call(base: str, method: str, path: str) -> dict[str, object]:
+    req = urllib.request.Request(base + path, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def swap_cases(path: str, args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    out: dict[str, list[dict[str, float]]] = {}
+    for case, standby, drop in CASES:
+        with tempfile.TemporaryDirectory(prefix="mlo-swap-") as tmp:
+            cfg = Path(tmp) / "gateway.toml"
+            engine = f"[engine]\nstandby = {str(standby).lower()}\nslot_save = false\n"
+            cfg.write_text(gateway_config(path, Path(tmp) / "data", args) + engine)
+            with procs.gateway(cfg, Path(tmp) / "gateway.log") as (base, _):
+                first_token_s(base, "a")  # the first load
+                rows = out.setdefault(case, [])
+                for _ in range(args.n):
+                    call(base, "POST", "/models/a/unload")  # answers once the engine stopped
+                    if drop:
+                        drop_from_page_cache(Path(path))
+                    resident = resident_bytes(Path(path))
+                    ttft = first_token_s(base, "a")
+                    load = float(call(base, "GET", "/models/a")["load_time_s"])  # type: ignore[arg-type]
+                    rows.append({"first_token_s": ttft, "load_s": load, "resident": resident})
+    return out
+
+
+def print_cases(cases: dict[str, list[dict[str, float]]], engine_load_s: float) -> None:
+    size = Path(model_path()).stat().st_size
+    print(f"swap back, three cases (engine alone loads in {engine_load_s:.3f} s; file {size} B):")
+    print("| case | resident before the load | gateway load | first token | first token - load |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for case, rows in cases.items():
+        load = statistics.median(r["load_s"] for r in rows)
+        ttft = statistics.median(r["first_token_s"] for r in rows)
+        resident = statistics.median(r["resident"] for r in rows)
+        print(
+            f"| {case} | {resident / size:.0%} | {load:.3f} s | {ttft:.3f} s "
+            f"| +{(ttft - load) * 1000:.0f} ms |"
+        )
+
+
 def summarize(engine: list[dict[str, float]], gw: dict[str, object] | None) -> dict[str, object]:
     load = statistics.median(r["load_s"] for r in engine)
     direct_ttft = statistics.median(r["first_token_s"] for r in engine)
@@ -212,6 +269,7 @@ def main() -> None:
     )
     ap.add_argument("--log-level", default="warning", help="the gateway's server.log_level")
     ap.add_argument("--keep-log", type=Path, help="copy the gateway's log here")
+    ap.add_argument("--cases", action="store_true", help="disk / page cache / standby (c)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     path = model_path()
@@ -219,12 +277,15 @@ def main() -> None:
     watch = procs.CpuWatch()
     deadline = time.perf_counter() + args.budget_s
     engine = engine_runs(path, args.engine_runs, deadline - 0.5 * args.budget_s)
-    gw = None if args.engine_only else gateway_swaps(path, args, deadline)
+    gw = None if args.engine_only or args.cases else gateway_swaps(path, args, deadline)
+    cases = swap_cases(path, args) if args.cases else None
     noise = procs.noise_note(watch.foreign_cores())
-    report = {"machine": machine, "noise": noise, **summarize(engine, gw)}
+    report = {"machine": machine, "noise": noise, **summarize(engine, gw), "cases": cases}
     print(json.dumps(report, indent=2) if args.json else "", end="")
     if not args.json:
         print_report(report)
+        if cases:
+            print_cases(cases, float(report["engine_load_median_s"]))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

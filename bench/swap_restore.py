@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procs
 from swap import model_path
 
+from ml_offload.backends.standby import drop_from_page_cache, resident_bytes
+
 CONFIG = """demo_model = false
 scan_models_dir = false
 [storage]
@@ -50,6 +50,7 @@ data_dir = "{data_dir}"
 log_level = "info"
 [engine]
 threads = {threads}
+standby = false  # the "weights dropped" cases read the disk (swap.py --cases has the standby)
 [scheduler]
 default_ttl_s = 0
 [[models]]
@@ -145,25 +146,6 @@ class Gateway:
         return None if value is None else float(value)
 
 
-def drop_from_page_cache(path: str) -> int:
-    """Ask the kernel to drop `path`'s pages; the bytes still resident after (fincore)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    try:
-        out = subprocess.run(
-            ["fincore", "--bytes", "--noheadings", "--output", "RES", path],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return int(out.stdout.split()[0])
-    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
-        return -1  # fincore missing: unknown
-
-
 def run_round(
     gw: Gateway, weights: Path, slots: Path, round_no: int, tokens: int, disk: bool
 ) -> dict[str, Any]:
@@ -180,7 +162,8 @@ def run_round(
                 for saved in slots.glob("*/*.bin"):
                     saved.unlink()
             if case.endswith("disk"):
-                out["resident_bytes"][case] = drop_from_page_cache(str(weights))
+                drop_from_page_cache(weights)
+                out["resident_bytes"][case] = resident_bytes(weights)
         out[case] = gw.ask([*answered, {"role": "user", "content": question}])
         if case != "warm":
             out["load_time_s"][case] = gw.load_time_s()
