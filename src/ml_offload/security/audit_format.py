@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -154,9 +156,23 @@ def read_head(path: Path) -> tuple[int, str] | str | None:
 
 
 def iso_time(t: Any) -> str | None:
+    """`2026-12-06T04:29:34.123Z` (as `datetime.isoformat(timespec="milliseconds")` writes it);
+    the date and time of day are formatted once a second (every audit event calls this)."""
     if not isinstance(t, int | float):
         return None if t is None else str(t)
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if t < 0:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    frac, whole = math.modf(t)
+    micros = round(frac * 1e6)  # as datetime.fromtimestamp rounds
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    second = int(whole)
+    if second != _SECOND[0]:
+        _SECOND[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_SECOND[1]}.{micros // 1000:03d}Z"
+
+
+_SECOND: list[Any] = [None, ""]  # the last second formatted, and its text
 
 
 # --------------------------------------------------------------------------- entries

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from ml_offload.config import AuditSettings, Settings
 from ml_offload.errors import ConfigError
 from ml_offload.security.audit import AuditLog, audit_path
-from ml_offload.security.audit_format import GENESIS, head_path, prompt_sha256
+from ml_offload.security.audit_format import GENESIS, head_path, iso_time, prompt_sha256
 from ml_offload.security.audit_read import export, iter_entries, tail, verify
 
 QUIET = {"flush_interval_s": 60.0, "fsync": False, "sign": False}  # wakes on batch or flush
@@ -410,3 +410,13 @@ def test_a_failed_write_leaves_no_half_batch_and_is_retried(tmp_path: Path) -> N
     assert after == "300" and "cannot append to audit log" in done.stderr
     result = verify(path)
     assert result.ok and result.entries == 300
+
+
+@pytest.mark.parametrize(
+    "t",
+    [0, 1.5, 1_700_000_000, 1_700_000_000.0005, 1_700_000_000.9995, 1_799_999_999.9999996, -1.5],
+)
+def test_event_times_are_written_as_datetime_writes_them(t: float) -> None:
+    expected = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    assert iso_time(t) == expected
+    assert iso_time(t) == expected  # the second's text reused
