@@ -265,7 +265,7 @@ CHILD = textwrap.dedent(
                 i += 1
                 audit.record({"time": time.time(), "request_id": f"c{i}", "status": 200,
                               "model": "m", "prompt": "x" * (i % 300)})
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)  # a wait, as a server has: the writer thread gets the GIL
 
     asyncio.run(main())
     """
