@@ -30,4 +30,6 @@
   SystemCallErrorNumber = "EPERM";
   UMask = "0027";
   LimitNOFILE = 65536;
+  # The standby (engine.standby) locks a stopped model's weights in memory, within its budget.
+  LimitMEMLOCK = "infinity";
 }
