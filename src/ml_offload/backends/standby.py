@@ -139,8 +139,8 @@ class Standby:
             self.release(oldest_first.pop(0))
 
 
-def _hold(path: Path, size: int) -> Parked:
-    """Map `path` read-only and lock it in memory (which reads it in), or else read it ahead."""
+def _map(path: Path, size: int) -> int:
+    """`path` mapped read-only and shared (the page cache's own pages); its address."""
     fd = os.open(path, os.O_RDONLY)
     try:
         address = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
@@ -148,6 +148,12 @@ def _hold(path: Path, size: int) -> Parked:
         os.close(fd)  # the mapping keeps the file
     if address in (None, _MAP_FAILED):
         raise OSError(ctypes.get_errno(), "mmap failed")
+    return int(address)
+
+
+def _hold(path: Path, size: int) -> Parked:
+    """Map `path` read-only and lock it in memory (which reads it in), or else read it ahead."""
+    address = _map(path, size)
     locked = _LIBC.mlock(address, size) == 0
     if not locked:
         _LIBC.madvise(address, size, mmap.MADV_WILLNEED)
@@ -159,13 +165,7 @@ def resident_bytes(path: Path) -> int:
     size = path.stat().st_size
     if size == 0:
         return 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        address = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    finally:
-        os.close(fd)
-    if address in (None, _MAP_FAILED):
-        raise OSError(ctypes.get_errno(), "mmap failed")
+    address = _map(path, size)
     try:
         page = mmap.PAGESIZE
         pages = (size + page - 1) // page
