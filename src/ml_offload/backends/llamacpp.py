@@ -127,7 +127,7 @@ class LlamaCppProcess(ChildProcess):
 
     async def _launch(self) -> str:
         if self._standby is not None:
-            self._standby.before_load(self.spec.name, _file_size(self._weights))
+            self._standby.before_load(self.spec.name, self._weights)
         if self._launcher == "xllamacpp":
             url = await self._launch_xllamacpp()
         else:
@@ -168,13 +168,6 @@ class LlamaCppProcess(ChildProcess):
 
     def _key_env(self) -> dict[str, str]:
         return {API_KEY_ENV: self._new_engine_key()}
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 # engine.flash_attn as xllamacpp's CommonParams.flash_attn_type (llama_flash_attn_type)

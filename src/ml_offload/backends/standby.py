@@ -69,6 +69,7 @@ class Standby:
         self.max_bytes = max_bytes
         self.hold_s = hold_s
         self._parked: dict[str, Parked] = {}
+        self._loads: dict[str, int] = {}  # loads started per model: a park that a load overtook
 
     def bytes_of(self, name: str) -> int | None:
         parked = self._parked.get(name)
@@ -80,29 +81,32 @@ class Standby:
 
     async def park(self, name: str, path: Path) -> None:
         """Hold `path` for `name`'s next load, if it fits (never fails a stop)."""
-        if not self.enabled or name in self._parked:
-            return
-        try:
-            size = path.stat().st_size
-        except OSError:
+        size = _size(path)
+        if not self.enabled or name in self._parked or not size:
             return
         self._expire()
         if not self._make_room(size, need=size):
             log.info("standby: no room for %s (%d bytes)", name, size)
             return
+        loads = self._loads.get(name, 0)
         try:
-            parked = await asyncio.to_thread(_hold, path, size)
+            parked = await asyncio.to_thread(_hold, path, size)  # reads the file: seconds
         except OSError as exc:
             log.warning("standby: cannot hold %s: %s", path, exc)
+            return
+        if self._loads.get(name, 0) != loads or not self.enabled:  # loaded again meanwhile
+            _LIBC.munmap(parked.address, parked.size)
             return
         self._parked[name] = parked
         how = "locked" if parked.locked else "cached (mlock not permitted)"
         log.info("standby: %s's weights held in memory, %s, %d bytes", name, how, size)
 
-    def before_load(self, name: str, need_bytes: int) -> None:
-        """A load is starting: make room for it (its own weights stay held until it is ready)."""
+    def before_load(self, name: str, path: Path) -> None:
+        """`name` is loading from `path`: make room for it (its own weights stay held until
+        its engine is ready)."""
+        self._loads[name] = self._loads.get(name, 0) + 1
         self._expire()
-        self._make_room(0, need=need_bytes, keep=name)
+        self._make_room(0, need=_size(path), keep=name)
 
     def release(self, name: str) -> None:
         parked = self._parked.pop(name, None)
@@ -137,6 +141,13 @@ class Standby:
             if not oldest_first:
                 return False
             self.release(oldest_first.pop(0))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _map(path: Path, size: int) -> int:

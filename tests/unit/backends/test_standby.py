@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -57,9 +58,12 @@ async def test_a_starting_load_takes_room_but_keeps_its_own(tmp_path: Path) -> N
     standby = Standby(enabled=True, max_bytes=1 << 20, hold_s=60)
     await standby.park("a", weights(tmp_path, "a"))
     await standby.park("b", weights(tmp_path, "b"))
-    standby.before_load("b", need_bytes=1 * KB)  # room enough: nothing released
+    standby.before_load("b", weights(tmp_path, "small", 1 * KB))  # room enough: none released
     assert standby.bytes_of("a") == standby.bytes_of("b") == 64 * KB
-    standby.before_load("b", need_bytes=available_bytes())  # more than there is: all but b
+    huge = tmp_path / "huge.gguf"
+    with huge.open("wb") as f:
+        f.truncate(available_bytes())  # sparse: as big as memory, on no disk
+    standby.before_load("b", huge)  # more than there is: all but b's own
     assert standby.bytes_of("a") is None and standby.bytes_of("b") == 64 * KB
     standby.close()
 
@@ -80,3 +84,16 @@ async def test_off_or_shutting_down_holds_nothing(tmp_path: Path, enabled: bool)
     assert standby.bytes_of("a") is None
     await standby.park("gone", tmp_path / "missing.gguf")  # a file gone: no error
     assert standby.bytes_of("gone") is None
+
+
+async def test_a_load_that_overtakes_the_park_keeps_nothing_held(tmp_path: Path) -> None:
+    """The engine stopped, its weights being read in, and the model is asked for again: the
+    late park must not hold pages the new engine has (nor count them against the budget)."""
+    standby = Standby(enabled=True, max_bytes=1 << 20, hold_s=60)
+    path = weights(tmp_path, "a")
+    parking = asyncio.ensure_future(standby.park("a", path))
+    await asyncio.sleep(0)  # the park is in its thread
+    standby.before_load("a", path)
+    standby.release("a")  # the engine is ready
+    await parking
+    assert standby.bytes_of("a") is None
