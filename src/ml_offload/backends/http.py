@@ -73,11 +73,7 @@ class Upstream:
         self, url: str, body: bytes, headers: Mapping[str, str] = JSON_HEADERS
     ) -> tuple[int, bytes]:
         try:
-            proxy = self.proxy_for(url) if self._proxies else None
-            headers = self._headers(url, headers)
-            tls = self._ssl(url)
-            post = self.session.post(url, data=body, headers=headers, proxy=proxy, ssl=tls)
-            async with post as resp:
+            async with await self._send("POST", url, body, headers) as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
@@ -87,23 +83,35 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Send a request and return the response with its body unread (for streaming)."""
         try:
-            proxy = self.proxy_for(url) if self._proxies else None
-            headers = self._headers(url, headers)
-            return await self.session.post(
-                url, data=body, headers=headers, proxy=proxy, ssl=self._ssl(url)
-            )
+            return await self._send("POST", url, body, headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
 
     async def get_json_bytes(self, url: str) -> tuple[int, bytes]:
         try:
-            proxy = self.proxy_for(url) if self._proxies else None
-            headers = self._headers(url, {})
-            get = self.session.get(url, headers=headers, proxy=proxy, ssl=self._ssl(url))
-            async with get as resp:
+            async with await self._send("GET", url, None, {}) as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, url) from None
+
+    async def _send(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        """The request sent, its response's head read; sent once more, on another connection,
+        when it could not be written (a pooled keep-alive connection the server had just
+        closed: nothing reached the server, so even a POST is safe to send again)."""
+        proxy = self.proxy_for(url) if self._proxies else None
+        headers = self._headers(url, headers)
+        tls = self._ssl(url)
+        for again in (True, False):
+            try:
+                return await self.session.request(
+                    method, url, data=body, headers=headers, proxy=proxy, ssl=tls
+                )
+            except aiohttp.ClientConnectionError as exc:
+                if not (again and _not_sent(exc)):
+                    raise
+        raise AssertionError("unreachable")
 
     def proxy_for(self, url: str) -> str | None:
         """The proxy the environment names for `url`; None for loopback and NO_PROXY hosts."""
@@ -113,6 +121,14 @@ class Upstream:
         if _loopback(host) or bypass(host, self._proxies):
             return None
         return self._proxies.get(parts.scheme)
+
+
+_NOT_SENT = ("Can not write request body", "Failed to send bytes into the underlying connection")
+
+
+def _not_sent(exc: aiohttp.ClientConnectionError) -> bool:
+    """aiohttp's words for a request it could not write (its exceptions do not say otherwise)."""
+    return any(words in str(exc) for words in _NOT_SENT)
 
 
 def _origin(url: str) -> str:
