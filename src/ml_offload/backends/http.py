@@ -14,6 +14,7 @@ engine past the gateway's auth, limits and audit.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import ssl
 import urllib.request
@@ -97,10 +98,13 @@ class Upstream:
     async def _send(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
     ) -> aiohttp.ClientResponse:
-        """The request sent, its response's head read; sent once more, on another connection,
-        when it could not be written (a pooled keep-alive connection the server had just
-        closed: nothing reached the server, so even a POST is safe to send again)."""
+        """The request sent, its response's head read. Sent once more, on another connection,
+        when it could not be written (a pooled keep-alive connection the server had just closed:
+        nothing reached the server), and, to an engine of ours, when the connection was dropped
+        before any answer (the same race seen from the reading side; at worst the engine
+        computes twice, where a cloud provider would bill twice)."""
         proxy = self.proxy_for(url) if self._proxies else None
+        own = _origin(url) in self._engine_keys
         headers = self._headers(url, headers)
         tls = self._ssl(url)
         for again in (True, False):
@@ -109,7 +113,7 @@ class Upstream:
                     method, url, data=body, headers=headers, proxy=proxy, ssl=tls
                 )
             except aiohttp.ClientConnectionError as exc:
-                if not (again and _not_sent(exc)):
+                if not (again and (_not_sent(exc) or (own and _dropped(exc)))):
                     raise
         raise AssertionError("unreachable")
 
@@ -129,6 +133,17 @@ _NOT_SENT = ("Can not write request body", "Failed to send bytes into the underl
 def _not_sent(exc: aiohttp.ClientConnectionError) -> bool:
     """aiohttp's words for a request it could not write (its exceptions do not say otherwise)."""
     return any(words in str(exc) for words in _NOT_SENT)
+
+
+def _dropped(exc: aiohttp.ClientConnectionError) -> bool:
+    """The server closed or reset an open connection (not: refused a new one)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        return True
+    connect = isinstance(exc, aiohttp.ClientConnectorError)
+    return isinstance(exc, aiohttp.ClientOSError) and not connect and exc.errno in _RESETS
+
+
+_RESETS = (errno.ECONNRESET, errno.EPIPE)
 
 
 def _origin(url: str) -> str:
