@@ -27,6 +27,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 RESERVE_BYTES = 1 << 30  # host memory left available, whatever the standby holds
+_TIMER_SLACK_S = 0.05
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _LIBC.mmap.restype = ctypes.c_void_p
 _LIBC.mmap.argtypes = [
@@ -98,6 +99,8 @@ class Standby:
             _LIBC.munmap(parked.address, parked.size)
             return
         self._parked[name] = parked
+        # released when its time is up, idle or not (a little after: the loop may run early)
+        asyncio.get_running_loop().call_later(self.hold_s + _TIMER_SLACK_S, self._expire)
         how = "locked" if parked.locked else "cached (mlock not permitted)"
         log.info("standby: %s's weights held in memory, %s, %d bytes", name, how, size)
 
@@ -124,7 +127,7 @@ class Standby:
     def _expire(self) -> None:
         now = time.monotonic()
         for name, parked in list(self._parked.items()):
-            if now - parked.since > self.hold_s:
+            if now - parked.since >= self.hold_s:
                 self.release(name)
 
     def _make_room(self, adding: int, *, need: int, keep: str | None = None) -> bool:
