@@ -163,8 +163,9 @@ CASES = (  # name, engine.standby, weights dropped from the page cache after the
 
 
 def call(base: str, method: str, path: str) -> dict[str, object]:
+    """One native API call (an unload waits for the engine to stop and save its slots)."""
     req = urllib.request.Request(base + path, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=60) as resp:
+    with urllib.request.urlopen(req, timeout=120) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procs
-from swap import model_path
+from swap import call, model_path
 
 from ml_offload.backends.standby import drop_from_page_cache, resident_bytes
 
@@ -91,9 +91,7 @@ class Gateway:
         self.base = base
 
     def call(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(self.base + path, method=method)
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return json.loads(resp.read())
+        return call(self.base, method, path)
 
     def ask(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         """Stream a chat at temperature 0: time to the first content token, the text, usage."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -121,12 +122,12 @@ def hot_lane() -> list[Route]:
     included-router matching and its scope bookkeeping were ~6% of a request's CPU
     (bench/README, issue 20). Same functions (each takes only the request), same exception
     handlers; the FastAPI routes stay for the OpenAPI schema."""
-    routers = (openai_routes, anthropic_routes, responses_routes, ollama_routes, native)
+    modules = dict.fromkeys(sys.modules[endpoint.__module__] for endpoint in HOT)
     return [
         Route(
             route.path, route.endpoint, methods=list(route.methods or ()), include_in_schema=False
         )
-        for module in routers
+        for module in modules
         for route in module.router.routes
         if isinstance(route, APIRoute) and route.endpoint in HOT
     ]

@@ -29,6 +29,7 @@ from ml_offload.cli import (
 )
 from ml_offload.cli.client import CliError, connect
 from ml_offload.cli.common import (
+    HELP,
     CaFileOpt,
     CertOpt,
     ConfigOpt,
@@ -47,7 +48,7 @@ from ml_offload.wire.native import ModelList, ModelView, Rescanned, Unloaded
 
 app = typer.Typer(
     name="mlo",
-    help="ml-offload: one secure endpoint in front of your local and cloud LLMs.",
+    help=HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,  # mlo --install-completion
@@ -232,7 +233,7 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """ml-offload: one secure endpoint in front of your local and cloud LLMs."""
+    pass
 
 
 # The original stack's command names (console scripts in pyproject.toml), as `mlo` commands.

@@ -142,6 +142,9 @@ def warn_if_low_disk(settings: Settings) -> None:
         )
 
 
+HELP = "ml-offload: one secure endpoint in front of your local and cloud LLMs."
+
+
 def run_cli(app: typer.Typer, *errors: type[Exception]) -> None:
     """Run a command tree; a MloError (exit 2) or one of `errors` (exit 1) is one red line."""
     caught: tuple[type[Exception], ...] = (MloError, *errors)

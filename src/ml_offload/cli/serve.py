@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ml_offload.cli.common import ConfigOpt, run_cli, warn_if_low_disk
+from ml_offload.cli.common import HELP, ConfigOpt, run_cli, warn_if_low_disk
 from ml_offload.cli.hardening import (
     AllowInsecureOpt,
     TlsCertOpt,
@@ -72,11 +72,11 @@ def _resolved(config: Path | None) -> Path | None:
 
 def serve_main() -> None:
     """`mlo serve ...` as its own tree (cli/main.py): the same command, none of the others."""
-    app = typer.Typer(name="mlo", add_completion=False, pretty_exceptions_enable=False)
+    app = typer.Typer(name="mlo", help=HELP, add_completion=False, pretty_exceptions_enable=False)
     app.callback()(_root)  # a group, so `serve` stays the subcommand's name
     app.command()(serve)
     run_cli(app)
 
 
 def _root() -> None:
-    """ml-offload: one secure endpoint in front of your local and cloud LLMs."""
+    pass
