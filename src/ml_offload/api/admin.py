@@ -16,7 +16,7 @@ from starlette.responses import Response
 from ml_offload.api.deps import json_response, read_body, services
 from ml_offload.domain import ApiKey
 from ml_offload.errors import InvalidRequest, Unavailable
-from ml_offload.security.keys import KeyStore, parse_expiry
+from ml_offload.security.keys import MAX_LIMIT, KeyStore, parse_expiry
 
 router = APIRouter(prefix="/admin")
 
@@ -26,8 +26,8 @@ class CreateKey(BaseModel):
     name: str = Field(min_length=1, max_length=255)
     models: list[str] = Field(default_factory=list, description="names, aliases, `backend:*`")
     admin: bool = False
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
     expires: str | None = Field(None, description="30d, 12h, or an ISO date")
     cert_subject: str | None = None
 

@@ -25,6 +25,7 @@ _ID_BYTES = 6  # 12 hex characters
 _SECRET_BYTES = 32
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+MAX_LIMIT = 2**31 - 1  # a key's rpm and tpm: what its columns hold (INTEGER in PostgreSQL)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
@@ -125,8 +126,8 @@ class KeyStore:
         if not name.strip():
             raise InvalidRequest("a key needs a name (--name)", param="name")
         for value, what in ((rpm, "rpm"), (tpm, "tpm")):
-            if value is not None and value < 1:
-                raise InvalidRequest(f"{what} must be at least 1", param=what)
+            if value is not None and not 1 <= value <= MAX_LIMIT:
+                raise InvalidRequest(f"{what} must be from 1 to {MAX_LIMIT}", param=what)
         key_id, token, digest = new_key()
         key = ApiKey(
             id=key_id,

@@ -29,6 +29,7 @@ from ml_offload.errors import (
 from ml_offload.security.audit import prompt_sha256
 from ml_offload.security.guard import Guard, is_admin_path
 from ml_offload.security.keys import (
+    MAX_LIMIT,
     KeyStore,
     bearer_token,
     in_scope,
@@ -457,3 +458,18 @@ async def test_a_node_takes_the_fleet_node_key_for_inference_only(
     with pytest.raises(PermissionDenied, match="needs an admin key"):
         await ask(guard, "fleet-secret", "/admin/keys", method="GET")
     await guard.close()
+
+
+@pytest.mark.parametrize("what", ["rpm", "tpm"])
+@pytest.mark.parametrize("value", [0, MAX_LIMIT + 1, 2**63])
+async def test_limits_outside_what_the_database_holds_are_refused(
+    store: KeyStore, what: str, value: int
+) -> None:
+    with pytest.raises(InvalidRequest, match=f"{what} must be from 1 to {MAX_LIMIT}"):
+        await store.create("k", **{what: value})  # type: ignore[arg-type]
+
+
+async def test_the_largest_limit_is_stored(store: KeyStore) -> None:
+    made = await store.create("k", rpm=MAX_LIMIT, tpm=MAX_LIMIT)
+    key = await store.verify(made.secret, time.time())
+    assert (key.rpm, key.tpm) == (MAX_LIMIT, MAX_LIMIT)
